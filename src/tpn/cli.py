@@ -1,0 +1,80 @@
+"""The `tpn` command: parses arguments, calls the library, prints.
+
+Each area adds its own sub-commands from a small `commands.py` beside its code; heavy
+imports (torch, av) happen inside the handlers so `tpn --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tpn.errors import TpnError
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.neck.flow=parallel (repeatable)",
+    )
+
+
+def _cmd_info(args) -> int:
+    from tpn.config import load_config
+    from tpn.models.info import model_info
+
+    cfg = load_config(args.config, args.overrides)
+    print(model_info(cfg, clip_len=args.frames, size=args.size))
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from tpn.convert import convert_checkpoint
+
+    report = convert_checkpoint(args.src, args.dst, config=args.config, fmt=args.format)
+    print(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tpn import __version__
+    from tpn.data.commands import add_data_commands
+    from tpn.engine.commands import add_engine_commands
+
+    parser = argparse.ArgumentParser(prog="tpn", description="Temporal Pyramid Networks for video action recognition")
+    parser.add_argument("--version", action="version", version=f"tpn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameters, FLOPs and stage shapes of a config's model")
+    p.add_argument("config", help="shipped config name or YAML path")
+    p.add_argument("--frames", type=int, default=None, help="clip length (default: the config's data.clip_len)")
+    p.add_argument("--size", type=int, default=224, help="crop size for FLOPs and shapes (default 224)")
+    _add_set(p)
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="convert a foreign checkpoint (mmaction2, official TPN, Paddle) to tpn's format")
+    p.add_argument("src", help="source checkpoint file (or Paddle persistables folder)")
+    p.add_argument("dst", help="output .pth file")
+    p.add_argument("--config", default="tpn_r50_8x8_k400", help="model config the weights are for (default tpn_r50_8x8_k400)")
+    p.add_argument("--format", default="auto", help="source format: auto, mmaction2, tpn_official, paddle (default auto)")
+    p.set_defaults(func=_cmd_convert)
+
+    add_data_commands(sub, _add_set)
+    add_engine_commands(sub, _add_set)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TpnError as e:
+        print(f"tpn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tpn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

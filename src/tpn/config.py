@@ -1,0 +1,281 @@
+"""Typed configuration: dataclasses with defaults, YAML files, dotted overrides.
+
+The dataclass defaults below *are* the mmaction2-equivalent TPN R50 8x8 Kinetics-400
+model and the seed's data protocol; a YAML file only states what differs. A config is
+loaded with `load_config(name_or_path, overrides)`; unknown keys and wrong types are a
+one-line `ConfigError` that names the key, the file and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tpn.errors import TpnError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(TpnError):
+    """A user-facing configuration error (printed as one line by the CLI)."""
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass
+class BackboneConfig:
+    depth: Literal[50, 101] = 50
+    base_channels: int = 64  # width of the stem; stage i has base_channels * 2**i planes
+    stage_blocks: tuple[int, ...] | None = None  # None: the standard blocks of `depth`
+    conv1_kernel: tuple[int, int, int] = (1, 7, 7)
+    conv1_stride_t: int = 1
+    pool1_stride_t: int = 1
+    spatial_strides: tuple[int, ...] = (1, 2, 2, 2)
+    temporal_strides: tuple[int, ...] = (1, 1, 1, 1)
+    inflate: tuple[int, ...] = (0, 0, 1, 1)  # per stage: first 1x1 conv of each block becomes 3x1x1
+    out_indices: tuple[int, ...] = (2, 3)
+    frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
+    norm_eval: bool = False  # keep BN layers in eval mode while training
+    with_cp: bool = False  # activation checkpointing in every residual block
+    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate
+
+
+@dataclass
+class NeckConfig:
+    enabled: bool = True  # False: plain slow-only model (backbone -> head)
+    out_channels: int = 1024
+    temporal_scales: tuple[int, ...] = (8, 8)  # per-level max-pool scale over time
+    flow: Literal["cascade", "parallel"] = "cascade"
+    groups: int = 32  # groups of the temporal-modulation and level-fusion convs
+
+
+@dataclass
+class AuxHeadConfig:
+    loss_weight: float = 0.5  # 0 removes the auxiliary head
+
+
+@dataclass
+class HeadConfig:
+    num_classes: int = 400
+    dropout: float = 0.5
+    init_std: float = 0.01
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class DataConfig:
+    format: Literal["list", "mmaction_video", "mmaction_rawframes", "kinetics_csv"] = "list"
+    root: str = ""  # videos are read from root / relative path in the list
+    train_list: str = ""
+    val_list: str = ""
+    test_list: str = ""
+    label_map: str = ""  # one class name per line (line number = label)
+    clip_len: int = 8
+    frame_interval: int = 8
+    test_clips: int = 10
+    test_crops: Literal[1, 3] = 3
+    short_side: int = 256
+    crop_size: int = 224
+    test_crop_size: int = 256
+    train_crop: Literal["random", "random_resized"] = "random"
+    flip: float = 0.5
+    color_jitter: bool = False
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    num_workers: int = 8
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 150
+    batch_size: int = 8  # per process
+    lr: float = 0.01  # learning rate at `lr_batch_size`; scaled linearly with the total batch
+    lr_batch_size: int = 64
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = True  # False exempts BN parameters and biases from decay
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: tuple[int, ...] = (75, 125)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    clip_grad: float = 40.0  # max L2 norm; 0 disables
+    accum_steps: int = 1
+    val_interval: int = 1  # epochs; 0 disables
+    amp: bool = True  # bf16 autocast on CUDA (CPU always fp32)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model (CUDA only)
+    cudnn_benchmark: bool = True
+    sync_bn: bool = False
+    seed: int = 0
+    keep_last: int = 3
+    log_interval: int = 20  # iterations
+
+
+@dataclass
+class TestConfig:
+    batch_size: int = 1  # videos per batch (each brings clips x crops views)
+
+
+@dataclass
+class Config:
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+# --------------------------------------------------------------------------- loading
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        return p
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(
+            f"{name_or_path}: no such config file or shipped config; shipped: {', '.join(available_configs())}"
+        )
+    return shipped
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a shipped config name or a YAML path, then apply `a.b=c` overrides."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw.setdefault("name", path.stem)
+    cfg = from_dict(Config, raw, source=str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.neck.flow=parallel")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(_unknown(".".join(parts[: depth + 1]), node, "--set"))
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(_unknown(key, node, "--set"))
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return from_dict(Config, data, source="--set")
+
+
+def from_dict(cls: type, raw: dict, source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(_unknown(full, {n: None for n in names}, source))
+        kwargs[key] = _coerce(hints[key], value, source, full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON and checkpoints."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _unknown(key: str, node: Any, source: str) -> str:
+    allowed = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
+    return f"{source}: unknown config key '{key}'; allowed here: {allowed}"
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: config key '{key}' must be {expected}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, source, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, source, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise bad("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list ({_describe(tp)})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise bad(f"a list of {len(args)} values")
+        return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad("a string")
+        return str(value)
+    raise bad(_describe(tp))
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))

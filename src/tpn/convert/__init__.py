@@ -1,0 +1,121 @@
+"""Reading foreign checkpoints into tpn models, and `tpn convert`.
+
+`load_weights(model, path)` accepts a tpn checkpoint, a bare state_dict, or a foreign
+checkpoint whose layout `detect_format` recognises; names are rewritten by the rule
+tables in `tpn.convert.mappings` and every tensor must fit (no silent `strict=False`).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
+from tpn.convert.mappings import MAPPINGS
+
+
+def detect_format(state_dict: dict) -> str:
+    keys = list(state_dict)
+    if any(k.startswith(("cls_head.", "neck.")) for k in keys) and not any(k.startswith("necks.") for k in keys):
+        return "mmaction2"
+    if any(k.startswith("necks.") for k in keys):
+        return "tpn_official"
+    if any(k.startswith("head.fc.") for k in keys):
+        return "tpn"
+    raise CheckpointError("unrecognised checkpoint layout (first keys: " + ", ".join(keys[:3]) + ")")
+
+
+def rename(state_dict: dict, fmt: str, source: str) -> tuple[dict, list[str]]:
+    """Apply the rules of `fmt`. Returns (renamed, dropped keys); unmatched keys raise."""
+    if fmt not in MAPPINGS:
+        raise CheckpointError(f"{source}: unknown checkpoint format {fmt!r}; known: {', '.join(MAPPINGS)}")
+    rules = [(re.compile(p), r) for p, r in MAPPINGS[fmt]]
+    out, dropped, unmatched = {}, [], []
+    for key, value in state_dict.items():
+        for pattern, repl in rules:
+            if pattern.search(key):
+                if repl is None:
+                    dropped.append(key)
+                else:
+                    out[pattern.sub(repl, key, count=1)] = value
+                break
+        else:
+            unmatched.append(key)
+    if unmatched:
+        shown = ", ".join(unmatched[:8]) + (f", ... ({len(unmatched) - 8} more)" if len(unmatched) > 8 else "")
+        raise CheckpointError(f"{source}: {len(unmatched)} unexpected tensors for format {fmt}: {shown}")
+    return out, dropped
+
+
+def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict, str, dict]:
+    """Read a checkpoint file's tensors. Returns (state_dict in tpn names, format, info)."""
+    obj, skipped = load_file(path)
+    info: dict = {"skipped_objects": skipped}
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        sd = obj["state_dict"]
+        info["label_names"] = obj.get("label_names")
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        sd = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        sd = obj["model"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = obj
+    else:
+        raise CheckpointError(f"{path}: no state_dict found in this checkpoint")
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    fmt = detect_format(sd) if fmt == "auto" else fmt
+    renamed, dropped = rename(sd, fmt, str(path))
+    info["dropped"] = dropped
+    return renamed, fmt, info
+
+
+def fit_to_model(model: nn.Module, sd: dict) -> list[str]:
+    """Reconcile optional parts: BN step counters and the training-only aux head. Returns notes."""
+    notes = []
+    own = model.state_dict()
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = own[k].clone()
+    aux = [k for k in sd if k.startswith("aux_head.")]
+    if aux and getattr(model, "aux_head", None) is None:
+        for k in aux:
+            del sd[k]
+        notes.append(f"ignored {len(aux)} aux-head tensors (this model has no auxiliary head)")
+    return notes
+
+
+def load_weights(model: nn.Module, path: str | Path, fmt: str = "auto") -> dict:
+    sd, fmt, info = read_state_dict(path, fmt)
+    info["notes"] = fit_to_model(model, sd)
+    load_state_dict_strict(model, sd, str(path))
+    info["format"] = fmt
+    return info
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, config="tpn_r50_8x8_k400", fmt: str = "auto",
+                       label_names: list[str] | None = None) -> str:
+    """Convert `src` to a tpn checkpoint at `dst`, checking every tensor against `config`'s model."""
+    from tpn.config import load_config, to_dict
+    from tpn.models.build import build_model
+
+    cfg = load_config(config)
+    model = build_model(cfg)
+    info = load_weights(model, src, fmt)
+    ckpt = {
+        "format": FORMAT,
+        "state_dict": model.state_dict(),
+        "config": to_dict(cfg),
+        "label_names": label_names or info.get("label_names"),
+        "source": {"path": str(src), "format": info["format"]},
+    }
+    save_atomic(ckpt, dst)
+    n = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.endswith("num_batches_tracked"))
+    lines = [f"converted {src} ({info['format']}) -> {dst}: {len(ckpt['state_dict'])} tensors, {n:,} values, config {cfg.name}"]
+    if info["dropped"]:
+        lines.append(f"  dropped {len(info['dropped'])} non-weight tensors: {', '.join(info['dropped'][:4])}")
+    if info["skipped_objects"]:
+        lines.append(f"  skipped non-tensor objects: {', '.join(info['skipped_objects'][:6])}")
+    lines += [f"  {n}" for n in info["notes"]]
+    return "\n".join(lines)

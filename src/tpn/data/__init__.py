@@ -1,0 +1,1 @@
+"""Video data: decoding, frame sampling, transforms, datasets, synthetic videos."""

@@ -1,0 +1,1 @@
+"""TPN models in plain PyTorch: 3D ResNet backbone, TPN neck, heads, recognizer."""

@@ -1,0 +1,141 @@
+"""ResNet-3D "slow-only" backbone (He et al. 2016, inflated as in Feichtenhofer et al. 2019).
+
+Layer names follow mmaction2's ResNet3d (`conv1`, `layer1..4`, blocks with `conv1..3` and
+`downsample`, each a conv + BN), so its checkpoints map onto this module with few rules.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)
+
+
+class ConvBN(nn.Module):
+    """Conv3d (no bias) -> BatchNorm3d -> optional ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0, groups: int = 1,
+                 norm: bool = True, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, _triple(kernel), _triple(stride), _triple(padding),
+                              groups=groups, bias=False)
+        self.bn = nn.BatchNorm3d(cout) if norm else None
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return torch.relu_(x) if self.act else x
+
+
+class Bottleneck3d(nn.Module):
+    """1x1x1 (or 3x1x1 when inflated) -> 1x3x3 -> 1x1x1, with a projection shortcut when needed."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, spatial_stride: int = 1, temporal_stride: int = 1,
+                 inflate: bool = False, with_cp: bool = False):
+        super().__init__()
+        k1, p1 = ((3, 1, 1), (1, 0, 0)) if inflate else (1, 0)
+        self.conv1 = ConvBN(inplanes, planes, k1, padding=p1)
+        self.conv2 = ConvBN(planes, planes, (1, 3, 3), (temporal_stride, spatial_stride, spatial_stride), (0, 1, 1))
+        self.conv3 = ConvBN(planes, planes * self.expansion, 1, act=False)
+        out = planes * self.expansion
+        needs_proj = spatial_stride != 1 or temporal_stride != 1 or inplanes != out
+        self.downsample = (
+            ConvBN(inplanes, out, 1, (temporal_stride, spatial_stride, spatial_stride), act=False)
+            if needs_proj else None
+        )
+        self.with_cp = with_cp
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3(self.conv2(self.conv1(x)))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return torch.relu_(out)
+
+
+class ResNet3dSlowOnly(nn.Module):
+    """Returns the feature maps of the stages named in `out_indices` (0-based), as a tuple."""
+
+    def __init__(self, depth: int = 50, base_channels: int = 64, stage_blocks=None,
+                 conv1_kernel=(1, 7, 7), conv1_stride_t: int = 1, pool1_stride_t: int = 1,
+                 spatial_strides=(1, 2, 2, 2), temporal_strides=(1, 1, 1, 1), inflate=(0, 0, 1, 1),
+                 out_indices=(2, 3), frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False):
+        super().__init__()
+        blocks = tuple(stage_blocks) if stage_blocks is not None else STAGE_BLOCKS[depth]
+        if not (len(blocks) == len(spatial_strides) == len(temporal_strides) == len(inflate)):
+            raise ValueError("stage_blocks, spatial_strides, temporal_strides and inflate need one entry per stage")
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        k = _triple(conv1_kernel)
+        self.conv1 = ConvBN(3, base_channels, k, (conv1_stride_t, 2, 2), tuple((x - 1) // 2 for x in k))
+        self.maxpool = nn.MaxPool3d((1, 3, 3), (pool1_stride_t, 2, 2), (0, 1, 1))
+        inplanes = base_channels
+        self.stage_channels = []
+        for i, n in enumerate(blocks):
+            planes = base_channels * 2**i
+            layer = [Bottleneck3d(inplanes, planes, spatial_strides[i], temporal_strides[i], bool(inflate[i]), with_cp)]
+            inplanes = planes * Bottleneck3d.expansion
+            layer += [Bottleneck3d(inplanes, planes, 1, 1, bool(inflate[i]), with_cp) for _ in range(n - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            self.stage_channels.append(inplanes)
+        self.num_stages = len(blocks)
+        self.init_weights()
+        self.freeze()
+
+    @property
+    def out_channels(self) -> list[int]:
+        return [self.stage_channels[i] for i in self.out_indices]
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():  # each residual branch starts as identity
+            if isinstance(m, Bottleneck3d):
+                nn.init.zeros_(m.conv3.bn.weight)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.maxpool(self.conv1(x))
+        outs = []
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1] + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
+
+    def freeze(self) -> None:
+        for m in self._frozen_modules():
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
