@@ -27,16 +27,9 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _cmd_convert(args) -> int:
-    from tpn.convert import convert_checkpoint
-
-    report = convert_checkpoint(args.src, args.dst, config=args.config, fmt=args.format)
-    print(report)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from tpn import __version__
+    from tpn.convert.commands import add_convert_commands
     from tpn.data.commands import add_data_commands
     from tpn.engine.commands import add_engine_commands
 
@@ -51,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("convert", help="convert a foreign checkpoint (mmaction2, official TPN, Paddle) to tpn's format")
-    p.add_argument("src", help="source checkpoint file (or Paddle persistables folder)")
-    p.add_argument("dst", help="output .pth file")
-    p.add_argument("--config", default="tpn_r50_8x8_k400", help="model config the weights are for (default tpn_r50_8x8_k400)")
-    p.add_argument("--format", default="auto", help="source format: auto, mmaction2, tpn_official, paddle (default auto)")
-    p.set_defaults(func=_cmd_convert)
-
+    add_convert_commands(sub, _add_set)
     add_data_commands(sub, _add_set)
     add_engine_commands(sub, _add_set)
     return parser
