@@ -18,12 +18,12 @@ from tpn.convert.mappings import MAPPINGS
 
 def detect_format(state_dict: dict) -> str:
     keys = list(state_dict)
-    if any(k.startswith(("cls_head.", "neck.")) for k in keys) and not any(k.startswith("necks.") for k in keys):
-        return "mmaction2"
-    if any(k.startswith("necks.") for k in keys):
-        return "tpn_official"
     if any(k.startswith("head.fc.") for k in keys):
         return "tpn"
+    if any(k.startswith("necks.") for k in keys):
+        return "tpn_official"
+    if any(k.startswith(("cls_head.", "neck.")) for k in keys):
+        return "mmaction2"
     raise CheckpointError("unrecognised checkpoint layout (first keys: " + ", ".join(keys[:3]) + ")")
 
 
@@ -56,6 +56,7 @@ def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict, str, dic
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         sd = obj["state_dict"]
         info["label_names"] = obj.get("label_names")
+        fmt = FORMAT if fmt == "auto" else fmt
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):

@@ -1,0 +1,87 @@
+"""Build mmaction2 1.2.0's own TPN (the reference) on CPU for equivalence tests.
+
+mmaction2 is a test-only dependency installed with --no-deps (README). Two of its
+imports are broken in the 1.2.0 wheel or need an old `transformers`; TPN needs neither,
+so they are replaced by empty modules before the registry is imported.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+CONFIG = "tpn-slowonly_r50_8xb8-8x8x1-150e_kinetics400-rgb.py"
+
+
+def require_mmaction2():
+    try:
+        import mmaction  # noqa: F401
+        import mmengine  # noqa: F401
+    except ImportError as e:
+        if os.environ.get("CI"):
+            raise RuntimeError("mmaction2 reference stack missing in CI: see the README's test command") from e
+        pytest.skip(f"mmaction2 reference stack not installed ({e})")
+
+
+def _stub_broken_imports() -> None:
+    for name in ("mmaction.models.localizers.drn", "mmaction.models.localizers.drn.drn", "mmaction.models.multimodal"):
+        mod = types.ModuleType(name)
+        mod.DRN = type("DRN", (), {})
+        sys.modules.setdefault(name, mod)
+
+
+def build_reference(flow: str = "cascade"):
+    """mmaction2's TPN R50 8x8 recognizer built from its packaged config, eval mode."""
+    require_mmaction2()
+    _stub_broken_imports()
+    import glob
+
+    import mmaction
+    from mmengine.config import Config
+    from mmaction.registry import MODELS
+    from mmaction.utils import register_all_modules
+
+    register_all_modules()
+    root = os.path.dirname(mmaction.__file__)
+    path = glob.glob(os.path.join(root, ".mim", "configs", "recognition", "tpn", CONFIG))[0]
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.pretrained = None
+    cfg.model.neck.flow_type = flow
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.eval()
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random weights AND random BN statistics, so that BN folding errors cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.8 + 0.6)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 0.8 + 0.6)
+            m.num_batches_tracked.fill_(1234)
+        elif isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            if m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+@torch.no_grad()
+def reference_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """mmaction2's test path: backbone -> neck -> TPNHead with fcn_test (fresh new_cls)."""
+    feats = model.backbone(x)
+    feat, _ = model.neck(feats)
+    model.cls_head.new_cls = None
+    return model.cls_head(feat, fcn_test=True)
+
+
+@torch.no_grad()
+def reference_aux_logits(model, x: torch.Tensor) -> torch.Tensor:
+    return model.neck.aux_head(model.backbone(x)[-2])
