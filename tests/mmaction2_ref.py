@@ -50,8 +50,7 @@ def build_reference(flow: str = "cascade"):
     cfg = Config.fromfile(path)
     cfg.model.backbone.pretrained = None
     cfg.model.neck.flow_type = flow
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    model = MODELS.build(cfg.model)  # weights are set by `randomize`
     return model.eval()
 
 
