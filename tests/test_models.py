@@ -138,3 +138,18 @@ def test_load_model_public_interface(tmp_path):
     x = clip(1)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_folded_batchnorm_matches_eval_model():
+    from tests.mmaction2_ref import randomize
+    from tpn.accel import fold_batchnorm
+
+    model = tiny().eval()
+    randomize(model, seed=2)  # non-trivial BN statistics
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())  # original untouched
+    x = clip(1)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert (ref - out).abs().max() <= 1e-5 * ref.abs().max() + 1e-5

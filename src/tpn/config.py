@@ -40,7 +40,7 @@ class BackboneConfig:
     out_indices: tuple[int, ...] = (2, 3)
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
-    with_cp: bool = False  # activation checkpointing in every residual block
+    with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
     pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -15,36 +14,6 @@ STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 def _triple(v) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(v)
-
-
-def is_frames_last(x: torch.Tensor) -> bool:
-    """True when (N, C, T, H, W) is laid out as N, T, H, W, C (channels_last_3d)."""
-    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def as_frames(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, T, H, W) -> (N*T, C, H, W); a free view for channels_last_3d input."""
-    n, c, t, h, w = x.shape
-    return x.transpose(1, 2).reshape(n * t, c, h, w)
-
-
-def from_frames(y: torch.Tensor, n: int) -> torch.Tensor:
-    """(N*T, C, H, W) -> (N, C, T, H, W); a free view for channels_last input."""
-    return y.reshape(n, y.shape[0] // n, *y.shape[1:]).transpose(1, 2)
-
-
-def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
-    """Apply `conv`; a conv with no temporal extent runs as a 2D conv over all frames.
-
-    For channels_last_3d input the reshapes are views, and cuDNN's 2D kernels are much
-    faster than its 3D ones for these (1, k, k) shapes. The weights stay Conv3d weights,
-    so checkpoints are unchanged.
-    """
-    if conv.kernel_size[0] == 1 and conv.stride[0] == 1 and conv.padding[0] == 0 and is_frames_last(x):
-        y = F.conv2d(as_frames(x), conv.weight.squeeze(2), conv.bias, conv.stride[1:], conv.padding[1:],
-                     conv.dilation[1:], conv.groups)
-        return from_frames(y, x.shape[0])
-    return conv(x)
 
 
 class ConvBN(nn.Module):
@@ -59,7 +28,7 @@ class ConvBN(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = conv3d(x, self.conv)
+        x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
         return torch.relu_(x) if self.act else x
@@ -118,9 +87,10 @@ class ResNet3dSlowOnly(nn.Module):
         self.stage_channels = []
         for i, n in enumerate(blocks):
             planes = base_channels * 2**i
-            layer = [Bottleneck3d(inplanes, planes, spatial_strides[i], temporal_strides[i], bool(inflate[i]), with_cp)]
+            cp_stage = with_cp if isinstance(with_cp, bool) else (i + 1) in with_cp
+            layer = [Bottleneck3d(inplanes, planes, spatial_strides[i], temporal_strides[i], bool(inflate[i]), cp_stage)]
             inplanes = planes * Bottleneck3d.expansion
-            layer += [Bottleneck3d(inplanes, planes, 1, 1, bool(inflate[i]), with_cp) for _ in range(n - 1)]
+            layer += [Bottleneck3d(inplanes, planes, 1, 1, bool(inflate[i]), cp_stage) for _ in range(n - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             self.stage_channels.append(inplanes)
         self.num_stages = len(blocks)
@@ -143,11 +113,7 @@ class ResNet3dSlowOnly(nn.Module):
                 nn.init.zeros_(m.conv3.bn.weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.conv1(x)
-        if is_frames_last(x) and self.maxpool.stride[0] == 1:  # as a 2D pool over frames, like the convs
-            x = from_frames(F.max_pool2d(as_frames(x), 3, 2, 1), x.shape[0])
-        else:
-            x = self.maxpool(x)
+        x = self.maxpool(self.conv1(x))
         outs = []
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
