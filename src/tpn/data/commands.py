@@ -1,5 +1,76 @@
-"""`tpn data ...` sub-commands."""
+"""`tpn data ...` and `tpn bench data` sub-commands."""
+from __future__ import annotations
 
 
-def add_data_commands(sub, add_set) -> None:
-    """Add the data sub-commands to the `tpn` parser."""
+def _cmd_synth(args) -> int:
+    from tpn.data.synthetic import generate_dataset
+
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),
+                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True)
+    print(f"wrote {s['train']} train + {s['val']} val videos of {len(s['classes'])} classes to {args.out} "
+          f"(train.txt, val.txt, labels.txt)")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from tpn.data.check import check_list, summary, write_outputs
+
+    report = check_list(args.list, root=args.root, fmt=args.format, label_map=args.label_map,
+                        workers=args.workers, clip_len=args.clip_len, frame_interval=args.frame_interval)
+    json_path = args.report or f"{args.list}.check.json"
+    write_outputs(report, json_path, args.write_clean)
+    print(summary(report))
+    print(f"report: {json_path}" + (f"; clean list: {args.write_clean}" if args.write_clean else ""))
+    return 0 if not report["problems"] and not report["bad_lines"] else 1
+
+
+def _cmd_bench_data(args) -> int:
+    import json
+    from pathlib import Path
+
+    from tpn.data.bench import run
+
+    result = run(args.videos_dir, videos=args.videos, clips=args.clips)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"results: {args.out}")
+    return 0
+
+
+def add_data_commands(sub, add_set):
+    """Add `tpn data` and `tpn bench`; returns the `tpn bench` sub-parsers for other benches."""
+    data = sub.add_parser("data", help="prepare and check video datasets").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    p = data.add_parser("synth", help="write a synthetic tempo dataset of mp4 files")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--classes", type=int, default=10, help="number of classes, 2-24 (default 10)")
+    p.add_argument("--videos-per-class", type=int, default=50)
+    p.add_argument("--size", default="160x128", help="WxH (default 160x128)")
+    p.add_argument("--frames", type=int, default=48, help="frames per video (default 48, 30 fps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_cmd_synth)
+
+    p = data.add_parser("check", help="scan an annotation list for unreadable, empty, missing or too-short videos")
+    p.add_argument("list", help="annotation file")
+    p.add_argument("--root", default="", help="folder the list's paths are relative to")
+    p.add_argument("--format", default="list", choices=["list", "mmaction_video", "mmaction_rawframes", "kinetics_csv"])
+    p.add_argument("--label-map", default="", help="class names, one per line (for lists with names)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--clip-len", type=int, default=8)
+    p.add_argument("--frame-interval", type=int, default=8)
+    p.add_argument("--report", default=None, help="JSON report path (default LIST.check.json)")
+    p.add_argument("--write-clean", default=None, metavar="OUT", help="write the list without unusable lines")
+    p.set_defaults(func=_cmd_check)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True,
+                                                                        metavar="BENCH_COMMAND")
+    p = bench.add_parser("data", help="loader throughput per worker on generated Kinetics-like videos")
+    p.add_argument("--videos-dir", default="work_dirs/bench_videos")
+    p.add_argument("--videos", type=int, default=4)
+    p.add_argument("--clips", type=int, default=40)
+    p.add_argument("--out", default="benchmarks/results/data_cpu.json")
+    p.set_defaults(func=_cmd_bench_data)
+    return bench

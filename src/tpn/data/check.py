@@ -1,0 +1,93 @@
+"""`tpn data check`: scan an annotation list in parallel and report what cannot be trained on."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tpn.data.datasets import AnnotationError, parse_line, read_label_names
+from tpn.data.sampling import span
+from tpn.data.video import VideoError, count_rawframes, probe_video, read_rawframes, read_video_frames
+
+
+def check_video(job: tuple[str, bool, int]) -> tuple[str, str]:
+    """(status, detail): ok | missing | zero-byte | unreadable | too-short."""
+    path, rawframes, need = job
+    p = Path(path)
+    if not p.exists():
+        return "missing", "file not found"
+    if p.is_file() and p.stat().st_size == 0:
+        return "zero-byte", "empty file"
+    try:
+        if rawframes:
+            n = count_rawframes(p)
+            if n:
+                read_rawframes(p, [0, n - 1])
+        else:
+            n = probe_video(p).num_frames
+            if n:
+                read_video_frames(p, [0, n - 1])  # the last frame: catches truncated files
+    except VideoError as e:
+        return "unreadable", str(e).split(": ", 1)[-1]
+    if n < need:
+        return "too-short", f"{n} frames < one clip ({need})"
+    return "ok", f"{n} frames"
+
+
+def check_list(list_file, root: str = "", fmt: str = "list", label_map: str = "", workers: int = 4,
+               clip_len: int = 8, frame_interval: int = 8, progress: bool = True) -> dict:
+    names = {n: i for i, n in enumerate(read_label_names(label_map))} if label_map else None
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise AnnotationError(f"{list_file}: annotation file not found")
+    lines, bad_lines = [], []
+    for n, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            lines.append((n, line, parse_line(line, fmt, names, f"{list_file}:{n}")))
+        except AnnotationError as e:
+            bad_lines.append({"line": n, "text": line.strip(), "error": str(e)})
+    need = span(clip_len, frame_interval)
+    jobs = [(str(Path(root) / rel), fmt == "mmaction_rawframes", need) for _, _, (rel, _, _) in lines]
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(check_video, jobs, chunksize=4)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc="checking", unit="video")
+        results = list(results)
+    problems = [
+        {"line": n, "path": job[0], "status": status, "detail": detail}
+        for (n, _, _), job, (status, detail) in zip(lines, jobs, results) if status != "ok"
+    ]
+    counts: dict[str, int] = {}
+    for status, _ in results:
+        counts[status] = counts.get(status, 0) + 1
+    clean = [line for (_, line, _), (status, _) in zip(lines, results) if status == "ok"]
+    return {"list": str(list_file), "root": root, "total": len(lines) + len(bad_lines), "counts": counts,
+            "bad_lines": bad_lines, "problems": problems, "clean_lines": clean}
+
+
+def summary(report: dict, limit: int = 10) -> str:
+    c = report["counts"]
+    out = [f"{report['list']}: {report['total']} lines, {c.get('ok', 0)} readable, "
+           f"{len(report['problems'])} unusable videos, {len(report['bad_lines'])} bad lines"]
+    for status in ("missing", "zero-byte", "unreadable", "too-short"):
+        if c.get(status):
+            out.append(f"  {status:<11}{c[status]}")
+    for p in report["problems"][:limit]:
+        out.append(f"  line {p['line']}: {p['status']}: {p['path']} ({p['detail']})")
+    for b in report["bad_lines"][:limit]:
+        out.append(f"  bad line {b['line']}: {b['error']}")
+    more = len(report["problems"]) + len(report["bad_lines"]) - 2 * limit
+    if more > 0:
+        out.append(f"  ... see the JSON report for the rest")
+    return "\n".join(out)
+
+
+def write_outputs(report: dict, json_path: str | Path | None, clean_path: str | Path | None) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps({k: v for k, v in report.items() if k != "clean_lines"}, indent=1))
+    if clean_path:
+        Path(clean_path).write_text("\n".join(report["clean_lines"]) + ("\n" if report["clean_lines"] else ""))

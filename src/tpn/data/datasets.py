@@ -1,0 +1,226 @@
+"""Annotation lists and the video dataset.
+
+Formats (`data.format`):
+- `list` / `mmaction_video`: `relative/path.mp4 LABEL` per line (the seed's and mmaction2's
+  video lists); LABEL is an integer or, with a label map, a class name.
+- `mmaction_rawframes`: `relative/frame_dir TOTAL_FRAMES LABEL` (frames `img_00001.jpg`, ...).
+- `kinetics_csv`: the Kinetics CSV (`label,youtube_id,time_start,time_end,split`); videos are
+  `ROOT/LABEL/YOUTUBEID_START_END.mp4` with 6-digit zero-padded times, labels by name.
+A bad line is a one-line error naming the file and line number.
+
+Items (uint8, channels first; see the README's "Batch layouts"):
+- train: `(clip [3, T, crop, crop], label)`. A broken video is replaced by another sample
+  chosen from (index, attempt), logged, and appended to the report file.
+- val:   `(clip [3, T, crop, crop], label, index, ok)`: one centred clip, centre crop.
+- test:  `(views [V, 3, T, S, S], label, index, ok)`, V = test_clips x test_crops, clip-major.
+val/test never replace a broken video: it comes back with ok=False (zeros) and is reported.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tpn.config import DataConfig
+from tpn.data import sampling, transforms as T
+from tpn.data.video import VideoError, count_rawframes, probe_video, read_rawframes, read_video_frames
+from tpn.errors import TpnError
+
+log = logging.getLogger("tpn.data")
+
+
+class AnnotationError(TpnError):
+    pass
+
+
+def read_label_names(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: label map not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise AnnotationError(f"{path}: duplicate class names in the label map")
+    return names
+
+
+def _label(token: str, names: dict[str, int] | None, where: str) -> int:
+    if token.lstrip("-").isdigit():
+        value = int(token)
+        if value < 0 or (names is not None and value >= len(names)):
+            raise AnnotationError(f"{where}: label {value} out of range")
+        return value
+    if names is None:
+        raise AnnotationError(f"{where}: label {token!r} is not an integer and no label map is set (data.label_map)")
+    if token not in names:
+        raise AnnotationError(f"{where}: unknown label name {token!r} (not in the label map)")
+    return names[token]
+
+
+def read_annotations(path: str | Path, fmt: str, label_names: list[str] | None = None) -> list[tuple[str, int, int]]:
+    """[(relative path, label, total_frames or -1)] from an annotation file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    names = {n: i for i, n in enumerate(label_names)} if label_names is not None else None
+    out = []
+    if fmt == "kinetics_csv":
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            need = {"label", "youtube_id", "time_start", "time_end"}
+            if not reader.fieldnames or not need <= set(reader.fieldnames):
+                raise AnnotationError(f"{path}:1: CSV header must contain {', '.join(sorted(need))}")
+            for n, row in enumerate(reader, start=2):
+                where = f"{path}:{n}"
+                try:
+                    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+                except (TypeError, ValueError):
+                    raise AnnotationError(f"{where}: time_start/time_end must be numbers") from None
+                label = _label(row["label"] or "", names, where)
+                rel = f"{row['label']}/{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
+                out.append((rel, label, -1))
+        return out
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            out.append(parse_line(line, fmt, names, f"{path}:{n}"))
+    return out
+
+
+def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) -> tuple[str, int, int]:
+    """One line of a text list -> (relative path, label, total_frames or -1)."""
+    parts = line.split()
+    if fmt == "mmaction_rawframes":
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise AnnotationError(f"{where}: expected 'FRAME_DIR TOTAL_FRAMES LABEL', got {line.strip()!r}")
+        return parts[0], _label(parts[2], names, where), int(parts[1])
+    if len(parts) < 2:
+        raise AnnotationError(f"{where}: expected 'PATH LABEL', got {line.strip()!r} (missing label?)")
+    return " ".join(parts[:-1]), _label(parts[-1], names, where), -1
+
+
+def write_report_line(report_path: str | Path | None, record: dict) -> None:
+    """Append one JSON line; a single O_APPEND write, so concurrent workers do not interleave."""
+    if report_path is None:
+        return
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(str(report_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+class VideoDataset(Dataset):
+    def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int, int]],
+                 label_names: list[str] | None, report_path=None, seed: int = 0):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        self.cfg, self.split, self.seed = cfg, split, seed
+        self.root = Path(cfg.root)
+        self.rawframes = cfg.format == "mmaction_rawframes"
+        self.items = samples
+        self.samples = [(str(self.root / p), label) for p, label, _ in samples]
+        self.label_names = label_names
+        self.report_path = report_path
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Random draws depend on (seed, epoch, index): reproducible for any worker layout."""
+        self.epoch = epoch
+
+    # -- reading -----------------------------------------------------------------
+    def _read(self, index: int, picker) -> torch.Tensor:
+        path, _ = self.samples[index]
+        if self.rawframes:
+            total = self.items[index][2] or count_rawframes(path)
+            n = total
+        else:
+            n = probe_video(path).num_frames
+        if n < 1:
+            raise VideoError(f"{path}: no frames")
+        idx = picker(n)
+        flat = np.asarray(idx).reshape(-1)
+        frames = read_rawframes(path, flat) if self.rawframes else read_video_frames(path, flat)
+        return T.to_clip(frames)  # (3, len(flat), H, W)
+
+    def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+
+    def _report(self, index: int, err: Exception) -> None:
+        path = self.samples[index][0]
+        log.warning("skipping unreadable video: %s", err)
+        write_report_line(self.report_path, {"path": path, "error": str(err), "split": self.split})
+
+    # -- items -------------------------------------------------------------------
+    def __getitem__(self, index: int):
+        c = self.cfg
+        if self.split == "train":
+            for attempt in range(10):
+                rng = self._rng(index, attempt)
+                try:
+                    clip = self._read(index, lambda n: sampling.train_indices(n, c.clip_len, c.frame_interval, rng))
+                    return self._train_transform(clip, rng), self.samples[index][1]
+                except VideoError as e:
+                    self._report(index, e)
+                    # a deterministic replacement: same choice for the same (index, attempt)
+                    index = zlib.crc32(f"{index}:{attempt}".encode()) % len(self.samples)
+            raise TpnError(f"10 unreadable videos in a row (last {self.samples[index][0]}); see the data report")
+        label = self.samples[index][1]
+        try:
+            if self.split == "val":
+                clip = self._read(index, lambda n: sampling.val_indices(n, c.clip_len, c.frame_interval))
+                return self._val_transform(clip), label, index, True
+            clip = self._read(index, lambda n: sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips))
+            return self._test_transform(clip), label, index, True
+        except VideoError as e:
+            self._report(index, e)
+            if self.split == "val":
+                return torch.zeros(3, c.clip_len, c.crop_size, c.crop_size, dtype=torch.uint8), label, index, False
+            v = c.test_clips * c.test_crops
+            s = c.test_crop_size
+            return torch.zeros(v, 3, c.clip_len, s, s, dtype=torch.uint8), label, index, False
+
+    def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        c = self.cfg
+        if c.train_crop == "random_resized":
+            clip = T.random_resized_crop(clip, c.crop_size, rng)
+        else:
+            clip = T.random_crop(T.resize_short_side(clip, c.short_side), c.crop_size, rng)
+        if rng.random() < c.flip:
+            clip = clip.flip(-1)
+        if c.color_jitter:
+            clip = T.color_jitter(clip, rng)
+        return clip.contiguous()
+
+    def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
+        return T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size).contiguous()
+
+    def _test_transform(self, clip: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        clip = T.resize_short_side(clip, c.short_side)
+        views = []
+        for k in range(c.test_clips):  # clip-major: view v = clip v // crops, crop v % crops
+            part = clip[:, k * c.clip_len:(k + 1) * c.clip_len]
+            crops = T.three_crop(part, c.test_crop_size) if c.test_crops == 3 else [T.center_crop(part, c.test_crop_size)]
+            views += crops
+        return torch.stack(views).contiguous()
+
+
+def build_dataset(data_cfg: DataConfig, split: str, report_path=None, seed: int = 0) -> VideoDataset:
+    list_file = {"train": data_cfg.train_list, "val": data_cfg.val_list, "test": data_cfg.test_list}[split]
+    if not list_file:
+        raise AnnotationError(f"data.{split}_list is not set in the config")
+    names = read_label_names(data_cfg.label_map) if data_cfg.label_map else None
+    samples = read_annotations(list_file, data_cfg.format, names)
+    if not samples:
+        raise AnnotationError(f"{list_file}: no samples")
+    return VideoDataset(data_cfg, split, samples, names, report_path, seed)
