@@ -121,11 +121,13 @@ class TrainConfig:
     seed: int = 0
     keep_last: int = 3
     log_interval: int = 20  # iterations
+    ckpt_interval_iters: int = 0  # also checkpoint every N iterations inside an epoch (0: per epoch only)
 
 
 @dataclass
 class TestConfig:
     batch_size: int = 1  # videos per batch (each brings clips x crops views)
+    fold_bn: bool = True  # fold BatchNorm into the convs for testing (same numbers, faster)
 
 
 @dataclass

@@ -1,5 +1,93 @@
 """`tpn train`, `tpn test`, `tpn predict`, `tpn demo` sub-commands."""
+from __future__ import annotations
+
+import json
+
+
+def _cmd_train(args) -> int:
+    from tpn.config import load_config
+    from tpn.engine.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    work_dir = args.work_dir or f"work_dirs/{cfg.name}"
+    s = train(cfg, work_dir, resume=args.resume, device=args.device)
+    if s.get("curves"):
+        print(f"work dir: {work_dir} (checkpoints, metrics.jsonl, train.log, training_curves.png)")
+    return 0
+
+
+def _cmd_test(args) -> int:
+    from tpn.config import load_config
+    from tpn.engine.evaluate import run_test
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.work_dir or f"work_dirs/{cfg.name}/test"
+    r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device)
+    m = r["metrics"]
+    if r["paths"]:
+        print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "
+              f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}%")
+        print("report: " + ", ".join(r["paths"].values()))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from tpn.config import load_config
+    from tpn.engine.predict import predict_videos
+
+    cfg = load_config(args.config, args.overrides)
+    results = predict_videos(cfg, args.checkpoint, args.videos, topk=args.topk, views=args.views, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['video']}: {r['error']}")
+            continue
+        print(r["video"])
+        for t in r["top"]:
+            print(f"  {t['score']:.3f}  {t['label']}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from tpn.engine.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, device=args.device)
+    return 0
 
 
 def add_engine_commands(sub, add_set) -> None:
-    """Add the engine sub-commands to the `tpn` parser."""
+    p = sub.add_parser("train", help="train a model (one process, or many under torchrun)")
+    p.add_argument("config")
+    p.add_argument("--work-dir", default=None, help="default work_dirs/<config name>")
+    p.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint in the work dir) or a path")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_set(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="multi-view test of a checkpoint (default 10 clips x 3 crops)")
+    p.add_argument("config")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 10x3 (default: the config's)")
+    p.add_argument("--work-dir", default=None, help="report folder (default work_dirs/<config>/test)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_set(p)
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("predict", help="top-k classes for video files")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--views", default=None, help="CLIPSxCROPS (default: the config's test views)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_set(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="synthetic tempo dataset -> train a small TPN on CPU -> 30-view test")
+    p.add_argument("--out", default="work_dirs/demo")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.set_defaults(func=_cmd_demo)

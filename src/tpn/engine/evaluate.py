@@ -1,0 +1,163 @@
+"""Validation (1 clip, centre crop) and multi-view testing (softmax averaged over views).
+
+Batches come from `tpn.data.datasets`: val items carry one clip, test items V views
+(clips x crops). Each rank evaluates its own shard without padding and rank 0 gathers
+exactly one result per video. Broken videos (ok=False) are excluded and listed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
+
+
+def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
+    sampler = ShardedSampler(len(dataset), d.rank, d.world, shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=d.device.type == "cuda", persistent_workers=False)
+
+
+@torch.no_grad()
+def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int, tuple[np.ndarray, int, bool]]:
+    """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards)."""
+    out = {}
+    it = loader
+    if progress and d.main:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
+    for x, labels, index, ok in it:
+        x = x.to(d.device, non_blocking=True)
+        views = x.shape[1] if x.dim() == 6 else 1
+        flat = x.flatten(0, 1) if x.dim() == 6 else x
+        logits = forward(flat).float()
+        probs = F.softmax(logits, dim=-1).view(x.shape[0], views, -1).mean(1).cpu().numpy()
+        for i in range(x.shape[0]):
+            out[int(index[i])] = (probs[i], int(labels[i]), bool(ok[i]))
+    merged = {}
+    for part in gather_objects(out, d):
+        merged.update(part)
+    return merged
+
+
+def metrics(results: dict[int, tuple[np.ndarray, int, bool]], num_classes: int) -> dict:
+    valid = sorted(i for i, (_, _, ok) in results.items() if ok)
+    if not valid:
+        return {"videos": 0, "skipped": len(results), "top1": 0.0, "top5": 0.0, "mean_class_accuracy": 0.0}
+    probs = np.stack([results[i][0] for i in valid])
+    labels = np.array([results[i][1] for i in valid])
+    order = np.argsort(-probs, axis=1)
+    top1 = order[:, 0] == labels
+    top5 = (order[:, : min(5, num_classes)] == labels[:, None]).any(1)
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(conf, (labels, order[:, 0]), 1)
+    per_class = {}
+    for c in range(num_classes):
+        n = int((labels == c).sum())
+        if n:
+            per_class[c] = float(conf[c, c] / n)
+    return {
+        "videos": len(valid),
+        "skipped": len(results) - len(valid),
+        "top1": float(top1.mean()),
+        "top5": float(top5.mean()),
+        "mean_class_accuracy": float(np.mean(list(per_class.values()))),
+        "per_class_accuracy": per_class,
+        "confusion": conf.tolist(),
+    }
+
+
+def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None) -> dict:
+    """metrics.json, predictions.csv, confusion_matrix.png; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
+    summary = {k: v for k, v in m.items() if k != "confusion"}
+    summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
+    summary["skipped_videos"] = [dataset.samples[i][0] for i, (_, _, ok) in sorted(results.items()) if not ok]
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    with (out_dir / "predictions.csv").open("w") as f:
+        f.write("index,path,label,prediction,score,ok\n")
+        for i, (p, label, ok) in sorted(results.items()):
+            pred = int(np.argmax(p))
+            f.write(f"{i},{dataset.samples[i][0]},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
+    paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv")}
+    if m.get("confusion"):
+        paths["confusion_matrix"] = str(plot_confusion(np.array(m["confusion"]), names, out_dir / "confusion_matrix.png"))
+    return paths
+
+
+def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(names)
+    size = min(4 + 0.35 * k, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 60:
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (rows normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def parse_views(views: str) -> tuple[int, int]:
+    from tpn.errors import TpnError
+
+    try:
+        clips, crops = (int(v) for v in views.lower().split("x"))
+    except ValueError:
+        raise TpnError(f"--views {views!r}: expected CLIPSxCROPS, e.g. 10x3") from None
+    if clips < 1 or crops not in (1, 3):
+        raise TpnError(f"--views {views!r}: clips must be >= 1 and crops 1 or 3")
+    return clips, crops
+
+
+def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report."""
+    from dataclasses import replace
+
+    from tpn.accel import make_eval_forward
+    from tpn.data.datasets import build_dataset
+    from tpn.engine import distributed as D
+    from tpn.models.build import build_model
+    from tpn.convert import load_weights
+
+    d = D.setup(device)
+    if views:
+        clips, crops = parse_views(views)
+        cfg = replace(cfg, data=replace(cfg.data, test_clips=clips, test_crops=crops))
+    out_dir = Path(out_dir)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg)
+    info = load_weights(model, checkpoint)
+    model = model.to(d.device).eval()
+    cuda = d.device.type == "cuda"
+    forward = make_eval_forward(model, cfg, amp=cfg.train.amp and cuda, channels_last=cfg.train.channels_last and cuda,
+                                compile_model=cfg.train.compile and cuda, fold_bn=cfg.test.fold_bn)
+    dataset = build_dataset(cfg.data, "test", report_path=out_dir / "bad_videos.jsonl")
+    loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
+    t0 = time.time()
+    results = predict_probs(forward, loader, d, progress=progress)
+    elapsed = time.time() - t0
+    m = metrics(results, cfg.model.head.num_classes)
+    names = dataset.label_names or info.get("label_names")
+    paths = write_test_report(out_dir, results, m, dataset, names) if d.main else {}
+    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9),
+            "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}
