@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 from tpn.data.sampling import span
-from tpn.data.video import VideoError, count_rawframes, probe_video, read_rawframes, read_video_frames
+from tpn.data.video import VideoError, VideoReader, count_rawframes, read_rawframes
 
 
 def check_video(job: tuple[str, bool, int]) -> tuple[str, str]:
@@ -24,9 +24,10 @@ def check_video(job: tuple[str, bool, int]) -> tuple[str, str]:
             if n:
                 read_rawframes(p, [0, n - 1])
         else:
-            n = probe_video(p).num_frames
-            if n:
-                read_video_frames(p, [0, n - 1])  # the last frame: catches truncated files
+            with VideoReader(p) as reader:  # counts the packets: catches files cut short
+                n = reader.num_frames
+                if n:
+                    reader.get_frames([0, n // 2, n - 1])  # decodes through to the last frame
     except VideoError as e:
         return "unreadable", str(e).split(": ", 1)[-1]
     if n < need:

@@ -1,11 +1,27 @@
 """`tpn data ...` and `tpn bench data` sub-commands."""
 from __future__ import annotations
 
+from tpn.errors import TpnError
+
+
+def _size(text: str, flag: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise TpnError(f"{flag} {text!r}: expected WIDTHxHEIGHT, e.g. 160x128") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise TpnError(f"{flag} {text!r}: width and height must be even and at least 16 (H.264 4:2:0)")
+    return w, h
+
 
 def _cmd_synth(args) -> int:
     from tpn.data.synthetic import generate_dataset
 
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    w, h = _size(args.size, "--size")
+    if not 2 <= args.classes <= 24:
+        raise TpnError(f"--classes {args.classes}: must be between 2 and 24")
+    if args.videos_per_class < 2:
+        raise TpnError(f"--videos-per-class {args.videos_per_class}: need at least 2 (train and val)")
     s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),
                          seed=args.seed, frames=args.frames, workers=args.workers, progress=True)
     print(f"wrote {s['train']} train + {s['val']} val videos of {len(s['classes'])} classes to {args.out} "

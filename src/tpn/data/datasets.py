@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from tpn.config import DataConfig
 from tpn.data import sampling, transforms as T
-from tpn.data.video import VideoError, count_rawframes, probe_video, read_rawframes, read_video_frames
+from tpn.data.video import VideoError, count_rawframes, read_clip, read_rawframes
 from tpn.errors import TpnError
 
 log = logging.getLogger("tpn.data")
@@ -128,29 +128,40 @@ class VideoDataset(Dataset):
         self.samples = [(str(self.root / p), label) for p, label, _ in samples]
         self.label_names = label_names
         self.report_path = report_path
-        self.epoch = 0
+        # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        """Random draws depend on (seed, epoch, index): reproducible for any worker layout."""
-        self.epoch = epoch
+        """Random draws depend only on (seed, epoch, index, attempt): the same clips for any
+        number of workers, any batch size and after a resume. Call before iterating."""
+        self._epoch[0] = epoch
 
     # -- reading -----------------------------------------------------------------
     def _read(self, index: int, picker) -> torch.Tensor:
+        """(3, len(indices), H, W) uint8 for the indices `picker(num_frames)` chooses."""
         path, _ = self.samples[index]
         if self.rawframes:
-            total = self.items[index][2] or count_rawframes(path)
-            n = total
+            n = self.items[index][2] if self.items[index][2] > 0 else count_rawframes(path)
+            if n < 1:
+                raise VideoError(f"{path}: no frames")
+            frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1))
         else:
-            n = probe_video(path).num_frames
-        if n < 1:
-            raise VideoError(f"{path}: no frames")
-        idx = picker(n)
-        flat = np.asarray(idx).reshape(-1)
-        frames = read_rawframes(path, flat) if self.rawframes else read_video_frames(path, flat)
-        return T.to_clip(frames)  # (3, len(flat), H, W)
+            frames, _ = read_clip(path, picker)
+        return T.to_clip(frames)
+
+    def _train_pick(self, index: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.cfg
+        if c.short_videos == "skip" and n < sampling.span(c.clip_len, c.frame_interval):
+            raise VideoError(f"{self.samples[index][0]}: too short: {n} frames, one clip spans "
+                             f"{sampling.span(c.clip_len, c.frame_interval)} (data.short_videos=loop keeps it)")
+        return sampling.train_indices(n, c.clip_len, c.frame_interval, rng)
 
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
@@ -167,7 +178,7 @@ class VideoDataset(Dataset):
             for attempt in range(10):
                 rng = self._rng(index, attempt)
                 try:
-                    clip = self._read(index, lambda n: sampling.train_indices(n, c.clip_len, c.frame_interval, rng))
+                    clip = self._read(index, lambda n: self._train_pick(index, n, rng))
                     return self._train_transform(clip, rng), self.samples[index][1]
                 except VideoError as e:
                     self._report(index, e)

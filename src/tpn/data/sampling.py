@@ -1,8 +1,18 @@
-"""Which frames a clip uses (mmaction2's SampleFrames protocols), as exact index arrays.
+"""Which frames a clip uses, as exact 0-based index arrays (mmaction2 1.x `SampleFrames`).
 
-A clip is `clip_len` frames spaced `frame_interval` apart, spanning
-`(clip_len - 1) * frame_interval + 1` frames. A video shorter than that loops: indices
-wrap modulo the frame count (mmaction2's `out_of_bound_opt='loop'`).
+A clip is `clip_len` frames spaced `frame_interval` apart. The three protocols:
+
+- train: one clip at a uniformly random start in `[0, n - clip_len * frame_interval]`
+  (mmaction2 reserves the whole `clip_len * frame_interval` window, one interval more
+  than the clip's span).
+- val:   one clip centred: start `max(n - span, 0) // 2`, span `(clip_len - 1) * frame_interval + 1`.
+- test:  `num_clips` clips whose starts run evenly from 0 to `n - span` (first clip at the
+  start, last one ending on the last frame), rounded half-to-even; a single clip is centred.
+
+Short videos loop: an index past the end wraps around modulo the frame count (mmaction2's
+`out_of_bound_opt='loop'`), so a 20-frame video gives a full 8x8 clip
+`[0, 8, 16, 4, 12, 0, 8, 16]` rather than a clip of repeated last frames. Start 0 is used
+when the video is shorter than the window.
 """
 from __future__ import annotations
 
@@ -10,33 +20,36 @@ import numpy as np
 
 
 def span(clip_len: int, frame_interval: int) -> int:
+    """Frames a clip covers from its first to its last index."""
     return (clip_len - 1) * frame_interval + 1
 
 
-def _clip(start: int, num_frames: int, clip_len: int, frame_interval: int) -> np.ndarray:
-    return (start + np.arange(clip_len) * frame_interval) % num_frames
+def clip_indices(start: int, num_frames: int, clip_len: int, frame_interval: int) -> np.ndarray:
+    if num_frames < 1:
+        raise ValueError("a video with no frames has no clips")
+    return (start + np.arange(clip_len, dtype=np.int64) * frame_interval) % num_frames
 
 
 def train_indices(num_frames: int, clip_len: int, frame_interval: int, rng: np.random.Generator) -> np.ndarray:
-    """One clip at a uniformly random start."""
-    room = num_frames - span(clip_len, frame_interval) + 1
+    """One clip at a uniformly random start (one draw from `rng`)."""
+    room = num_frames - clip_len * frame_interval + 1
     start = int(rng.integers(0, room)) if room > 0 else 0
-    return _clip(start, num_frames, clip_len, frame_interval)
+    return clip_indices(start, num_frames, clip_len, frame_interval)
 
 
 def val_indices(num_frames: int, clip_len: int, frame_interval: int) -> np.ndarray:
     """One clip in the middle of the video."""
-    start = max(0, (num_frames - span(clip_len, frame_interval)) // 2)
-    return _clip(start, num_frames, clip_len, frame_interval)
+    start = max(num_frames - span(clip_len, frame_interval), 0) // 2
+    return clip_indices(start, num_frames, clip_len, frame_interval)
 
 
 def test_indices(num_frames: int, clip_len: int, frame_interval: int, num_clips: int) -> np.ndarray:
-    """`num_clips` clips spread uniformly: the video (less one span) is cut into equal
-    segments and each clip starts in the middle of its segment. Shape (num_clips, clip_len)."""
-    room = num_frames - span(clip_len, frame_interval) + 1
-    if room > 0:
-        seg = room / num_clips
-        starts = (np.arange(num_clips) * seg + seg / 2).astype(np.int64)
-    else:
-        starts = np.zeros(num_clips, dtype=np.int64)
-    return np.stack([_clip(int(s), num_frames, clip_len, frame_interval) for s in starts])
+    """`num_clips` clips spread uniformly over the video; shape (num_clips, clip_len)."""
+    if num_clips == 1:
+        return val_indices(num_frames, clip_len, frame_interval)[None]
+    max_start = max(num_frames - span(clip_len, frame_interval), 0)
+    starts = np.round(np.arange(num_clips) * (max_start / (num_clips - 1))).astype(np.int64)
+    return np.stack([clip_indices(int(s), num_frames, clip_len, frame_interval) for s in starts])
+
+
+test_indices.__test__ = False  # not a pytest test despite the name

@@ -68,17 +68,25 @@ def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generat
     return out
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = None, crf: int = 23) -> None:
-    """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2."""
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = None, crf: int = 23,
+              preset: str = "ultrafast", faststart: bool = False) -> None:
+    """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2.
+
+    `preset="ultrafast"` has no B-frames; "veryfast" and slower use them (as Kinetics files
+    do). `gop=None` keeps x264's default keyframe interval (250); `faststart` puts the index
+    (moov atom) first, as web videos have it.
+    """
     import av
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
-        opts = {"preset": "ultrafast", "crf": str(crf)} if codec == "libx264" else {}
+        opts = {"preset": preset, "crf": str(crf)} if codec == "libx264" else {}
         if gop:
             opts["g"] = str(gop)
             stream.codec_context.gop_size = gop

@@ -1,8 +1,8 @@
 """Clip transforms in torch (no torchvision). Clips are uint8 (3, T, H, W) until the device.
 
-Every random transform draws once per clip and applies the same crop/flip/jitter to all
-of its frames. Resizing is bilinear with antialiasing on downscale (as OpenCV's area-like
-results for mmaction2's pipelines), rounded back to uint8.
+Every random transform draws once per clip (from the `rng` it is given) and applies the
+same crop/flip/jitter to all of its frames. Everything stays uint8 on the host; `normalize`
+runs on the device, so a batch crosses to the GPU at one byte per value.
 """
 from __future__ import annotations
 
@@ -19,20 +19,24 @@ def to_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a uint8 (3, T, H, W) clip to (h, w)."""
+    """Resize a uint8 (3, T, H, W) clip to (h, w): bilinear, no antialiasing, on uint8.
+
+    This is mmaction2's resize (OpenCV `INTER_LINEAR`; equal within one grey level) and
+    torch's fast uint8 channels-last kernel: ~5x faster than going through float.
+    """
     h, w = size
-    if clip.shape[-2:] == (h, w):
+    if tuple(clip.shape[-2:]) == (h, w):
         return clip
-    x = clip.permute(1, 0, 2, 3).float()  # frames as the batch
-    antialias = h < clip.shape[-2] or w < clip.shape[-1]
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3)
+    x = clip.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)  # frames as the batch
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    return x.permute(1, 0, 2, 3)
 
 
 def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(h, w) with the short side `short`, the long one scaled and rounded half up (as mmcv)."""
     if h <= w:
-        return short, max(1, int(round(w * short / h)))
-    return max(1, int(round(h * short / w))), short
+        return short, max(1, int(w * short / h + 0.5))
+    return max(1, int(h * short / w + 0.5)), short
 
 
 def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
@@ -56,12 +60,17 @@ def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def three_crop(clip: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Three size x size crops covering the long side: start, centre, end."""
+    """Three size x size crops covering the long side: start, centre, end (mmaction2's offsets:
+    0, (L - size) // 2 and twice that); the short side is centre-cropped if it exceeds `size`."""
     h, w = clip.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"three_crop: clip {h}x{w} smaller than crop {size}")
     if w >= h:
-        tops, lefts = [(h - size) // 2] * 3, [0, (w - size) // 2, w - size]
+        step = (w - size) // 2
+        tops, lefts = [(h - size) // 2] * 3, [0, step, 2 * step]
     else:
-        tops, lefts = [0, (h - size) // 2, h - size], [(w - size) // 2] * 3
+        step = (h - size) // 2
+        tops, lefts = [0, step, 2 * step], [(w - size) // 2] * 3
     return [crop(clip, t, l, size, size) for t, l in zip(tops, lefts)]
 
 

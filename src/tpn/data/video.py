@@ -1,18 +1,27 @@
 """Decoding frames from video files (PyAV) and raw-frame folders.
 
-`read_video_frames(path, indices)` returns exactly the requested frames (0-based, in
-decode order), as uint8 RGB (len(indices), H, W, 3). When the first wanted frame lies
-past the first keyframe interval it seeks to the nearest keyframe before it and decodes
-forward; frames are identified by their timestamps, so seeking never shifts indices.
-Only the wanted frames are converted to RGB. One decoder thread per call: data-loader
-workers give the parallelism (measured faster than decoder threads, see
-benchmarks/results/data_*.json).
+`read_clip(path, pick)` opens a video once, learns its frame count, asks `pick(n)` for
+the frame indices and returns exactly those frames (0-based, presentation order; the
+same frames a sequential decode yields at those positions) as uint8 RGB (len, H, W, 3).
+
+How frames are found: the packets are demuxed once (no decoding, ~1 ms for a 10 s
+clip) to get every frame's timestamp and the keyframes. A frame's index is the rank of
+its timestamp, so seeking never shifts indices, B-frames and odd time bases included.
+For each wanted frame the reader seeks to the keyframe at or before it only when that
+keyframe lies beyond the frame the decoder would produce next; otherwise it decodes
+forward. So a long-GOP video (keyframes every 250 frames) is decoded once from the
+start, a short-GOP one only around the wanted frames. Only wanted frames are converted
+to RGB. One decoder thread per call: data-loader workers give the parallelism (decoder
+threads measured slower per core, /work/shared/reference/decoders.md).
+
+A video that cannot give the frames raises `VideoError` (missing, zero bytes, not a
+video, truncated: fewer packets than its header announces, or a frame that does not decode).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,7 +29,12 @@ from tpn.errors import TpnError
 
 
 class VideoError(TpnError):
-    """A video that cannot be read (missing, empty, corrupt, or too short)."""
+    """A video that cannot be read (missing, empty, corrupt, truncated or too short)."""
+
+
+def _why(e: Exception) -> str:
+    """An exception as one short phrase (PyAV's messages repeat the path)."""
+    return f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
 
 
 @dataclass
@@ -31,106 +45,173 @@ class VideoInfo:
     height: int
 
 
-def _open(path: str | Path):
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: zero-byte file")
-    try:
-        container = av.open(str(path))
-    except Exception as e:  # av raises many subclasses (InvalidDataError, ...)
-        raise VideoError(f"{path}: cannot open video ({type(e).__name__}: {e})") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{path}: no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "SLICE"
-    stream.codec_context.thread_count = 1
-    return container, stream
+# Seek only when it skips more than this many frames: a seek costs a decoder flush and a
+# restart (B-frame delay included), measured worth about 16-32 decoded frames at 340x256.
+SEEK_MIN_SKIP = 24
 
 
-def _frame_step(stream) -> Fraction | None:
-    """Timestamp units per frame, from the stream's average rate."""
-    rate = stream.average_rate or stream.guessed_rate
-    if not rate or not stream.time_base:
-        return None
-    return 1 / (Fraction(rate) * stream.time_base)
+class VideoReader:
+    """One open video file. Use as a context manager; `num_frames` is exact (demuxed)."""
+
+    min_skip = SEEK_MIN_SKIP
+
+    def __init__(self, path: str | Path):
+        import av
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise VideoError(f"{self.path}: file not found")
+        if self.path.stat().st_size == 0:
+            raise VideoError(f"{self.path}: zero-byte file")
+        try:
+            self.container = av.open(str(self.path))
+        except Exception as e:  # av raises many subclasses (InvalidDataError, ...)
+            raise VideoError(f"{self.path}: cannot open video ({_why(e)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoError(f"{self.path}: no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "SLICE"
+        self.stream.codec_context.thread_count = 1
+        try:
+            self._index()
+        except Exception:
+            self.container.close()
+            raise
+
+    def _index(self) -> None:
+        """Timestamps of all frames (sorted) and the indices of keyframes, from the packets."""
+        pts, keys = [], []
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.size == 0:
+                    continue
+                pts.append(packet.pts)
+                keys.append(packet.is_keyframe)
+        except Exception as e:
+            raise VideoError(f"{self.path}: cannot read packets ({_why(e)})") from None
+        declared = self.stream.frames or 0
+        if declared and len(pts) < declared:
+            raise VideoError(f"{self.path}: truncated: header announces {declared} frames, {len(pts)} present")
+        self.num_frames = len(pts)
+        self.timestamps = None  # None: no usable timestamps, count frames sequentially instead
+        self.keyframes = np.zeros(1, np.int64)
+        if pts and None not in pts:
+            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+            ts = np.asarray(pts, dtype=np.int64)[order]
+            if np.all(np.diff(ts) > 0):
+                self.timestamps = ts
+                rank = np.empty_like(order)
+                rank[order] = np.arange(len(order))
+                self.keyframes = np.sort(rank[np.asarray(keys, dtype=bool)])
+        self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+
+    def info(self) -> VideoInfo:
+        rate = self.stream.average_rate or self.stream.guessed_rate or 30
+        cc = self.stream.codec_context
+        return VideoInfo(self.num_frames, float(rate), cc.width, cc.height)
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ decoding
+    def _frame_index(self, frame, counter: int) -> int:
+        if self.timestamps is None:
+            return counter
+        if frame.pts is None:
+            raise VideoError(f"{self.path}: a decoded frame carries no timestamp")
+        i = int(np.searchsorted(self.timestamps, frame.pts))
+        if i >= len(self.timestamps) or self.timestamps[i] != frame.pts:
+            raise VideoError(f"{self.path}: decoded frame with timestamp {frame.pts} not among the packets")
+        return i
+
+    def get_frames(self, indices, seek: bool = True) -> np.ndarray:
+        """Exactly the frames `indices` (any order, repeats allowed) as uint8 (len, H, W, 3) RGB."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) == 0:
+            raise ValueError("no frame indices requested")
+        wanted = np.unique(indices)
+        if wanted[0] < 0 or wanted[-1] >= self.num_frames:
+            bad = wanted[0] if wanted[0] < 0 else wanted[-1]
+            raise VideoError(f"{self.path}: frame {bad} requested, the video has {self.num_frames} frames")
+        seek = seek and self.timestamps is not None
+        todo = set(int(i) for i in wanted)
+        got: dict[int, np.ndarray] = {}
+        frames = None  # the decode iterator; None: must (re)start
+        pos = 0  # index of the frame the iterator yields next
+        counter = 0  # frames yielded since the last (re)start, for videos without timestamps
+        try:
+            for w in (int(i) for i in wanted):
+                if w in got:
+                    continue
+                key = int(self.keyframes[max(int(np.searchsorted(self.keyframes, w, side="right")) - 1, 0)])
+                if frames is None or (seek and key - pos > self.min_skip):
+                    start = key if seek else 0
+                    self.container.seek(int(self.timestamps[start]) if seek else 0, stream=self.stream,
+                                        backward=True, any_frame=False)
+                    frames, pos, counter = self.container.decode(self.stream), start, 0
+                while w not in got:
+                    frame = next(frames, None)
+                    if frame is None:
+                        raise VideoError(f"{self.path}: video ends before frame {w} "
+                                         f"(announced {self.num_frames} frames)")
+                    idx = self._frame_index(frame, counter)
+                    counter += 1
+                    if idx > w:
+                        if seek:  # the demuxer landed past the keyframe: fall back to a plain decode
+                            return self.get_frames(indices, seek=False)
+                        raise VideoError(f"{self.path}: frame {w} missing from the decoded stream")
+                    pos = idx + 1
+                    if idx in todo and idx not in got:
+                        got[idx] = frame.to_ndarray(format="rgb24")
+        except VideoError:
+            raise
+        except Exception as e:
+            raise VideoError(f"{self.path}: decoding failed ({_why(e)})") from None
+        return np.stack([got[int(i)] for i in indices])
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """Frame count (counted by demuxing when the container does not say), fps and size."""
-    container, stream = _open(path)
-    try:
-        n = stream.frames
-        if not n:
-            n = sum(1 for p in container.demux(stream) if p.size > 0)
-        rate = stream.average_rate or stream.guessed_rate or 30
-        return VideoInfo(int(n), float(rate), stream.codec_context.width, stream.codec_context.height)
-    finally:
-        container.close()
+    """Exact frame count (from the packets), fps and size."""
+    with VideoReader(path) as reader:
+        return reader.info()
+
+
+def read_clip(path: str | Path, pick: Callable[[int], np.ndarray], seek: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Open once, choose indices with `pick(num_frames)`, decode them: (frames, indices)."""
+    with VideoReader(path) as reader:
+        if reader.num_frames < 1:
+            raise VideoError(f"{path}: no frames")
+        indices = np.asarray(pick(reader.num_frames), dtype=np.int64)
+        return reader.get_frames(indices.reshape(-1), seek=seek), indices
 
 
 def read_video_frames(path: str | Path, indices, seek: bool = True) -> np.ndarray:
     """Decode exactly the frames `indices` of `path` as uint8 (len, H, W, 3) RGB."""
-    indices = np.asarray(indices, dtype=np.int64)
-    wanted = sorted(set(int(i) for i in indices))
-    if wanted and wanted[0] < 0:
-        raise VideoError(f"{path}: negative frame index {wanted[0]}")
-    container, stream = _open(path)
-    got: dict[int, np.ndarray] = {}
-    try:
-        start = stream.start_time or 0
-        step = _frame_step(stream)
-        position = None  # index of the next decoded frame when counting sequentially
-        if seek and step is not None and wanted and wanted[0] > 0:
-            container.seek(int(start + wanted[0] * step), stream=stream, backward=True, any_frame=False)
-        else:
-            position = 0
-        last = wanted[-1] if wanted else -1
-        todo = set(wanted)
-        for frame in container.decode(stream):
-            if position is not None:
-                idx = position
-                position += 1
-            elif frame.pts is None or step is None:
-                raise VideoError(f"{path}: frames carry no timestamps; cannot seek")
-            else:
-                idx = int(round(float((frame.pts - start) / step)))
-            if idx in todo:
-                got[idx] = frame.to_ndarray(format="rgb24")
-                todo.discard(idx)
-                if not todo:
-                    break
-            if idx > last:
-                break
-    except VideoError:
-        raise
-    except Exception as e:
-        raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
-    missing = [i for i in wanted if i not in got]
-    if missing:
-        raise VideoError(f"{path}: frames {missing[:3]}{'...' if len(missing) > 3 else ''} not in the video "
-                         f"(decoded {len(got)} of {len(wanted)} wanted)")
-    return np.stack([got[int(i)] for i in indices]) if len(indices) else np.zeros((0, 0, 0, 3), np.uint8)
+    with VideoReader(path) as reader:
+        return reader.get_frames(indices, seek=seek)
 
 
 def read_all_frames(path: str | Path) -> np.ndarray:
-    """Sequential decode of every frame (the reference the seeking reader is tested against)."""
-    container, stream = _open(path)
+    """Plain sequential decode of every frame (the reference the seeking reader is tested against)."""
+    import av
+
     try:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     except Exception as e:
         raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
 
 
+# ---------------------------------------------------------------------- raw frames
 def count_rawframes(folder: str | Path, template: str = "img_{:05d}.jpg") -> int:
+    """Frames of a folder named `template` with 1-based numbers, counted until the first gap."""
     folder = Path(folder)
     if not folder.is_dir():
         raise VideoError(f"{folder}: frame folder not found")
@@ -145,14 +226,18 @@ def read_rawframes(folder: str | Path, indices, template: str = "img_{:05d}.jpg"
     from PIL import Image
 
     folder = Path(folder)
+    cache: dict[int, np.ndarray] = {}
     out = []
-    for i in indices:
-        p = folder / template.format(int(i) + 1)
-        try:
-            with Image.open(p) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        except FileNotFoundError:
-            raise VideoError(f"{p}: frame file not found") from None
-        except Exception as e:
-            raise VideoError(f"{p}: cannot read frame ({type(e).__name__})") from None
+    for i in np.asarray(indices).reshape(-1):
+        i = int(i)
+        if i not in cache:
+            p = folder / template.format(i + 1)
+            try:
+                with Image.open(p) as im:
+                    cache[i] = np.asarray(im.convert("RGB"))
+            except FileNotFoundError:
+                raise VideoError(f"{p}: frame file not found") from None
+            except Exception as e:
+                raise VideoError(f"{p}: cannot read frame ({type(e).__name__}: {e})") from None
+        out.append(cache[i])
     return np.stack(out)

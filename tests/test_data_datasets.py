@@ -1,0 +1,173 @@
+"""Annotation formats, dataset items, broken videos during training/val/test, loading."""
+import json
+import logging
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tpn.config import DataConfig
+from tpn.data import sampling
+from tpn.data.datasets import AnnotationError, build_dataset, read_annotations, read_label_names
+from tpn.data.loader import build_loader
+from tpn.data.synthetic import class_names, render, write_mp4
+from tpn.data.video import read_all_frames
+
+
+# ---------------------------------------------------------------- annotations
+def test_annotation_formats_and_bad_lines(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("walk\nrun\n")
+    names = read_label_names(labels)
+    assert names == ["walk", "run"]
+    lst = tmp_path / "list.txt"
+    lst.write_text("a/x.mp4 1\n\n# comment\nb/y.mp4 walk\n")
+    assert read_annotations(lst, "list", names) == [("a/x.mp4", 1, -1), ("b/y.mp4", 0, -1)]
+    assert read_annotations(lst, "mmaction_video", names) == [("a/x.mp4", 1, -1), ("b/y.mp4", 0, -1)]
+    lst.write_text("a/x.mp4 1\nb/y.mp4\n")
+    with pytest.raises(AnnotationError, match=r"list.txt:2: expected 'PATH LABEL'.*missing label"):
+        read_annotations(lst, "list", names)
+    lst.write_text("a/x.mp4 0\na/x.mp4 jump\n")
+    with pytest.raises(AnnotationError, match=r"list.txt:2: unknown label name 'jump'"):
+        read_annotations(lst, "list", names)
+    lst.write_text("a/x.mp4 7\n")
+    with pytest.raises(AnnotationError, match=r"list.txt:1: label 7 out of range"):
+        read_annotations(lst, "list", names)
+    raw = tmp_path / "raw.txt"
+    raw.write_text("frames/v1 120 1\n")
+    assert read_annotations(raw, "mmaction_rawframes", names) == [("frames/v1", 1, 120)]
+    raw.write_text("frames/v1 1\n")
+    with pytest.raises(AnnotationError, match=r"raw.txt:1: expected 'FRAME_DIR TOTAL_FRAMES LABEL'"):
+        read_annotations(raw, "mmaction_rawframes", names)
+    csvf = tmp_path / "k400.csv"
+    csvf.write_text("label,youtube_id,time_start,time_end,split\nrun,abc,10,20,train\n")
+    assert read_annotations(csvf, "kinetics_csv", names) == [("run/abc_000010_000020.mp4", 1, -1)]
+    csvf.write_text("label,youtube_id,time_start,time_end,split\nrun,abc,10,20,train\nfly,abc,10,20,train\n")
+    with pytest.raises(AnnotationError, match=r"k400.csv:3: unknown label name 'fly'"):
+        read_annotations(csvf, "kinetics_csv", names)
+    with pytest.raises(AnnotationError, match=r"nothere.txt: annotation file not found"):
+        read_annotations(tmp_path / "nothere.txt", "list", names)
+
+
+# ---------------------------------------------------------------- items
+def _cfg(root, **kw):
+    base = DataConfig(root=str(root), train_list=str(root / "train.txt"), val_list=str(root / "val.txt"),
+                      test_list=str(root / "val.txt"), label_map=str(root / "labels.txt"), clip_len=4,
+                      frame_interval=2, short_side=64, crop_size=56, test_crop_size=64, test_clips=3, num_workers=0)
+    return replace(base, **kw)
+
+
+def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
+    cfg = _cfg(synth_dataset)
+    train = build_dataset(cfg, "train")
+    clip, label = train[0]
+    assert clip.dtype == torch.uint8 and clip.shape == (3, 4, 56, 56) and 0 <= label < 4
+    assert train.label_names == class_names(4) and len(train) == len(train.samples) == 12
+    val = build_dataset(cfg, "val")
+    clip, label, index, ok = val[1]
+    assert clip.shape == (3, 4, 56, 56) and index == 1 and ok and label == val.samples[1][1]
+    # val = the centre clip of the video, short side 64 (80 -> 64: 96 -> 77), centre crop 56
+    frames = read_all_frames(val.samples[1][0])
+    idx = sampling.val_indices(len(frames), 4, 2)
+    from tpn.data import transforms as T
+    expect = T.center_crop(T.resize_short_side(T.to_clip(frames[idx]), 64), 56)
+    assert torch.equal(clip, expect)
+    views, label, index, ok = build_dataset(cfg, "test")[0]
+    assert views.shape == (9, 3, 4, 64, 64) and ok  # 3 clips x 3 crops, clip-major
+    full = T.resize_short_side(T.to_clip(frames if index == 1 else read_all_frames(val.samples[0][0])), 64)
+    tidx = sampling.test_indices(full.shape[1], 4, 2, 3)
+    for v in range(9):
+        k, c = divmod(v, 3)
+        assert torch.equal(views[v], T.three_crop(full[:, tidx[k]], 64)[c]), v
+    one = build_dataset(_cfg(synth_dataset, test_crops=1, test_clips=2, test_crop_size=56), "test")[0][0]
+    assert one.shape == (2, 3, 4, 56, 56)
+
+
+def test_train_draws_depend_on_seed_epoch_index_only(synth_dataset):
+    ds = build_dataset(_cfg(synth_dataset, train_crop="random_resized", color_jitter=True), "train", seed=3)
+    a = ds[2][0]
+    assert torch.equal(a, ds[2][0])
+    ds.set_epoch(1)
+    b = ds[2][0]
+    assert not torch.equal(a, b)
+    ds.set_epoch(0)
+    assert torch.equal(a, ds[2][0])
+
+
+def test_persistent_workers_see_set_epoch(synth_dataset):
+    ds = build_dataset(_cfg(synth_dataset), "train", seed=1)
+    loader = build_loader(ds, batch_size=4, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        x, y = next(iter(loader))
+        assert x.dtype == torch.uint8 and x.shape == (4, 3, 4, 56, 56) and y.shape == (4,)
+        epochs.append(x)
+    assert not torch.equal(epochs[0], epochs[1])
+    ds.set_epoch(1)  # same clips without workers: reproducible for any worker layout
+    assert torch.equal(torch.stack([ds[i][0] for i in range(4)]), epochs[1])
+
+
+# ---------------------------------------------------------------- broken videos
+@pytest.fixture(scope="module")
+def synth_broken_dataset(synth_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken")
+    shutil.copytree(synth_dataset, root, dirs_exist_ok=True)
+    good = sorted((root / "videos").rglob("*.mp4"))
+    (root / "zero.mp4").write_bytes(b"")
+    data = good[0].read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "text.mp4").write_text("this is not a video\n")
+    write_mp4(root / "short.mp4", render("right_slow", (96, 80), 5, np.random.default_rng(0)))
+    rel = [str(p.relative_to(root)) for p in good[:4]]
+    bad = ["zero.mp4", "truncated.mp4", "text.mp4", "missing.mp4", "short.mp4"]
+    (root / "mixed.txt").write_text("".join(f"{p} 0\n" for p in rel + bad))
+    return root, bad
+
+
+def test_broken_videos_are_replaced_in_training_and_reported(synth_broken_dataset, tmp_path, caplog):
+    root, bad = synth_broken_dataset
+    report = tmp_path / "bad_videos.jsonl"
+    ds = build_dataset(_cfg(root, train_list=str(root / "mixed.txt")), "train", report_path=report)
+    with caplog.at_level(logging.WARNING, logger="tpn.data"):
+        clips = [ds[i] for i in range(len(ds))]
+    assert all(c.shape == (3, 4, 56, 56) and c.dtype == torch.uint8 for c, _ in clips)
+    again = [ds[i][0] for i in range(len(ds))]
+    assert all(torch.equal(a, b) for (a, _), b in zip(clips, again))  # deterministic replacement
+    lines = [json.loads(x) for x in report.read_text().splitlines()]
+    reported = {x["path"].split("/")[-1]: x["error"] for x in lines}
+    assert set(bad) <= set(reported)
+    assert "too short" in reported["short.mp4"] and "zero-byte" in reported["zero.mp4"]
+    assert "file not found" in reported["missing.mp4"]
+    assert all(x["split"] == "train" for x in lines)
+    assert sum("short.mp4" in r.getMessage() for r in caplog.records) >= 1
+    # data.short_videos=loop keeps the short video (indices wrap around)
+    loop = build_dataset(_cfg(root, train_list=str(root / "mixed.txt"), short_videos="loop"), "train")
+    assert loop[8][0].shape == (3, 4, 56, 56)
+
+
+def test_report_lines_from_many_workers(synth_broken_dataset, tmp_path):
+    root, bad = synth_broken_dataset
+    report = tmp_path / "r.jsonl"
+    ds = build_dataset(_cfg(root, train_list=str(root / "mixed.txt")), "train", report_path=report)
+    loader = build_loader(ds, batch_size=3, num_workers=2, persistent_workers=False)
+    assert sum(len(y) for _, y in loader) == 9
+    lines = [json.loads(x) for x in report.read_text().splitlines()]  # every line whole JSON
+    assert {x["path"].split("/")[-1] for x in lines} >= set(bad)
+
+
+def test_broken_videos_in_val_and_test_come_back_not_ok(synth_broken_dataset, tmp_path):
+    root, bad = synth_broken_dataset
+    report = tmp_path / "r.jsonl"
+    cfg = _cfg(root, val_list=str(root / "mixed.txt"), test_list=str(root / "mixed.txt"))
+    ds = build_dataset(cfg, "val", report_path=report)
+    oks = [ds[i][3] for i in range(len(ds))]
+    assert oks == [True] * 4 + [False] * 4 + [True]  # the short video loops in val
+    clip, _, index, ok = ds[5]
+    assert clip.shape == (3, 4, 56, 56) and not clip.any() and index == 5 and not ok
+    views, _, _, ok = build_dataset(cfg, "test", report_path=report)[6]
+    assert views.shape == (9, 3, 4, 64, 64) and not ok
+    splits = [json.loads(x)["split"] for x in report.read_text().splitlines()]
+    assert splits.count("val") == 5 and splits.count("test") == 1  # ds[5] was read twice

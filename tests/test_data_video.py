@@ -1,0 +1,78 @@
+"""Decoding: the seeking reader returns exactly the frames a sequential decode gives."""
+import numpy as np
+import pytest
+
+from tpn.data.synthetic import render, write_mp4
+from tpn.data.video import VideoError, VideoReader, read_all_frames, read_clip, read_rawframes, read_video_frames
+
+
+@pytest.fixture(scope="module")
+def synth_bframe_videos(tmp_path_factory):
+    """Real H.264 with B-frames (as in Kinetics), default long GOP and a short GOP of 6."""
+    d = tmp_path_factory.mktemp("bvideos")
+    frames = render("left_fast", (64, 48), 90, np.random.default_rng(0))
+    out = {}
+    for gop in (None, 6):
+        p = d / f"gop{gop}.mp4"
+        write_mp4(p, frames, gop=gop, preset="veryfast")
+        out[gop] = p
+    return out
+
+
+@pytest.mark.parametrize("gop", [None, 6])
+def test_seeking_reader_returns_exactly_the_requested_frames(synth_bframe_videos, gop):
+    path = synth_bframe_videos[gop]
+    reference = read_all_frames(path)
+    assert reference.shape == (90, 48, 64, 3)
+    with VideoReader(path) as r:
+        assert r.num_frames == 90
+        assert r.keyframes[0] == 0
+        if gop == 6:
+            assert len(r.keyframes) >= 90 // 6
+        r.min_skip = 0  # seek whenever a keyframe lies ahead: the most seeking
+        rng = np.random.default_rng(1)
+        cases = [[0, 1, 2], [7, 15, 23, 31], [89], [40, 12, 40, 3], [30, 60, 88, 89]]
+        cases += [list(rng.integers(0, 90, 8)) for _ in range(8)]
+        for idx in cases:
+            assert np.array_equal(r.get_frames(idx), reference[idx]), idx
+    for idx in cases:  # default policy and plain sequential decoding
+        assert np.array_equal(read_video_frames(path, idx), reference[idx])
+        assert np.array_equal(read_video_frames(path, idx, seek=False), reference[idx])
+    with pytest.raises(VideoError, match="frame 90 requested, the video has 90 frames"):
+        read_video_frames(path, [10, 90])
+
+
+def test_read_clip_opens_once_and_picks_from_the_frame_count(synth_bframe_videos):
+    path = synth_bframe_videos[6]
+    seen = []
+    frames, idx = read_clip(path, lambda n: seen.append(n) or np.array([[5, 7], [80, 82]]))
+    assert seen == [90] and idx.shape == (2, 2)
+    assert np.array_equal(frames, read_all_frames(path)[[5, 7, 80, 82]])
+
+
+def test_broken_files_raise_video_error(tmp_path, synth_bframe_videos):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    data = synth_bframe_videos[None].read_bytes()
+    (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 2])
+    fast = tmp_path / "fast.mp4"  # moov atom first: the cut-off half still opens
+    write_mp4(fast, render("up_slow", (64, 48), 90, np.random.default_rng(2)), faststart=True)
+    data = fast.read_bytes()
+    (tmp_path / "trunc_fast.mp4").write_bytes(data[: len(data) // 2])
+    expect = {"zero.mp4": "zero-byte", "text.mp4": "cannot open", "trunc.mp4": "cannot open",
+              "trunc_fast.mp4": "truncated", "missing.mp4": "file not found"}
+    for name, msg in expect.items():
+        with pytest.raises(VideoError, match=msg):
+            read_video_frames(tmp_path / name, [0, 1])
+
+
+def test_rawframe_folder(tmp_path):
+    from PIL import Image
+
+    frames = render("up_slow", (32, 24), 6, np.random.default_rng(0))
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(tmp_path / f"img_{i + 1:05d}.png")
+    got = read_rawframes(tmp_path, [0, 5, 2, 5], template="img_{:05d}.png")
+    assert np.array_equal(got, frames[[0, 5, 2, 5]])
+    with pytest.raises(VideoError, match="img_00007.png: frame file not found"):
+        read_rawframes(tmp_path, [6], template="img_{:05d}.png")
