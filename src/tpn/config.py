@@ -94,6 +94,9 @@ class DataConfig:
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     num_workers: int = 8
+    # training on a video shorter than one clip's span: "skip" reports it and uses another
+    # sample; "loop" wraps its indices around (mmaction2). Val/test always loop.
+    short_videos: Literal["skip", "loop"] = "skip"
 
 
 @dataclass
