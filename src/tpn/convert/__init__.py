@@ -13,33 +13,46 @@ import torch
 import torch.nn as nn
 
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
-from tpn.convert.mappings import MAPPINGS
+from tpn.convert.mappings import MAPPINGS, TRANSFORMS
+
+_2D_HINT = "is a 2D ResNet: inflate it into the backbone with the config option model.backbone.pretrained2d"
 
 
 def detect_format(state_dict: dict) -> str:
-    keys = list(state_dict)
+    """Name the layout of a full-model state_dict (2D ResNets are refused with a hint)."""
+    keys = set(state_dict)
     if any(k.startswith("head.fc.") for k in keys):
         return "tpn"
-    if any(k.startswith("necks.") for k in keys):
+    # the official release's backbone keeps torchvision names (`backbone.bn1`, `layerX.Y.bn1`)
+    if any(k.startswith("necks.") for k in keys) or "backbone.conv1.weight" in keys:
         return "tpn_official"
     if any(k.startswith(("cls_head.", "neck.")) for k in keys):
         return "mmaction2"
-    raise CheckpointError("unrecognised checkpoint layout (first keys: " + ", ".join(keys[:3]) + ")")
+    if keys & {"cls_head_fc_w", "TemporalModulation0_weights", "pyramid_fusion_weights"}:
+        return "paddle_tpn"
+    if "conv1_weights" in keys:
+        raise CheckpointError(f"these Paddle weights (TSN ResNet names) {_2D_HINT}")
+    if "conv1.weight" in keys and "layer1.0.conv1.weight" in keys:
+        raise CheckpointError(f"this torchvision/timm checkpoint {_2D_HINT}")
+    raise CheckpointError("unrecognised checkpoint layout (first keys: " + ", ".join(sorted(keys)[:3]) + ")")
 
 
 def rename(state_dict: dict, fmt: str, source: str) -> tuple[dict, list[str]]:
     """Apply the rules of `fmt`. Returns (renamed, dropped keys); unmatched keys raise."""
     if fmt not in MAPPINGS:
         raise CheckpointError(f"{source}: unknown checkpoint format {fmt!r}; known: {', '.join(MAPPINGS)}")
-    rules = [(re.compile(p), r) for p, r in MAPPINGS[fmt]]
+    rules = [(re.compile(p), r, rest[0] if rest else None) for p, r, *rest in MAPPINGS[fmt]]
     out, dropped, unmatched = {}, [], []
     for key, value in state_dict.items():
-        for pattern, repl in rules:
+        for pattern, repl, transform in rules:
             if pattern.search(key):
                 if repl is None:
                     dropped.append(key)
                 else:
-                    out[pattern.sub(repl, key, count=1)] = value
+                    new = pattern.sub(repl, key, count=1)
+                    if new in out:
+                        raise CheckpointError(f"{source}: two tensors map onto {new} (format {fmt})")
+                    out[new] = TRANSFORMS[transform](value) if transform else value
                 break
         else:
             unmatched.append(key)
@@ -49,14 +62,20 @@ def rename(state_dict: dict, fmt: str, source: str) -> tuple[dict, list[str]]:
     return out, dropped
 
 
-def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict, str, dict]:
-    """Read a checkpoint file's tensors. Returns (state_dict in tpn names, format, info)."""
+def read_raw(path: str | Path) -> tuple[dict, dict]:
+    """The tensors of a checkpoint under their own names: a torch file (tpn, mmaction2, official
+    TPN, torchvision/timm), a Paddle .pdparams file or a Paddle 1.x persistables folder."""
+    from tpn.convert.paddle import is_paddle_source, read_paddle
+
+    if is_paddle_source(path):
+        sd, skipped = read_paddle(path)
+        return sd, {"skipped_objects": skipped}
     obj, skipped = load_file(path)
     info: dict = {"skipped_objects": skipped}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         sd = obj["state_dict"]
         info["label_names"] = obj.get("label_names")
-        fmt = FORMAT if fmt == "auto" else fmt
+        info["format"] = FORMAT
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -66,7 +85,19 @@ def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict, str, dic
     else:
         raise CheckpointError(f"{path}: no state_dict found in this checkpoint")
     sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    fmt = detect_format(sd) if fmt == "auto" else fmt
+    if not sd:
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+    return sd, info
+
+
+def read_state_dict(path: str | Path, fmt: str = "auto") -> tuple[dict, str, dict]:
+    """Read a checkpoint's tensors. Returns (state_dict in tpn names, format, info)."""
+    sd, info = read_raw(path)
+    if fmt == "auto":
+        try:
+            fmt = info.get("format") or detect_format(sd)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     renamed, dropped = rename(sd, fmt, str(path))
     info["dropped"] = dropped
     return renamed, fmt, info

@@ -1,0 +1,224 @@
+"""Reading PaddlePaddle weights without Paddle.
+
+Two layouts, both as Paddle writes them:
+- `.pdparams`: a pickle of {variable name: numpy array} (`fluid.save` / `paddle.save`).
+  It is read by an unpickler that can only rebuild numpy arrays and plain containers, so
+  a hostile file cannot run code.
+- Paddle 1.x persistables (`fluid.io.save_persistables` / `save_params` without a
+  `filename`): a folder with one file per variable, named after it, each a serialised
+  LoDTensor:
+      uint32 version (0)
+      uint64 lod_level, then per level: uint64 byte size + that many bytes of offsets
+      uint32 tensor version (0)
+      int32  size of a `VarType.TensorDesc` protobuf, then the protobuf
+             (field 1: data type enum, field 2: repeated int64 dims)
+      the raw little-endian data, C order.
+A combined parameter file (`filename=...` / `__params__`) stores no names and cannot be
+read without Paddle's program description; it is reported as such.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tpn.checkpoint import CheckpointError
+
+# framework.proto VarType.Type -> torch dtype
+_PADDLE_DTYPES = {
+    0: torch.bool, 1: torch.int16, 2: torch.int32, 3: torch.int64, 4: torch.float16,
+    5: torch.float32, 6: torch.float64, 20: torch.uint8, 21: torch.int8, 22: torch.bfloat16,
+}
+_SKIPPED_FILES = {"__model__", "__params__"}
+
+
+# --------------------------------------------------------------------------- .pdparams
+def _eval_data_only(expr, namespace=None):
+    """Paddle 2.x pickles a LoDTensor as `eval('data', {'data': array})`: allow exactly that."""
+    if expr != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), np.ndarray):
+        raise pickle.UnpicklingError("refusing to evaluate code from a .pdparams file")
+    return namespace["data"]
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    _ALLOWED = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy.core.multiarray", "scalar"): np._core.multiarray.scalar,
+        ("numpy._core.multiarray", "scalar"): np._core.multiarray.scalar,
+        ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+        ("_codecs", "encode"): __import__("_codecs").encode,  # bytes in protocol-2 pickles
+        ("builtins", "tuple"): tuple,  # Paddle 2.x: a dygraph tensor is (name, array)
+        ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+        ("builtins", "eval"): _eval_data_only,
+    }
+
+    def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module  # Python 2 / protocol-2 names
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a .pdparams file") from None
+
+
+def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: a .pdparams file holds a dict of arrays, found {type(obj).__name__}")
+    big = obj.pop("UnpackBigParamInfor@@", None)  # arrays over 4 GB are saved in slices
+    out = {}
+    for name, value in obj.items():
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+            value = value[1]
+        if isinstance(value, np.ndarray):
+            out[str(name)] = torch.tensor(value)
+    if isinstance(big, dict):
+        for name, info in big.items():
+            parts = [out.pop(s).flatten() for s in info["slices"]]
+            out[name] = torch.cat(parts).reshape(tuple(info["OriginShape"]))
+    if not out:
+        raise CheckpointError(f"{path}: no arrays found in this .pdparams file")
+    return out
+
+
+# --------------------------------------------------------------------------- persistables
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def parse_tensor_desc(desc: bytes) -> tuple[int, list[int]]:
+    """(data type enum, dims) of a serialised `VarType.TensorDesc`."""
+    dtype, dims, pos = None, [], 0
+    while pos < len(desc):
+        tag, pos = _varint(desc, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(desc, pos)
+            if field == 1:
+                dtype = value
+            elif field == 2:
+                dims.append(_signed64(value))
+        elif wire == 2:
+            length, pos = _varint(desc, pos)
+            chunk, pos = desc[pos:pos + length], pos + length
+            if field == 2:  # packed dims
+                p = 0
+                while p < len(chunk):
+                    value, p = _varint(chunk, p)
+                    dims.append(_signed64(value))
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+    if dtype is None:
+        raise ValueError("tensor description has no data type")
+    return dtype, dims
+
+
+def parse_lod_tensor(buf: bytes) -> torch.Tensor:
+    """One serialised LoDTensor (the whole content of a persistable variable's file)."""
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(buf):
+            raise ValueError(f"truncated: needs {pos + n} bytes, has {len(buf)}")
+        out = buf[pos:pos + n]
+        pos += n
+        return out
+
+    (version,) = struct.unpack("<I", take(4))
+    if version != 0:
+        raise ValueError(f"LoDTensor version {version} (only 0 exists)")
+    (lod_level,) = struct.unpack("<Q", take(8))
+    if lod_level > 16:
+        raise ValueError(f"implausible LoD level {lod_level}")
+    for _ in range(lod_level):
+        (size,) = struct.unpack("<Q", take(8))
+        take(size)
+    (tversion,) = struct.unpack("<I", take(4))
+    if tversion != 0:
+        raise ValueError(f"tensor version {tversion} (only 0 exists)")
+    (desc_size,) = struct.unpack("<i", take(4))
+    if not 0 < desc_size < 4096:
+        raise ValueError(f"implausible tensor description size {desc_size}")
+    dtype_id, dims = parse_tensor_desc(take(desc_size))
+    if dtype_id not in _PADDLE_DTYPES:
+        raise ValueError(f"unsupported Paddle data type {dtype_id}")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"unknown dimension in {dims}")
+    dtype = _PADDLE_DTYPES[dtype_id]
+    numel = int(np.prod(dims)) if dims else 1
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    data = take(nbytes)
+    if pos != len(buf):
+        raise ValueError(f"{len(buf) - pos} bytes after the tensor data")
+    if numel == 0:
+        return torch.empty(dims, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(dims).clone()
+
+
+def read_persistables(folder: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every variable file of a Paddle 1.x persistables folder. Returns (tensors, skipped files)."""
+    folder = Path(folder)
+    if (folder / "__params__").is_file() and not any(
+            p.is_file() and p.name not in _SKIPPED_FILES for p in folder.iterdir()):
+        raise CheckpointError(
+            f"{folder}: parameters combined in one '__params__' file store no names; re-save them with "
+            "fluid.io.save_persistables(exe, dirname) (one file per variable) or fluid.save (.pdparams)")
+    out, skipped, bad = {}, [], []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.name in _SKIPPED_FILES or p.suffix in (".pdmodel", ".pdopt"):
+            skipped.append(p.name)
+            continue
+        try:
+            out[p.name] = parse_lod_tensor(p.read_bytes())
+        except ValueError as e:
+            bad.append(f"{p.name} ({e})")
+    if bad:
+        shown = ", ".join(bad[:6]) + (f", ... ({len(bad) - 6} more)" if len(bad) > 6 else "")
+        raise CheckpointError(f"{folder}: {len(bad)} files are not Paddle tensors: {shown}")
+    if not out:
+        raise CheckpointError(f"{folder}: no Paddle variable files found")
+    return out, skipped
+
+
+def is_paddle_source(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() or p.suffix == ".pdparams"
+
+
+def read_paddle(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A .pdparams file or a persistables folder. Returns (tensors by Paddle name, skipped files)."""
+    p = Path(path)
+    if p.is_dir():
+        return read_persistables(p)
+    return read_pdparams(p), []
