@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from tpn.errors import TpnError
 
+bench_subparsers = None  # the `tpn bench` sub-parsers, set by add_data_commands
+
 
 def _size(text: str, flag: str) -> tuple[int, int]:
     try:
@@ -47,15 +49,25 @@ def _cmd_bench_data(args) -> int:
 
     from tpn.data.bench import run
 
+    if args.videos < 1 or args.clips < 1:
+        raise TpnError("--videos and --clips must be at least 1")
     result = run(args.videos_dir, videos=args.videos, clips=args.clips)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"results: {args.out}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    for kind, wins in result["winner"].items():
+        print(f"fastest for {kind}: " + "; ".join(f"{k}: {v}" for k, v in wins.items()))
+    print(f"results: {out}")
     return 0
 
 
 def add_data_commands(sub, add_set):
-    """Add `tpn data` and `tpn bench`; returns the `tpn bench` sub-parsers for other benches."""
+    """Add `tpn data` and `tpn bench`; returns the `tpn bench` sub-parsers object.
+
+    Other benchmarks join the group with `bench.add_parser("gpu", ...)` on the returned object
+    (also kept as `tpn.data.commands.bench_subparsers` after the parser is built).
+    """
+    global bench_subparsers
     data = sub.add_parser("data", help="prepare and check video datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
 
@@ -84,9 +96,10 @@ def add_data_commands(sub, add_set):
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True,
                                                                         metavar="BENCH_COMMAND")
     p = bench.add_parser("data", help="loader throughput per worker on generated Kinetics-like videos")
-    p.add_argument("--videos-dir", default="work_dirs/bench_videos")
-    p.add_argument("--videos", type=int, default=4)
-    p.add_argument("--clips", type=int, default=40)
-    p.add_argument("--out", default="benchmarks/results/data_cpu.json")
+    p.add_argument("--videos-dir", default="work_dirs/bench_videos", help="where the test videos are generated (kept)")
+    p.add_argument("--videos", type=int, default=3, help="videos per (size, GOP) (default 3)")
+    p.add_argument("--clips", type=int, default=30, help="training clips timed per cell (default 30)")
+    p.add_argument("--out", default="benchmarks/results/data_cpu.json", help="JSON results file")
     p.set_defaults(func=_cmd_bench_data)
+    bench_subparsers = bench
     return bench
