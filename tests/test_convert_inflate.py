@@ -191,3 +191,13 @@ def test_inflation_errors_list_missing_unexpected_misshaped(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="not a 2D ResNet"):
         inflate_2d_into(tiny_backbone(), path)
+
+
+def test_convert_refuses_a_2d_resnet_with_a_hint(tmp_path, capsys):
+    from tpn.cli import main
+
+    path = tmp_path / "resnet50.pth"
+    torch.save(random_2d().state_dict(), path)
+    assert main(["convert", str(path), str(tmp_path / "out.pth")]) == 2
+    assert "model.backbone.pretrained2d" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
