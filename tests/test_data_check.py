@@ -72,3 +72,21 @@ def test_synth_cli_is_reproducible(tmp_path, capsys):
         rel, label = line.split()
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
     assert main(["data", "synth", str(tmp_path / "c"), "--size", "48"]) == 2
+
+
+def test_check_kinetics_csv(synth_dataset, tmp_path):
+    import shutil
+
+    names = (synth_dataset / "labels.txt").read_text().split()
+    src = sorted((synth_dataset / "videos" / names[1]).glob("*.mp4"))[0]
+    (tmp_path / names[1]).mkdir()
+    shutil.copy(src, tmp_path / names[1] / "abc_000010_000020.mp4")
+    csvf = tmp_path / "k.csv"
+    csvf.write_text("label,youtube_id,time_start,time_end,split\n"
+                    f"{names[1]},abc,10,20,train\n{names[1]},gone,0,10,train\nfly,xyz,0,10,train\n{names[0]},q,a,b,train\n")
+    rep = check_list(csvf, root=str(tmp_path), fmt="kinetics_csv", label_map=str(synth_dataset / "labels.txt"),
+                     workers=1, clip_len=4, frame_interval=2, progress=False)
+    assert rep["counts"] == {"ok": 1, "missing": 1}
+    assert [(b["line"], "unknown label name 'fly'" in b["error"] or "must be numbers" in b["error"])
+            for b in rep["bad_lines"]] == [(4, True), (5, True)]
+    assert rep["clean_lines"] == ["label,youtube_id,time_start,time_end,split", f"{names[1]},abc,10,20,train"]

@@ -171,3 +171,24 @@ def test_broken_videos_in_val_and_test_come_back_not_ok(synth_broken_dataset, tm
     assert views.shape == (9, 3, 4, 64, 64) and not ok
     splits = [json.loads(x)["split"] for x in report.read_text().splitlines()]
     assert splits.count("val") == 5 and splits.count("test") == 1  # ds[5] was read twice
+
+
+def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
+    from PIL import Image
+
+    cfg = _cfg(synth_dataset)
+    path, label = build_dataset(cfg, "val").samples[0]
+    frames = read_all_frames(path)
+    folder = tmp_path / "frames" / "v0"
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"img_{i + 1:05d}.jpg", quality=100)
+    (tmp_path / "raw.txt").write_text(f"frames/v0 {len(frames)} {label}\nframes/none 40 0\n")
+    rcfg = _cfg(tmp_path, format="mmaction_rawframes", val_list=str(tmp_path / "raw.txt"),
+                label_map=str(synth_dataset / "labels.txt"))
+    ds = build_dataset(rcfg, "val", report_path=tmp_path / "r.jsonl")
+    clip, got_label, _, ok = ds[0]
+    video_clip = build_dataset(cfg, "val")[0][0]
+    assert ok and got_label == label and clip.shape == video_clip.shape
+    assert (clip.float() - video_clip.float()).abs().mean() < 3  # JPEG round trip
+    assert ds[1][3] is False and "frames/none" in (tmp_path / "r.jsonl").read_text()

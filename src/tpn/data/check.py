@@ -5,7 +5,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tpn.data.datasets import AnnotationError, parse_line, read_label_names
+from tpn.data.datasets import AnnotationError, iter_annotations, read_label_names
 from tpn.data.sampling import span
 from tpn.data.video import VideoError, VideoReader, count_rawframes, read_rawframes
 
@@ -37,18 +37,14 @@ def check_video(job: tuple[str, bool, int]) -> tuple[str, str]:
 
 def check_list(list_file, root: str = "", fmt: str = "list", label_map: str = "", workers: int = 4,
                clip_len: int = 8, frame_interval: int = 8, progress: bool = True) -> dict:
-    names = {n: i for i, n in enumerate(read_label_names(label_map))} if label_map else None
+    names = read_label_names(label_map) if label_map else None
     list_file = Path(list_file)
-    if not list_file.is_file():
-        raise AnnotationError(f"{list_file}: annotation file not found")
     lines, bad_lines = [], []
-    for n, line in enumerate(list_file.read_text().splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            lines.append((n, line, parse_line(line, fmt, names, f"{list_file}:{n}")))
-        except AnnotationError as e:
-            bad_lines.append({"line": n, "text": line.strip(), "error": str(e)})
+    for n, line, entry in iter_annotations(list_file, fmt, names):
+        if isinstance(entry, AnnotationError):
+            bad_lines.append({"line": n, "text": line.strip(), "error": str(entry)})
+        else:
+            lines.append((n, line, entry))
     need = span(clip_len, frame_interval)
     jobs = [(str(Path(root) / rel), fmt == "mmaction_rawframes", need) for _, _, (rel, _, _) in lines]
     with ProcessPoolExecutor(max(1, workers)) as pool:
@@ -66,6 +62,8 @@ def check_list(list_file, root: str = "", fmt: str = "list", label_map: str = ""
     for status, _ in results:
         counts[status] = counts.get(status, 0) + 1
     clean = [line for (_, line, _), (status, _) in zip(lines, results) if status == "ok"]
+    if fmt == "kinetics_csv":  # keep the header
+        clean.insert(0, list_file.read_text().splitlines()[0])
     return {"list": str(list_file), "root": root, "total": len(lines) + len(bad_lines), "counts": counts,
             "bad_lines": bad_lines, "problems": problems, "clean_lines": clean}
 

@@ -63,32 +63,48 @@ def _label(token: str, names: dict[str, int] | None, where: str) -> int:
     return names[token]
 
 
-def read_annotations(path: str | Path, fmt: str, label_names: list[str] | None = None) -> list[tuple[str, int, int]]:
-    """[(relative path, label, total_frames or -1)] from an annotation file."""
+def iter_annotations(path: str | Path, fmt: str, label_names: list[str] | None = None):
+    """Yield (line number, line text, (relative path, label, total_frames or -1) or the
+    AnnotationError of a bad line) for every entry of an annotation file."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     names = {n: i for i, n in enumerate(label_names)} if label_names is not None else None
-    out = []
     if fmt == "kinetics_csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            need = {"label", "youtube_id", "time_start", "time_end"}
-            if not reader.fieldnames or not need <= set(reader.fieldnames):
-                raise AnnotationError(f"{path}:1: CSV header must contain {', '.join(sorted(need))}")
-            for n, row in enumerate(reader, start=2):
-                where = f"{path}:{n}"
+        lines = path.read_text().splitlines()
+        reader = csv.DictReader(lines)
+        need = {"label", "youtube_id", "time_start", "time_end"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise AnnotationError(f"{path}:1: CSV header must contain {', '.join(sorted(need))}")
+        for n, row in enumerate(reader, start=2):
+            where = f"{path}:{n}"
+            try:
                 try:
                     start, end = int(float(row["time_start"])), int(float(row["time_end"]))
                 except (TypeError, ValueError):
                     raise AnnotationError(f"{where}: time_start/time_end must be numbers") from None
+                if not row["youtube_id"]:
+                    raise AnnotationError(f"{where}: empty youtube_id")
                 label = _label(row["label"] or "", names, where)
-                rel = f"{row['label']}/{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-                out.append((rel, label, -1))
-        return out
+                yield n, lines[n - 1], (f"{row['label']}/{row['youtube_id']}_{start:06d}_{end:06d}.mp4", label, -1)
+            except AnnotationError as e:
+                yield n, lines[n - 1] if n <= len(lines) else "", e
+        return
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
-            out.append(parse_line(line, fmt, names, f"{path}:{n}"))
+            try:
+                yield n, line, parse_line(line, fmt, names, f"{path}:{n}")
+            except AnnotationError as e:
+                yield n, line, e
+
+
+def read_annotations(path: str | Path, fmt: str, label_names: list[str] | None = None) -> list[tuple[str, int, int]]:
+    """[(relative path, label, total_frames or -1)] from an annotation file; a bad line raises."""
+    out = []
+    for _, _, entry in iter_annotations(path, fmt, label_names):
+        if isinstance(entry, AnnotationError):
+            raise entry
+        out.append(entry)
     return out
 
 
