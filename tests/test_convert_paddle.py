@@ -211,3 +211,16 @@ def test_pdparams_runs_no_code(tmp_path):
                      "StructuredToParameterName@@": {"a": "a"}}, f, protocol=4)
     got = read_pdparams(path)
     assert sorted(got) == ["a", "b"] and got["a"].tolist() == [0.0, 1.0, 2.0] and got["b"].shape == (2, 2)
+
+
+def test_pdparams_big_arrays_saved_in_slices_are_joined(tmp_path):
+    # fluid.save with protocol 2/3 splits arrays over 1 GiB into `name@@.i` slices
+    w = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    flat = w.flatten()
+    saved = {"w@@.0": flat[:10], "w@@.1": flat[10:20], "w@@.2": flat[20:], "b": np.ones(3, "float32"),
+             "UnpackBigParamInfor@@": {"w": {"OriginShape": (2, 3, 4), "slices": ["w@@.0", "w@@.1", "w@@.2"]}}}
+    path = tmp_path / "big.pdparams"
+    with open(path, "wb") as f:
+        pickle.dump(saved, f, protocol=2)
+    got = read_pdparams(path)
+    assert sorted(got) == ["b", "w"] and torch.equal(got["w"], torch.from_numpy(w))
