@@ -1,8 +1,11 @@
 """Reading foreign checkpoints into tpn models, and `tpn convert`.
 
 `load_weights(model, path)` accepts a tpn checkpoint, a bare state_dict, or a foreign
-checkpoint whose layout `detect_format` recognises; names are rewritten by the rule
-tables in `tpn.convert.mappings` and every tensor must fit (no silent `strict=False`).
+checkpoint whose layout `detect_format` recognises (mmaction2, the official TPN release, the
+seed's Paddle model as a .pdparams file or a persistables folder); names are rewritten by
+the rule tables in `tpn.convert.mappings` and every tensor must fit (no silent
+`strict=False`). 2D ResNets are inflated by `tpn.convert.inflate`; `tpn.convert.export`
+writes ONNX. See docs/convert.md.
 """
 from __future__ import annotations
 
