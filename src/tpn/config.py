@@ -116,7 +116,8 @@ class TrainConfig:
     clip_grad: float = 40.0  # max L2 norm; 0 disables
     accum_steps: int = 1
     val_interval: int = 1  # epochs; 0 disables
-    amp: bool = True  # bf16 autocast on CUDA (CPU always fp32)
+    amp: bool = True  # autocast on CUDA (CPU always fp32)
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 (GPUs without bf16) adds a grad scaler
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA only)
     cudnn_benchmark: bool = True

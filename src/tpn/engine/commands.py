@@ -10,7 +10,12 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     work_dir = args.work_dir or f"work_dirs/{cfg.name}"
-    s = train(cfg, work_dir, resume=args.resume, device=args.device)
+    from tpn.engine.distributed import teardown
+
+    try:
+        s = train(cfg, work_dir, resume=args.resume, device=args.device)
+    finally:
+        teardown()
     if s.get("curves"):
         print(f"work dir: {work_dir} (checkpoints, metrics.jsonl, train.log, training_curves.png)")
     return 0
@@ -22,7 +27,12 @@ def _cmd_test(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = args.work_dir or f"work_dirs/{cfg.name}/test"
-    r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device)
+    from tpn.engine.distributed import teardown
+
+    try:
+        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device)
+    finally:
+        teardown()
     m = r["metrics"]
     if r["paths"]:
         print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from tpn.accel import make_forward
-from tpn.checkpoint import FORMAT, CheckpointError, load_file, save_atomic
+from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.data.datasets import build_dataset
 from tpn.engine import distributed as D
@@ -209,6 +209,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     if cuda:
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
 
+    ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
     report = work_dir / "bad_videos.jsonl"
     train_set = build_dataset(cfg.data, "train", report_path=report, seed=t.seed)
     val_set = build_dataset(cfg.data, "val", report_path=report) if t.val_interval > 0 and cfg.data.val_list else None
@@ -235,23 +236,36 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                           weight_decay=t.weight_decay, fused=cuda)
     params = [p for g in groups for p in g["params"]]
 
+    amp = t.amp and cuda
+    fp16 = amp and t.amp_dtype == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 and fp32 need no loss scaling
+
     start_epoch, start_iter, global_iter, best = 0, 0, 0, -1.0
-    ckpt, ckpt_path = find_resume(work_dir, resume)
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
+        load_state_dict_strict(model, ckpt["state_dict"], str(ckpt_path))
         opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_iter, global_iter = ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["global_iter"]
         best = ckpt.get("best_top1", -1.0)
         set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        saved_world = ckpt.get("world_size", d.world)
+        if saved_world != d.world or ckpt.get("iters_per_epoch", iters_per_epoch) != iters_per_epoch:
+            log.warning("resuming a run of %d processes with %d: training continues, but not bit-exactly "
+                        "(the data order and the learning-rate scaling change)", saved_world, d.world)
         log.info("resumed from %s (epoch %d, iteration %d of %d)", ckpt_path, start_epoch + 1, start_iter,
                  iters_per_epoch)
+    elif resume == "auto":
+        log.info("no training checkpoint in %s: starting from scratch", work_dir)
 
     net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None) \
         if d.enabled else model
-    forward = make_forward(net, cfg, amp=t.amp and cuda, channels_last=channels_last,
+    forward = make_forward(net, cfg, amp=amp and not fp16, channels_last=channels_last,
                            compile_model=t.compile and cuda, with_labels=True)
-    eval_forward = make_forward(model, cfg, amp=t.amp and cuda, channels_last=channels_last,
+    eval_forward = make_forward(model, cfg, amp=amp and not fp16, channels_last=channels_last,
                                 compile_model=False, with_labels=False)
+    if fp16:
+        forward, eval_forward = _autocast_fp16(forward), _autocast_fp16(eval_forward)
     mlog = MetricsLog(work_dir, d.main)
     label_names = train_set.label_names
 
@@ -259,10 +273,16 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
         rngs = D.gather_objects(rng_state(), d)
         if not d.main:
             return
+        # the learning rate is a pure function of global_iter and the data order of (seed, epoch,
+        # iter_in_epoch): these numbers are the scheduler's and the sampler's whole state
         save_atomic({"format": FORMAT, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scaler": scaler.state_dict(),
+                     "scheduler": {"schedule": t.schedule, "base_lr": lr0, "global_iter": global_iter},
+                     "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
+                                 iter_in_epoch * t.batch_size * t.accum_steps},
                      "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": global_iter,
-                     "best_top1": best, "rng": rngs, "config": to_dict(cfg), "label_names": label_names,
-                     "world_size": d.world}, path)
+                     "iters_per_epoch": iters_per_epoch, "best_top1": best, "rng": rngs,
+                     "config": to_dict(cfg), "label_names": label_names, "world_size": d.world}, path)
 
     summary = {"work_dir": str(work_dir), "epochs": []}
     tty = sys.stderr.isatty() and d.main
@@ -294,12 +314,14 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                 ctx = net.no_sync() if not sync else _null()
                 with ctx:
                     out = forward(x, y)
-                    (out["loss"] / t.accum_steps).backward()
+                    scaler.scale(out["loss"] / t.accum_steps).backward()
                 loss_sum += out["loss"].detach() / t.accum_steps
                 clips += x.shape[0]
             if t.clip_grad > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             global_iter += 1
             last = it == iters_per_epoch - 1
@@ -370,6 +392,14 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                      100 * max(best, 0), curves)
     summary["model"] = model
     return summary
+
+
+def _autocast_fp16(fn):
+    def run(*args):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return fn(*args)
+
+    return run
 
 
 class _null:

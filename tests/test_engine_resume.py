@@ -1,0 +1,57 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends with the same weights as an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.test_engine_common import TINY, cli, data_overrides, sets, tempo_data  # noqa: F401
+
+
+def _iters_logged(metrics_path) -> int:
+    if not metrics_path.exists():
+        return 0
+    its = [json.loads(x)["iter"] for x in metrics_path.read_text().splitlines()[:-1] if '"train"' in x]
+    return max(its, default=0)
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill_mid_epoch(tempo_data, tmp_path):  # noqa: F811
+    # 16 iterations per epoch, checkpoints every 4 inside an epoch; dropout, BN in train mode, random
+    # crops and real DataLoader workers all draw random numbers that must continue exactly
+    args = sets(TINY + data_overrides(tempo_data) + [
+        "train.epochs=2", "train.batch_size=2", "train.lr_batch_size=2", "train.ckpt_interval_iters=4",
+        "data.num_workers=1", "train.val_interval=0", "train.lr=0.02", "model.head.dropout=0.5"])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = cli("train", "tpn_tiny_synth", "--work-dir", str(tmp_path / "full"), "--device", "cpu", *args, env=env)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    work = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "tpn.cli", "train", "tpn_tiny_synth", "--work-dir", str(work),
+                             "--device", "cpu", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while _iters_logged(work / "metrics.jsonl") < 22:  # epoch 2, past the checkpoint of iteration 20
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the kill"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (work / "epoch_0002.pth").exists(), "the run finished before it was killed"
+    (work / "iter_99999999.pth").write_bytes(b"truncated")  # a broken newest file must be skipped
+
+    resumed = cli("train", "tpn_tiny_synth", "--work-dir", str(work), "--device", "cpu", "--resume", "auto", *args,
+                  env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "ignoring unreadable checkpoint" in resumed.stderr and "iter_99999999.pth" in resumed.stderr
+    line = next(x for x in resumed.stderr.splitlines() if "resumed from" in x)
+    assert "iter_000000" in line and "(epoch 2, iteration" in line and "iteration 0 of" not in line, line
+    a = torch.load(tmp_path / "full" / "epoch_0002.pth", weights_only=True)
+    b = torch.load(work / "epoch_0002.pth", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(s_a["momentum_buffer"], s_b["momentum_buffer"])
+    assert not list(work.glob("iter_0*.pth"))  # in-epoch checkpoints are dropped once the epoch is saved

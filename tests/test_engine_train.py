@@ -1,0 +1,61 @@
+"""Training on CPU: the loss falls and accuracy beats chance, accumulation equals a big batch, NaN stops cleanly."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_engine_common import SPLIT_INVARIANT, tempo_data, tiny_cfg  # noqa: F401
+from tpn.engine.train import train
+from tpn.errors import TpnError
+
+
+@pytest.mark.slow
+def test_loss_falls_and_accuracy_beats_chance(tempo_data, tmp_path):  # noqa: F811
+    cfg = tiny_cfg(tempo_data, ["train.epochs=8", "train.lr=0.1", "train.batch_size=8", "train.lr_batch_size=8",
+                                "data.num_workers=2", "train.schedule=cosine", "model.head.dropout=0.0"])
+    s = train(cfg, tmp_path / "run", device="cpu")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if r["kind"] == "train"]
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    assert [r["epoch"] for r in recs if r["kind"] == "val"] == list(range(1, 9))
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert len(epochs) == 8 and all(r["time_s"] > 0 and r["clips_per_s"] > 0 for r in epochs)
+    # accuracy on the training videos (1 clip, centre crop) beats chance (25%) clearly
+    from tpn.accel import make_eval_forward
+    from tpn.data.datasets import build_dataset
+    from tpn.engine.distributed import Dist
+    from tpn.engine.evaluate import make_eval_loader, metrics, predict_probs
+
+    ds = build_dataset(cfg.data, "val")
+    train_set = build_dataset(cfg.data, "train")
+    ds.items, ds.samples = train_set.items, train_set.samples
+    model = s["model"].eval()
+    forward = make_eval_forward(model, cfg, amp=False, channels_last=False)
+    res = predict_probs(forward, make_eval_loader(ds, Dist(), 8, 0), Dist())
+    assert metrics(res, 4)["top1"] >= 0.5
+    run = tmp_path / "run"
+    assert (run / "training_curves.png").stat().st_size > 1000
+    assert (run / "best.pth").exists() and (run / "config.yaml").exists() and (run / "train.log").exists()
+    assert sorted(p.name for p in run.glob("epoch_*.pth")) == ["epoch_0006.pth", "epoch_0007.pth", "epoch_0008.pth"]
+    ckpt = torch.load(run / "epoch_0008.pth", weights_only=True)
+    assert ckpt["format"] == "tpn" and ckpt["label_names"] == train_set.label_names
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+def test_gradient_accumulation_equals_one_big_batch(tempo_data, tmp_path):  # noqa: F811
+    common = SPLIT_INVARIANT + ["train.val_interval=0", "data.num_workers=0", "train.lr=0.05",
+                                "train.lr_batch_size=4", "train.epochs=1"]
+    big = train(tiny_cfg(tempo_data, common + ["train.batch_size=4"]), tmp_path / "big", device="cpu", max_iters=3)
+    acc = train(tiny_cfg(tempo_data, common + ["train.batch_size=2", "train.accum_steps=2"]), tmp_path / "acc",
+                device="cpu", max_iters=3)
+    a, b = big["model"].state_dict(), acc["model"].state_dict()
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_nan_loss_stops_with_a_clear_message(tempo_data, tmp_path):  # noqa: F811
+    cfg = tiny_cfg(tempo_data, ["train.lr=.nan", "train.val_interval=0", "data.num_workers=0", "train.clip_grad=0"])
+    with pytest.raises(TpnError, match=r"loss is nan at epoch 1 iteration 2: lower train.lr"):
+        train(cfg, tmp_path / "nan", device="cpu", max_iters=5)

@@ -1,0 +1,106 @@
+"""Engine pieces checked against hand-computed numbers: learning rate, decay groups, sampler, RNG, resume pick, metrics."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tpn.checkpoint import CheckpointError, save_atomic
+from tpn.config import load_config
+from tpn.engine.distributed import ShardedSampler
+from tpn.engine.evaluate import metrics, parse_views
+from tpn.engine.train import base_lr, find_resume, lr_at, param_groups, rng_state, set_rng_state
+from tpn.errors import TpnError
+from tpn.models.build import build_model
+
+
+def test_lr_scales_linearly_with_the_total_batch():
+    cfg = load_config("tpn_r50_8x8_k400")  # lr 0.01 at batch 64
+    assert base_lr(cfg, world=8) == pytest.approx(0.01)  # 8 GPUs x 8
+    assert base_lr(cfg, world=2) == pytest.approx(0.0025)
+    cfg = load_config("tpn_r50_8x8_k400", ["train.accum_steps=4"])
+    assert base_lr(cfg, world=2) == pytest.approx(0.01)
+    seed = load_config("tpn_r50_8x8_k400_seed")  # lr 0.01 at batch 128 = 8 GPUs x 16
+    assert base_lr(seed, world=8) == pytest.approx(0.01)
+
+
+def test_warmup_then_step_and_cosine():
+    cfg = load_config("tpn_tiny_synth", ["train.schedule=step", "train.milestones=[2,4]", "train.gamma=0.1",
+                                         "train.warmup_epochs=1", "train.epochs=6"])
+    n = 10  # iterations per epoch
+    assert lr_at(cfg, 0, n, 1.0) == pytest.approx(0.1)  # warm-up starts at lr / 10
+    assert lr_at(cfg, 5, n, 1.0) == pytest.approx(0.55)
+    assert lr_at(cfg, 10, n, 1.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 19, n, 1.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 20, n, 1.0) == pytest.approx(0.1)
+    assert lr_at(cfg, 40, n, 1.0) == pytest.approx(0.01)
+    cfg = load_config("tpn_tiny_synth", ["train.schedule=cosine", "train.warmup_epochs=0", "train.epochs=4"])
+    assert lr_at(cfg, 0, n, 1.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 20, n, 1.0) == pytest.approx(0.5)
+    assert lr_at(cfg, 40, n, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bn_and_bias_can_be_exempt_from_weight_decay():
+    cfg = load_config("tpn_tiny_synth", ["train.decay_norm_and_bias=false"])
+    model = build_model(cfg)
+    decay, no_decay = param_groups(model, cfg)
+    assert no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(".bias") or ".bn." in names[id(p)] for p in no_decay["params"])
+    assert all(p.dim() > 1 for p in decay["params"])  # conv and fc weights only
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert len(param_groups(model, load_config("tpn_tiny_synth"))) == 1
+
+
+def test_sampler_shards_resumes_and_evaluates_each_item_once():
+    full = [list(ShardedSampler(11, r, 2, shuffle=True, seed=5)) for r in range(2)]
+    assert len(full[0]) == len(full[1]) == 6 and set(full[0] + full[1]) == set(range(11))  # padded by one
+    s = ShardedSampler(11, 1, 2, shuffle=True, seed=5)
+    s.set_epoch(0, start=4)
+    assert list(s) == full[1][4:] and len(s) == 2
+    s.set_epoch(1)
+    assert list(s) != full[1]  # a new permutation each epoch
+    ev = [list(ShardedSampler(11, r, 3, shuffle=False)) for r in range(3)]
+    assert sorted(ev[0] + ev[1] + ev[2]) == list(range(11))  # no padding, no duplicates
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    save_atomic({"rng": rng_state()}, tmp_path / "r.pth")
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    set_rng_state(torch.load(tmp_path / "r.pth", weights_only=True)["rng"])
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_resume_auto_takes_the_newest_readable_checkpoint(tmp_path):
+    for name, it in [("epoch_0001.pth", 4), ("iter_00000006.pth", 6)]:
+        save_atomic({"format": "tpn", "optimizer": {}, "global_iter": it}, tmp_path / name)
+    (tmp_path / "iter_00000009.pth").write_bytes(b"PK\x03\x04 cut short")  # killed while copying, say
+    ckpt, path = find_resume(tmp_path, "auto")
+    assert path.name == "iter_00000006.pth" and ckpt["global_iter"] == 6
+    assert find_resume(tmp_path / "empty", "auto") == (None, None)
+    save_atomic({"format": "tpn", "state_dict": {}}, tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="not a tpn training checkpoint"):
+        find_resume(tmp_path, str(tmp_path / "weights.pth"))
+
+
+def test_metrics_by_hand():
+    p = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
+    results = {0: (p(.7, .2, .1), 0, True), 1: (p(.1, .3, .6), 1, True), 2: (p(.2, .5, .3), 1, True),
+               3: (p(.1, .1, .8), 2, True), 4: (p(1, 0, 0), 2, False)}  # 4 is a broken video: left out
+    m = metrics(results, 3)
+    assert m["videos"] == 4 and m["skipped"] == 1
+    assert m["top1"] == pytest.approx(3 / 4)
+    assert m["per_class_accuracy"] == {0: 1.0, 1: 0.5, 2: 1.0}
+    assert m["mean_class_accuracy"] == pytest.approx(2.5 / 3)
+    assert m["confusion"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["top5"] == 1.0
+
+
+def test_views_argument():
+    assert parse_views("10x3") == (10, 3) and parse_views("1X1") == (1, 1)
+    for bad in ["10", "10x2", "ax3"]:
+        with pytest.raises(TpnError, match="--views"):
+            parse_views(bad)
