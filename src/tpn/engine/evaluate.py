@@ -7,6 +7,7 @@ exactly one result per video. Broken videos (ok=False) are excluded and listed.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int,
     """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards)."""
     out = {}
     it = loader
-    if progress and d.main:
+    if progress and d.main and sys.stderr.isatty():  # a bar on a terminal; nothing in a log file
         from tqdm import tqdm
 
         it = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
