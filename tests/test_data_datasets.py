@@ -182,7 +182,7 @@ def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
     folder = tmp_path / "frames" / "v0"
     folder.mkdir(parents=True)
     for i, f in enumerate(frames):
-        Image.fromarray(f).save(folder / f"img_{i + 1:05d}.jpg", quality=100)
+        Image.fromarray(f).save(folder / f"img_{i + 1:05d}.jpg", quality=100, subsampling=0)
     (tmp_path / "raw.txt").write_text(f"frames/v0 {len(frames)} {label}\nframes/none 40 0\n")
     rcfg = _cfg(tmp_path, format="mmaction_rawframes", val_list=str(tmp_path / "raw.txt"),
                 label_map=str(synth_dataset / "labels.txt"))

@@ -1,13 +1,16 @@
 """A synthetic tempo dataset of real H.264 mp4 files, made to need temporal modelling.
 
-Each video shows a textured object moving over a noisy, drifting background. A class is a
-(direction, tempo) pair, e.g. `right_slow` and `right_fast`: pairs that differ only in tempo
-(the same motion at different speeds) or only in direction. Every single frame of every
-class looks alike (random colours, sizes, shapes, start positions), so a model that sees
-one frame cannot do better than chance; it must compare frames over time.
+Each video shows a random texture drifting across the whole frame, like a camera panning
+over a surface, with a textured object riding on it. A class is a (direction, tempo) pair,
+e.g. `right_slow` and `right_fast`: pairs that differ only in tempo (the same motion at a
+different speed) or only in direction. Every single frame of every class is a random
+texture with random colours, so a model that sees one frame is at chance; the class is in
+how frames change over time. The motion covers the whole frame, so even a tiny 3D CNN
+picks it up within minutes on a CPU.
 
-Per-video jitter: speed +-15% inside a class (tempos are 1.6x apart), object size, shape,
-colours, texture, background, start position, and a small random phase in time.
+Per-video jitter: speed +-15% inside a class (neighbouring tempos are 2.2x apart, so the
+ranges never meet), texture scale, colours, contrast, brightness, object size, shape and
+position, a random phase in time, and pixel noise in every frame.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ DIRECTIONS = {  # unit vectors (dx, dy) in image coordinates
     "down_right": (0.7071, 0.7071), "up_left": (-0.7071, -0.7071),
     "up_right": (0.7071, -0.7071), "down_left": (-0.7071, 0.7071),
 }
-TEMPOS = {"slow": 1.0, "medium": 1.6, "fast": 2.56}  # pixels per frame at 128 px height, before jitter
+TEMPOS = {"slow": 1.0, "medium": 2.2, "fast": 4.84}  # pixels per frame at 128 px height, before jitter
+SPEED_JITTER = 0.15
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -35,35 +39,60 @@ def class_names(num_classes: int) -> list[str]:
     return [f"{d}_{t}" for d in dirs for t in tempos][:num_classes]
 
 
+def _periodic_noise(h: int, w: int, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random texture in [0, 1] that tiles seamlessly (low-pass filtered in Fourier space)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[None, :]
+    spectrum = np.fft.fft2(rng.normal(size=(h, w))) * np.exp(-((fx**2 + fy**2) * (scale**2) * 8))
+    tex = np.fft.ifft2(spectrum).real
+    tex -= tex.min()
+    return tex / max(tex.max(), 1e-6)
+
+
+def _translate(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Periodic image translated by (dx, dy) pixels: integer rolls blended bilinearly."""
+    ix, iy = math.floor(dx), math.floor(dy)
+    fx, fy = dx - ix, dy - iy
+    top = (1 - fx) * np.roll(img, (iy, ix), axis=(0, 1)) + fx * np.roll(img, (iy, ix + 1), axis=(0, 1))
+    bottom = (1 - fx) * np.roll(img, (iy + 1, ix), axis=(0, 1)) + fx * np.roll(img, (iy + 1, ix + 1), axis=(0, 1))
+    return (1 - fy) * top + fy * bottom
+
+
 def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generator) -> np.ndarray:
     """Frames (T, H, W, 3) uint8 of one video of class `name`."""
     w, h = size
     direction, tempo = name.rsplit("_", 1)
     dx, dy = DIRECTIONS[direction]
-    speed = TEMPOS[tempo] * (h / 128) * rng.uniform(0.85, 1.15)
-    bg = rng.uniform(30, 200, 3)
-    noise = rng.normal(0, 12, (h + 16, w + 16, 1)) + rng.normal(0, 6, (h + 16, w + 16, 3))
-    drift = rng.uniform(-0.3, 0.3, 2)  # slow background drift: motion is not only the object's
+    speed = TEMPOS[tempo] * (h / 128) * rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
+    phase = rng.uniform(0, 8)
+    # background: a two-colour texture
+    tex = _periodic_noise(h, w, rng.uniform(3, 7) * h / 128, rng)
+    lo, hi = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    while np.abs(hi - lo).sum() < 120:  # enough contrast to see the motion
+        hi = rng.uniform(0, 255, 3)
+    contrast = rng.uniform(1.0, 3.0)
+    tex = 1 / (1 + np.exp(-contrast * 4 * (tex - tex.mean())))
+    background = (lo + (hi - lo) * tex[..., None]).astype(np.float32)
+    # an object riding on the texture: a disc or square with stripes, same motion
+    yy, xx = np.ogrid[0:h, 0:w]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
+    r = rng.uniform(0.12, 0.22) * h
+    ox, oy = rng.uniform(0, w), rng.uniform(0, h)
     obj = rng.uniform(0, 255, 3)
-    while np.abs(obj - bg).sum() < 150:  # keep the object visible
-        obj = rng.uniform(0, 255, 3)
-    r = rng.uniform(0.1, 0.18) * h
     disk = rng.random() < 0.5
-    stripes = rng.uniform(0.2, 0.6)
-    x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
-    phase = rng.uniform(0, 4)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    stripes = rng.uniform(0.3, 0.8) * 128 / h
     out = np.empty((frames, h, w, 3), np.uint8)
     for t in range(frames):
-        ox, oy = int(8 + drift[0] * t) % 16, int(8 + drift[1] * t) % 16
-        img = bg + noise[oy:oy + h, ox:ox + w]
-        cx = (x0 + dx * speed * (t + phase)) % w
-        cy = (y0 + dy * speed * (t + phase)) % h
-        ddx = np.minimum(np.abs(xx - cx), w - np.abs(xx - cx))  # wrap around the borders
+        d = speed * (t + phase)
+        img = _translate(background, dx * d, dy * d)
+        cx, cy = (ox + dx * d) % w, (oy + dy * d) % h
+        ddx = np.minimum(np.abs(xx - cx), w - np.abs(xx - cx))  # wrap around like the texture
         ddy = np.minimum(np.abs(yy - cy), h - np.abs(yy - cy))
         mask = (ddx**2 + ddy**2 <= r * r) if disk else ((ddx <= r) & (ddy <= r))
-        tex = 0.75 + 0.25 * np.sign(np.sin((xx - cx) * stripes))[..., None]
-        img = np.where(mask[..., None], obj * tex, img)
+        sx = (xx - cx + w / 2) % w - w / 2  # stripes fixed to the object
+        tex_obj = 0.7 + 0.3 * np.sign(np.sin(sx * stripes))[..., None]
+        img = np.where(mask[..., None], obj * tex_obj, img)
+        img += 4 * rng.standard_normal(img.shape, dtype=np.float32)
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
     return out
 
