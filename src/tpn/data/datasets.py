@@ -184,7 +184,7 @@ class VideoDataset(Dataset):
 
     def _report(self, index: int, err: Exception) -> None:
         path = self.samples[index][0]
-        log.warning("skipping unreadable video: %s", err)
+        log.warning("%s: %s (%s)", self.split, err, "replaced by another sample" if self.split == "train" else "scored as missing")
         write_report_line(self.report_path, {"path": path, "error": str(err), "split": self.split})
 
     # -- items -------------------------------------------------------------------

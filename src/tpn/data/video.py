@@ -84,7 +84,7 @@ class VideoReader:
         pts, keys = [], []
         try:
             for packet in self.container.demux(self.stream):
-                if packet.size == 0:
+                if packet.size == 0 or packet.is_discard:  # edit-list lead-in: the decoder drops it
                     continue
                 pts.append(packet.pts)
                 keys.append(packet.is_keyframe)
@@ -127,6 +127,8 @@ class VideoReader:
         if frame.pts is None:
             raise VideoError(f"{self.path}: a decoded frame carries no timestamp")
         i = int(np.searchsorted(self.timestamps, frame.pts))
+        if i == 0 and frame.pts < self.timestamps[0]:
+            return -1  # before the first presented frame (edit-list lead-in): not a frame of the video
         if i >= len(self.timestamps) or self.timestamps[i] != frame.pts:
             raise VideoError(f"{self.path}: decoded frame with timestamp {frame.pts} not among the packets")
         return i
@@ -163,6 +165,8 @@ class VideoReader:
                                          f"(announced {self.num_frames} frames)")
                     idx = self._frame_index(frame, counter)
                     counter += 1
+                    if idx < 0:
+                        continue
                     if idx > w:
                         if seek:  # the demuxer landed past the keyframe: fall back to a plain decode
                             return self.get_frames(indices, seek=False)
