@@ -36,7 +36,8 @@ def test_check_reports_each_problem(synth_check_root):
                       "missing.mp4": "missing", "short.mp4": "too-short"}
     assert [p["line"] for p in rep["problems"]] == [4, 5, 6, 7, 8]
     assert [b["line"] for b in rep["bad_lines"]] == [9, 10]
-    assert "missing label" in rep["bad_lines"][0]["error"] and "unknown label name 'jump'" in rep["bad_lines"][1]["error"]
+    assert "missing label" in rep["bad_lines"][0]["error"]
+    assert "unknown label name 'jump'" in rep["bad_lines"][1]["error"]
     assert len(rep["clean_lines"]) == 3 and rep["counts"]["ok"] == 3
 
 
@@ -83,7 +84,8 @@ def test_check_kinetics_csv(synth_dataset, tmp_path):
     shutil.copy(src, tmp_path / names[1] / "abc_000010_000020.mp4")
     csvf = tmp_path / "k.csv"
     csvf.write_text("label,youtube_id,time_start,time_end,split\n"
-                    f"{names[1]},abc,10,20,train\n{names[1]},gone,0,10,train\nfly,xyz,0,10,train\n{names[0]},q,a,b,train\n")
+                    f"{names[1]},abc,10,20,train\n{names[1]},gone,0,10,train\n"
+                    f"fly,xyz,0,10,train\n{names[0]},q,a,b,train\n")
     rep = check_list(csvf, root=str(tmp_path), fmt="kinetics_csv", label_map=str(synth_dataset / "labels.txt"),
                      workers=1, clip_len=4, frame_interval=2, progress=False)
     assert rep["counts"] == {"ok": 1, "missing": 1}

@@ -80,5 +80,6 @@ def test_normalize_on_uint8_batches():
     x = torch.full((2, 3, 1, 1, 1), 128, dtype=torch.uint8)
     y = T.normalize(x, (128, 0, 0), (1, 2, 4))
     assert y.dtype == torch.float32 and y[0, :, 0, 0, 0].tolist() == [0, 64, 32]
-    v = T.normalize(torch.zeros(2, 30, 3, 8, 4, 4, dtype=torch.uint8), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    v = T.normalize(torch.zeros(2, 30, 3, 8, 4, 4, dtype=torch.uint8), mean, std)
     assert v.shape == (2, 30, 3, 8, 4, 4) and torch.allclose(v[1, 7, 2], torch.tensor(-103.53 / 57.375))

@@ -86,7 +86,8 @@ def machine_info() -> dict:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return dict(cpu=cpu, cores=os.cpu_count(), load_avg_1min_at_start=load, python=platform.python_version(),
-                torch=torch.__version__, av=av.__version__, ffmpeg=".".join(map(str, av.library_versions["libavcodec"])),
+                torch=torch.__version__, av=av.__version__,
+                ffmpeg=".".join(map(str, av.library_versions["libavcodec"])),
                 platform=platform.platform(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
 

@@ -184,7 +184,8 @@ class VideoDataset(Dataset):
 
     def _report(self, index: int, err: Exception) -> None:
         path = self.samples[index][0]
-        log.warning("%s: %s (%s)", self.split, err, "replaced by another sample" if self.split == "train" else "scored as missing")
+        what = "replaced by another sample" if self.split == "train" else "scored as missing"
+        log.warning("%s: %s (%s)", self.split, err, what)
         write_report_line(self.report_path, {"path": path, "error": str(err), "split": self.split})
 
     # -- items -------------------------------------------------------------------
@@ -237,7 +238,10 @@ class VideoDataset(Dataset):
         views = []
         for k in range(c.test_clips):  # clip-major: view v = clip v // crops, crop v % crops
             part = clip[:, k * c.clip_len:(k + 1) * c.clip_len]
-            crops = T.three_crop(part, c.test_crop_size) if c.test_crops == 3 else [T.center_crop(part, c.test_crop_size)]
+            if c.test_crops == 3:
+                crops = T.three_crop(part, c.test_crop_size)
+            else:
+                crops = [T.center_crop(part, c.test_crop_size)]
             views += crops
         return torch.stack(views).contiguous()
 
