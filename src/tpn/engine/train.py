@@ -225,8 +225,10 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                        f"({t.batch_size} x {d.world} processes x {t.accum_steps} accumulation steps)")
 
     model = build_model(cfg).to(d.device)
-    if t.sync_bn and d.enabled:
+    if t.sync_bn and d.enabled and cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif t.sync_bn and d.enabled:
+        log.warning("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU BN statistics stay per process")
     channels_last = t.channels_last and cuda
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
