@@ -3,7 +3,7 @@
 # baseline, identical data, recipe, budget and seed, with the unchanged `tpn train` / `tpn test`.
 #   bash benchmarks/tempo_experiment.sh            # on a GPU machine (about 8 minutes on an H100)
 # Env: ROOT (dataset folder), OUT (work dirs), WORKERS (loader/generator processes), EPOCHS, SEED,
-# CLASSES / VPC / TVPC (classes, videos a class, test videos a class), SETS (extra --set options)
+# CLASSES / VPC / TVPC (classes, videos a class, test videos a class), CONFIGS (which runs), SETS (extra --set)
 set -euo pipefail
 ROOT=${ROOT:-data/tempo}
 OUT=${OUT:-work_dirs/tempo}
@@ -20,7 +20,7 @@ if [ ! -f "$ROOT/test.txt" ]; then
   tpn data synth "$ROOT/test_set" --classes "$CLASSES" --videos-per-class "$TVPC" --frames 96 --seed 1 --workers "$WORKERS"
   cat "$ROOT/test_set/train.txt" "$ROOT/test_set/val.txt" | sed 's#^#test_set/#' > "$ROOT/test.txt"
 fi
-for cfg in tempo_tpn_r50_8x8 tempo_slowonly_r50_8x8; do
+for cfg in ${CONFIGS:-tempo_tpn_r50_8x8 tempo_slowonly_r50_8x8}; do
   sets=(--set "data.root=$ROOT" --set "data.train_list=$ROOT/train.txt" --set "data.val_list=$ROOT/val.txt"
         --set "data.test_list=$ROOT/test.txt" --set "data.label_map=$ROOT/labels.txt"
         --set "data.num_workers=$WORKERS" --set "train.epochs=$EPOCHS" --set "train.seed=$SEED" ${SETS:-})
