@@ -36,7 +36,8 @@ def _cmd_test(args) -> int:
     m = r["metrics"]
     if r["paths"]:
         print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "
-              f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}%")
+              f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}% "
+              f"({r['videos_per_s']:.1f} videos/s)")
         print("report: " + ", ".join(r["paths"].values()))
     return 0
 

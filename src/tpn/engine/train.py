@@ -297,6 +297,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
         loader_gen.manual_seed(t.seed * 7919 + epoch)
         model.train()
         t_epoch, clips = time.time(), 0
+        loss_window, window_steps = torch.zeros((), device=d.device), 0  # mean loss since the last log line
         bar = None
         if tty:
             from tqdm import tqdm
@@ -308,7 +309,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
             lr = lr_at(cfg, global_iter, iters_per_epoch, lr0)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss_sum = torch.zeros((), device=d.device)
+            loss_step = torch.zeros((), device=d.device)
             for micro in range(t.accum_steps):
                 x, y = next(batches)
                 x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
@@ -317,8 +318,10 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                 with ctx:
                     out = forward(x, y)
                     scaler.scale(out["loss"] / t.accum_steps).backward()
-                loss_sum += out["loss"].detach() / t.accum_steps
+                loss_step += out["loss"].detach() / t.accum_steps
                 clips += x.shape[0]
+            loss_window += loss_step
+            window_steps += 1
             if t.clip_grad > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
@@ -328,7 +331,9 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
             global_iter += 1
             last = it == iters_per_epoch - 1
             if global_iter % t.log_interval == 0 or last:
-                loss = float(D.all_reduce_mean(loss_sum, d))  # the only host sync, every log_interval
+                loss = float(D.all_reduce_mean(loss_window, d)) / window_steps  # the only host sync
+                loss_window.zero_()
+                window_steps = 0
                 if not math.isfinite(loss):
                     raise TpnError(f"loss is {loss} at epoch {epoch + 1} iteration {it + 1}: lower train.lr "
                                    f"or check the data (work dir {work_dir})")
