@@ -28,6 +28,7 @@ def test_two_processes_match_one_in_training_and_testing(tempo_data, tmp_path): 
     assert a["global_iter"] == b["global_iter"] == 8  # 32 training videos / 4
     assert b["world_size"] == 2 and len(b["rng"]) == 2
     diff = max((a["state_dict"][k] - v).abs().max().item() for k, v in b["state_dict"].items() if v.is_floating_point())
+    print(f"max |w(1 process) - w(2 processes)| = {diff:.2e}")
     assert diff < 2e-5, diff
     losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
                if '"train"' in x] for run in ("one", "two")]
