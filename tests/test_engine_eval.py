@@ -45,6 +45,9 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     rows = (tmp_path / "test" / "predictions.csv").read_text().splitlines()[1:]
     assert np.allclose([float(row.split(",")[4]) for row in rows], probs.max(1), atol=1e-4)
     assert (tmp_path / "test" / "confusion_matrix.png").stat().st_size > 1000
+    per_video = json.loads((tmp_path / "test" / "predictions.json").read_text())
+    assert [v["index"] for v in per_video] == list(range(8)) and len(per_video[0]["top5"]) == 4
+    assert np.allclose([v["top5"][0]["score"] for v in per_video], probs.max(1), atol=1e-4)
     saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert saved["videos"] == 8 and set(saved["per_class_accuracy"]) == set(ds.label_names)
 

@@ -76,7 +76,7 @@ def metrics(results: dict[int, tuple[np.ndarray, int, bool]], num_classes: int) 
 
 
 def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None) -> dict:
-    """metrics.json, predictions.csv, confusion_matrix.png; returns the paths."""
+    """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
     summary = {k: v for k, v in m.items() if k != "confusion"}
@@ -88,7 +88,14 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
         for i, (p, label, ok) in sorted(results.items()):
             pred = int(np.argmax(p))
             f.write(f"{i},{dataset.samples[i][0]},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
-    paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv")}
+    rows = []
+    for i, (p, label, ok) in sorted(results.items()):
+        top = np.argsort(-p)[:5]
+        rows.append({"index": i, "path": dataset.samples[i][0], "label": names[label], "ok": ok,
+                     "top5": [{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top]})
+    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
+    paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),
+             "predictions_json": str(out_dir / "predictions.json")}
     if m.get("confusion"):
         paths["confusion_matrix"] = str(plot_confusion(np.array(m["confusion"]), names, out_dir / "confusion_matrix.png"))
     return paths
