@@ -5,7 +5,8 @@ one process measures, for TPN R50 8x8 at batch 32 (bf16 + channels_last_3d + com
   - loader: clips/s of the project's DataLoader alone (train sampling 8x8, short side 256,
     random crop 224, decode in WORKERS processes),
   - synthetic: clips/s of the training step on uint8 clips already on the GPU,
-  - e2e: clips/s of the same step fed by the loader (pinned memory, non-blocking copies).
+  - e2e: clips/s of the same step fed by the loader (pinned memory, non-blocking copies),
+    timed after the loader's prefetch queue has been drained (steady state).
     python benchmarks/bench_e2e.py --workers 15 --out e2e.json
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=80)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--out", default="bench_e2e.json")
     args = ap.parse_args()
     root = Path(args.root)
@@ -45,7 +46,7 @@ def main() -> None:
                          workers=args.workers, val_fraction=0.1)
     gen_s = time.time() - t0
     lines = (root / "train.txt").read_text().splitlines()
-    (root / "big.txt").write_text("\n".join(lines * 40) + "\n")  # long enough for warm-up + timing
+    (root / "big.txt").write_text("\n".join(lines * 200) + "\n")  # long enough for warm-up + timing
     cfg = load_config("tpn_r50_8x8_k400", [f"data.root={root}", f"data.train_list={root}/big.txt",
                                            f"data.label_map={root}/labels.txt", "model.head.num_classes=10",
                                            "data.train_crop=random", "data.color_jitter=false"])
@@ -80,7 +81,10 @@ def main() -> None:
     torch.cuda.synchronize()
     res["synthetic_clips_per_s"] = args.batch * args.steps / (time.perf_counter() - t)
 
-    for _ in range(3):
+    # The workers kept decoding while the synthetic step was timed: their prefetch queue
+    # (workers x prefetch_factor batches) is full. Drain it through the step first, so the
+    # timed steps wait for fresh decoding as a long run does.
+    for _ in range(args.workers * 4 + 3):
         x, y = next(it)
         step(x.cuda(non_blocking=True), y.cuda(non_blocking=True))
     torch.cuda.synchronize()
