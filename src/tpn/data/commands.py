@@ -61,6 +61,18 @@ def _cmd_bench_data(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    from tpn.data.prepare import prepare_list
+
+    r = prepare_list(args.list, args.root, args.out, fmt=args.format, label_map=args.label_map,
+                     short_side=args.short_side, gop=args.gop, crf=args.crf, workers=args.workers)
+    print(f"wrote {r['written']} videos (short side {r['short_side']}, keyframe every {r['gop']} frames) "
+          f"and the list to {r['out']}; {len(r['failed'])} unreadable videos skipped")
+    for f in r["failed"][:10]:
+        print(f"  skipped {f['path']}: {f['error']}")
+    return 0 if not r["failed"] else 1
+
+
 def add_data_commands(sub, add_set):
     """Add `tpn data` and `tpn bench`; returns the `tpn bench` sub-parsers object.
 
@@ -80,6 +92,18 @@ def add_data_commands(sub, add_set):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_cmd_synth)
+
+    p = data.add_parser("prepare", help="re-encode a video list for fast training decoding (short GOP, short side)")
+    p.add_argument("list", help="annotation file (video list)")
+    p.add_argument("--root", default="", help="folder the list's paths are relative to")
+    p.add_argument("--out", required=True, help="output folder: videos at the same relative paths, and the list")
+    p.add_argument("--format", default="list", choices=["list", "mmaction_video"])
+    p.add_argument("--label-map", default="", help="class names, one per line (for lists with names)")
+    p.add_argument("--short-side", type=int, default=256)
+    p.add_argument("--gop", type=int, default=16, help="keyframe interval in frames (default 16)")
+    p.add_argument("--crf", type=int, default=23, help="x264 quality (lower is better; default 23)")
+    p.add_argument("--workers", type=int, default=4)
+    p.set_defaults(func=_cmd_prepare)
 
     p = data.add_parser("check", help="scan an annotation list for unreadable, empty, missing or too-short videos")
     p.add_argument("list", help="annotation file")

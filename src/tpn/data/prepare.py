@@ -1,0 +1,101 @@
+"""`tpn data prepare`: rewrite a video dataset into a form that decodes fast for training.
+
+Random-start training clips need decoding from the keyframe before the clip's first frame;
+with x264's default keyframe interval (250 frames, most of a Kinetics video) every clip
+decodes from near the start. Re-encoding with a short keyframe interval (`gop`, e.g. 16) and
+the short side at the training size (256) lets the seeking reader jump close to each clip:
+about 2x more training clips per CPU core (benchmarks/results/data_cpu_2core.json).
+Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
+cannot be read are skipped and listed; the rewritten list holds only the written videos.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tpn.data.datasets import AnnotationError, parse_line, read_label_names
+
+
+def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int = 16, crf: int = 23,
+             preset: str = "veryfast") -> int:
+    """Re-encode one video (H.264, yuv420p, keyframe every `gop` frames); returns frames written."""
+    import av
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".part")
+    n = 0
+    with av.open(str(src)) as inp:
+        vin = inp.streams.video[0]
+        vin.thread_type = "AUTO"
+        h, w = vin.codec_context.height, vin.codec_context.width
+        if h <= w:
+            oh, ow = short_side, int(round(w * short_side / h / 2)) * 2
+        else:
+            oh, ow = int(round(h * short_side / w / 2)) * 2, short_side
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            vout = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4",
+                                  rate=vin.average_rate or 30)
+            vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
+            vout.codec_context.gop_size = gop
+            vout.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "crf": str(crf),
+                            "preset": preset}
+            for frame in inp.decode(vin):
+                frame = frame.reformat(width=ow, height=oh, format="yuv420p")
+                frame.pts = None
+                for packet in vout.encode(frame):
+                    out.mux(packet)
+                n += 1
+            for packet in vout.encode():
+                out.mux(packet)
+    tmp.replace(dst)
+    return n
+
+
+def _job(args: tuple) -> tuple[str, str | None]:
+    src, dst, short_side, gop, crf = args
+    try:
+        if Path(src).stat().st_size == 0:
+            return src, "zero-byte file"
+        if reencode(src, dst, short_side, gop, crf) == 0:
+            return src, "no frames decoded"
+        return src, None
+    except FileNotFoundError:
+        return src, "file not found"
+    except Exception as e:  # a broken input: skip and report it
+        Path(str(dst) + ".part").unlink(missing_ok=True)
+        return src, f"{type(e).__name__}: {e}"
+
+
+def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: str = "", short_side: int = 256,
+                 gop: int = 16, crf: int = 23, workers: int = 4, progress: bool = True) -> dict:
+    """Re-encode every video of `list_file` under `out_dir` (same relative paths) and write
+    `out_dir/<list name>` with the lines whose video was written."""
+    if fmt not in ("list", "mmaction_video"):
+        raise AnnotationError(f"tpn data prepare reads video lists (format list or mmaction_video), not {fmt}")
+    list_file, out_dir = Path(list_file), Path(out_dir)
+    if not list_file.is_file():
+        raise AnnotationError(f"{list_file}: annotation file not found")
+    names = {n: i for i, n in enumerate(read_label_names(label_map))} if label_map else None
+    lines = []
+    for n, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            rel, _, _ = parse_line(line, fmt, names, f"{list_file}:{n}")
+            lines.append((line, rel))
+    jobs = [(str(Path(root) / rel), str(out_dir / rel), short_side, gop, crf) for _, rel in lines]
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(_job, jobs, chunksize=2)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc="prepare", unit="video")
+        results = list(results)
+    failed = [{"path": src, "error": err} for src, err in results if err]
+    kept = [line for (line, _), (_, err) in zip(lines, results) if not err]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / list_file.name).write_text("\n".join(kept) + ("\n" if kept else ""))
+    report = {"list": str(list_file), "out": str(out_dir), "written": len(kept), "failed": failed,
+              "short_side": short_side, "gop": gop, "crf": crf}
+    (out_dir / f"{list_file.stem}.prepare.json").write_text(json.dumps(report, indent=1))
+    return report

@@ -1,0 +1,36 @@
+"""tpn data prepare: short-GOP re-encoding keeps every frame and the list, skips broken files."""
+import json
+
+import numpy as np
+
+from tpn.data.prepare import prepare_list
+from tpn.data.synthetic import render, write_mp4
+from tpn.data.video import probe_video, read_all_frames
+
+
+def keyframes(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return [i for i, p in enumerate(c.demux(c.streams.video[0])) if p.size and p.is_keyframe]
+
+
+def test_prepare_reencodes_with_short_gop(tmp_path):
+    src = tmp_path / "src"
+    frames = render("right_slow", (96, 64), 40, np.random.default_rng(0))
+    write_mp4(src / "a" / "v1.mp4", frames)  # x264 default GOP: one keyframe
+    (src / "broken.mp4").write_text("not a video")
+    (src / "list.txt").write_text("a/v1.mp4 0\nbroken.mp4 1\n")
+    assert keyframes(src / "a" / "v1.mp4") == [0]
+    rep = prepare_list(src / "list.txt", str(src), tmp_path / "out", short_side=32, gop=8, workers=1, progress=False)
+    out = tmp_path / "out" / "a" / "v1.mp4"
+    info = probe_video(out)
+    assert (info.num_frames, info.height, info.width) == (40, 32, 48)
+    assert keyframes(out) == [0, 8, 16, 24, 32]
+    assert (tmp_path / "out" / "list.txt").read_text() == "a/v1.mp4 0\n"
+    assert [f["path"].endswith("broken.mp4") for f in rep["failed"]] == [True]
+    assert json.loads((tmp_path / "out" / "list.prepare.json").read_text())["written"] == 1
+    # same content: the re-encoded frames are the (downscaled) originals
+    got = read_all_frames(out).astype(np.float32).mean(axis=(1, 2, 3))
+    ref = frames.astype(np.float32).mean(axis=(1, 2, 3))
+    assert np.abs(got - ref).max() < 6
