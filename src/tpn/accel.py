@@ -70,6 +70,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def compile_arg(train_cfg) -> bool | str:
+    """The `compile_model` argument for a TrainConfig: False, True, or a torch.compile mode."""
+    if not train_cfg.compile:
+        return False
+    return True if train_cfg.compile_mode == "default" else train_cfg.compile_mode
+
+
 def make_eval_forward(model: nn.Module, cfg: Config, amp: bool = True, channels_last: bool = True,
                       compile_model: bool | str = False, fold_bn: bool = False) -> Callable:
     """fn(x_uint8 [N,3,T,H,W]) -> logits. `fold_bn` runs a BN-folded copy (the model is untouched)."""

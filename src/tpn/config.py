@@ -120,6 +120,8 @@ class TrainConfig:
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 (GPUs without bf16) adds a grad scaler
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA only)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    # reduce-overhead adds CUDA graphs (+4% at batch 32 on an H100, benchmarks/results/gpu_h100_*.json)
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     seed: int = 0

@@ -140,7 +140,7 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report."""
     from dataclasses import replace
 
-    from tpn.accel import make_eval_forward
+    from tpn.accel import compile_arg, make_eval_forward
     from tpn.data.datasets import build_dataset
     from tpn.engine import distributed as D
     from tpn.models.build import build_model
@@ -158,7 +158,7 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     model = model.to(d.device).eval()
     cuda = d.device.type == "cuda"
     forward = make_eval_forward(model, cfg, amp=cfg.train.amp and cuda, channels_last=cfg.train.channels_last and cuda,
-                                compile_model=cfg.train.compile and cuda, fold_bn=cfg.test.fold_bn)
+                                compile_model=compile_arg(cfg.train) if cuda else False, fold_bn=cfg.test.fold_bn)
     dataset = build_dataset(cfg.data, "test", report_path=out_dir / "bad_videos.jsonl")
     loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
     t0 = time.time()

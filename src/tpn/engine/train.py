@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from tpn.accel import make_forward
+from tpn.accel import compile_arg, make_forward
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.data.datasets import build_dataset
@@ -263,7 +263,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None) \
         if d.enabled else model
     forward = make_forward(net, cfg, amp=amp and not fp16, channels_last=channels_last,
-                           compile_model=t.compile and cuda, with_labels=True)
+                           compile_model=compile_arg(t) if cuda else False, with_labels=True)
     eval_forward = make_forward(model, cfg, amp=amp and not fp16, channels_last=channels_last,
                                 compile_model=False, with_labels=False)
     if fp16:
