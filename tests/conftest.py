@@ -10,3 +10,19 @@ def synth_dataset(tmp_path_factory):
     generate_dataset(root, classes=4, videos_per_class=5, size=(96, 80), frames=40, seed=1, workers=1,
                      val_fraction=0.4)
     return root
+
+
+def write_broken_videos(root):
+    """Add a zero-byte, a truncated, a text and a too-short .mp4 to `root` (a copy of a synth
+    dataset); returns the good videos' relative paths."""
+    import numpy as np
+
+    from tpn.data.synthetic import render, write_mp4
+
+    good = sorted((root / "videos").rglob("*.mp4"))
+    (root / "zero.mp4").write_bytes(b"")
+    data = good[0].read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "text.mp4").write_text("this is not a video\n")
+    write_mp4(root / "short.mp4", render("right_slow", (96, 80), 5, np.random.default_rng(0)))
+    return [str(p.relative_to(root)) for p in good]

@@ -1,6 +1,5 @@
 """Checkpoint files and the mmaction2 name mapping: strict, safe, atomic."""
 import os
-import pickle
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """2D -> 3D inflation from torchvision/timm-layout and Paddle TSN-layout ResNets (written here)."""
 import pickle
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

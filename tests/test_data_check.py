@@ -2,25 +2,19 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
+
+from tests.conftest import write_broken_videos
 
 from tpn.cli import main
 from tpn.data.check import check_list
-from tpn.data.synthetic import render, write_mp4
 
 
 @pytest.fixture(scope="module")
 def synth_check_root(synth_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("check")
     shutil.copytree(synth_dataset, root, dirs_exist_ok=True)
-    good = sorted((root / "videos").rglob("*.mp4"))
-    (root / "zero.mp4").write_bytes(b"")
-    data = good[0].read_bytes()
-    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
-    (root / "text.mp4").write_text("this is not a video\n")
-    write_mp4(root / "short.mp4", render("right_slow", (96, 80), 5, np.random.default_rng(0)))
-    rel = [str(p.relative_to(root)) for p in good[:3]]
+    rel = write_broken_videos(root)[:3]
     lines = [f"{p} 0" for p in rel] + ["zero.mp4 1", "truncated.mp4 1", "text.mp4 2", "missing.mp4 2", "short.mp4 3",
                                        "videos/nolabel.mp4", f"{rel[0]} jump"]
     (root / "mixed.txt").write_text("\n".join(lines) + "\n")

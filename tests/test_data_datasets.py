@@ -4,15 +4,16 @@ import logging
 import shutil
 from dataclasses import replace
 
-import numpy as np
 import pytest
+
+from tests.conftest import write_broken_videos
 import torch
 
 from tpn.config import DataConfig
 from tpn.data import sampling
 from tpn.data.datasets import AnnotationError, build_dataset, read_annotations, read_label_names
 from tpn.data.loader import build_loader
-from tpn.data.synthetic import class_names, render, write_mp4
+from tpn.data.synthetic import class_names
 from tpn.data.video import read_all_frames
 
 
@@ -115,13 +116,7 @@ def test_persistent_workers_see_set_epoch(synth_dataset):
 def synth_broken_dataset(synth_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("broken")
     shutil.copytree(synth_dataset, root, dirs_exist_ok=True)
-    good = sorted((root / "videos").rglob("*.mp4"))
-    (root / "zero.mp4").write_bytes(b"")
-    data = good[0].read_bytes()
-    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
-    (root / "text.mp4").write_text("this is not a video\n")
-    write_mp4(root / "short.mp4", render("right_slow", (96, 80), 5, np.random.default_rng(0)))
-    rel = [str(p.relative_to(root)) for p in good[:4]]
+    rel = write_broken_videos(root)[:4]
     bad = ["zero.mp4", "truncated.mp4", "text.mp4", "missing.mp4", "short.mp4"]
     (root / "mixed.txt").write_text("".join(f"{p} 0\n" for p in rel + bad))
     return root, bad

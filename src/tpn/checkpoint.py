@@ -123,10 +123,15 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
-                parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+        raise misfit_error(f"{source}: weights do not fit the model", missing, unexpected, misshaped)
     model.load_state_dict(state_dict, strict=True)
+
+
+def misfit_error(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> CheckpointError:
+    """One line listing (the first 8 of) each kind of tensor that does not fit."""
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
+            parts.append(f"{len(items)} {label}: {shown}")
+    return CheckpointError(f"{what}: " + "; ".join(parts))

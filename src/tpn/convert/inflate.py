@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from tpn.checkpoint import CheckpointError
+from tpn.checkpoint import CheckpointError, misfit_error
 
 
 def inflate_weight(w2d: torch.Tensor, kt: int) -> torch.Tensor:
@@ -68,12 +68,7 @@ def inflate_state_dict(backbone: nn.Module, sd2d: dict, source: str) -> dict:
             misshaped.append(f"{key} {tuple(src.shape)} vs backbone {tuple(target.shape)}")
     unexpected = [k for k in sd2d if k not in own]
     if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
-                parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointError(f"{source}: 2D weights do not fit the 3D backbone: " + "; ".join(parts))
+        raise misfit_error(f"{source}: 2D weights do not fit the 3D backbone", missing, unexpected, misshaped)
     return out
 
 

@@ -81,7 +81,7 @@ def summary(report: dict, limit: int = 10) -> str:
         out.append(f"  bad line {b['line']}: {b['error']}")
     more = len(report["problems"]) + len(report["bad_lines"]) - 2 * limit
     if more > 0:
-        out.append(f"  ... see the JSON report for the rest")
+        out.append("  ... see the JSON report for the rest")
     return "\n".join(out)
 
 
