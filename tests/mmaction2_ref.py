@@ -33,8 +33,12 @@ def _stub_broken_imports() -> None:
         sys.modules.setdefault(name, mod)
 
 
-def build_reference(flow: str = "cascade"):
-    """mmaction2's TPN R50 8x8 recognizer built from its packaged config, eval mode."""
+def build_reference(flow: str = "cascade", temporal_scales=(8, 8)):
+    """mmaction2's TPN R50 8x8 recognizer built from its packaged config, eval mode.
+
+    Unequal `temporal_scales` (a, b), a < b, set the neck as the official release's R101
+    8x8 (scales (4, 8)): bottom-up max-pool and level-fusion pooling by b // a on level 0.
+    """
     require_mmaction2()
     _stub_broken_imports()
     import glob
@@ -50,6 +54,11 @@ def build_reference(flow: str = "cascade"):
     cfg = Config.fromfile(path)
     cfg.model.backbone.pretrained = None
     cfg.model.neck.flow_type = flow
+    a, b = temporal_scales
+    if a != b:
+        cfg.model.neck.temporal_modulation_cfg = dict(downsample_scales=(a, b))
+        cfg.model.neck.downsample_cfg = dict(downsample_scale=(b // a, 1, 1))
+        cfg.model.neck.level_fusion_cfg.downsample_scales = ((b // a, 1, 1), (1, 1, 1))
     model = MODELS.build(cfg.model)  # weights are set by `randomize`
     return model.eval()
 

@@ -76,3 +76,21 @@ def test_parameter_count_equals_mmaction2():
     n = sum(p.numel() for p in model.parameters())
     assert n == 91_498_336
     assert n == sum(p.numel() for p in ref.parameters())
+
+
+def test_unequal_temporal_scales_match_mmaction2(mm_checkpoint, tmp_path):
+    """The official R101 8x8 neck (res4 pooled by 4, res5 by 8) on the R50 backbone."""
+    ref_c, _ = mm_checkpoint
+    ref = build_reference("cascade", temporal_scales=(4, 8))
+    ref.load_state_dict({k: v for k, v in ref_c.state_dict().items() if "new_cls" not in k})
+    path = tmp_path / "mm.pth"
+    torch.save({"state_dict": ref.state_dict()}, path)
+    cfg = tpn.load_config("tpn_r50_8x8_k400", ["model.neck.temporal_scales=[4,8]"])
+    model = tpn.load_model(cfg, path)
+    x = torch.randn(1, 3, 8, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = model(x)
+        feats = model.backbone(x)
+        assert model.neck.temporal[0](model.neck.spatial[0](feats[0])).shape[2] == 2  # the levels differ
+    diff = (ours - reference_logits(ref, x)).abs().max().item()
+    assert diff <= TOL, f"temporal scales (4, 8): max |logit difference| {diff:.2e}"

@@ -38,17 +38,20 @@ class LevelFusion(nn.Module):
         self.fuse = ConvBN(mid * levels, cout, 1)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        # levels pooled over time by unequal scales meet at the shortest one, pooled before
+        # the branch conv (the official release's level-fusion `ds_scales`, e.g. R101 8x8)
+        t = min(x.shape[2] for x in xs)
+        xs = [_to_length(x, t) for x in xs]
         return self.fuse(torch.cat([b(x) for b, x in zip(self.branches, xs)], 1))
 
 
-def _match_time(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Bring `x` to the temporal length of `like` (nearest upsample or max-pool)."""
-    t, t_ref = x.shape[2], like.shape[2]
-    if t == t_ref:
+def _to_length(x: torch.Tensor, t: int) -> torch.Tensor:
+    """Bring `x` to temporal length `t` (nearest upsample or max-pool over time)."""
+    if x.shape[2] == t:
         return x
-    if t < t_ref:
-        return F.interpolate(x, size=like.shape[2:], mode="nearest")
-    k = math.ceil(t / t_ref)
+    if x.shape[2] < t:
+        return F.interpolate(x, size=(t, *x.shape[3:]), mode="nearest")
+    k = math.ceil(x.shape[2] / t)
     return F.max_pool3d(x, (k, 1, 1), (k, 1, 1), ceil_mode=True)
 
 
@@ -90,11 +93,11 @@ class TPNNeck(nn.Module):
         modulated = [tm(sm(x)) for sm, tm, x in zip(self.spatial, self.temporal, feats)]
         outs = list(modulated)
         for i in range(len(outs) - 1, 0, -1):  # top-down: deeper levels flow into shallower ones
-            outs[i - 1] = outs[i - 1] + _match_time(outs[i], outs[i - 1])
+            outs[i - 1] = outs[i - 1] + _to_length(outs[i], outs[i - 1].shape[2])
         top_down = self.top_down_fusion(outs)
         if self.flow == "parallel":
             outs = list(modulated)
         for i in range(len(outs) - 1):  # bottom-up: shallower levels flow into deeper ones
-            outs[i + 1] = outs[i + 1] + _match_time(self.bottom_up[i](outs[i]), outs[i + 1])
+            outs[i + 1] = outs[i + 1] + _to_length(self.bottom_up[i](outs[i]), outs[i + 1].shape[2])
         bottom_up = self.bottom_up_fusion(outs)
         return self.pyramid_fusion(torch.cat([top_down, bottom_up], 1))
