@@ -146,3 +146,13 @@ def test_full_size_r50_names_map_strictly():
     renamed, _ = rename(paddle, "paddle_tpn", "paddle")
     fit_to_model(model, renamed)
     load_state_dict_strict(model, renamed, "paddle")
+
+
+def test_full_size_r101_official_names_map_strictly():
+    """The release's r101f8s8 (res4 blocks b1..b22 in Paddle, 23 blocks here) fits tpn_r101_8x8_k400."""
+    from tpn.convert import rename
+
+    model = build_model(load_config("tpn_r101_8x8_k400"))
+    own = model.state_dict()
+    renamed, dropped = rename(official_names(own), "tpn_official", "official")
+    assert dropped == [] and set(renamed) == set(own) and all(renamed[k] is own[k] for k in own)
