@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from tpn.accel import compile_arg, make_forward
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.data.datasets import build_dataset
+from tpn.data.loader import build_loader
 from tpn.engine import distributed as D
 from tpn.engine.evaluate import make_eval_loader, metrics, predict_probs
 from tpn.errors import TpnError
@@ -215,10 +215,10 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     val_set = build_dataset(cfg.data, "val", report_path=report) if t.val_interval > 0 and cfg.data.val_list else None
     sampler = D.ShardedSampler(len(train_set), d.rank, d.world, shuffle=True, seed=t.seed)
     workers = cfg.data.num_workers
-    loader_gen = torch.Generator()  # worker seeds come from here, not from the global RNG (exact resume)
-    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=cuda, drop_last=True, persistent_workers=False, generator=loader_gen,
-                        prefetch_factor=4 if workers > 0 else None)
+    # persistent workers (no re-spawn each epoch); their seeds come from the loader's own
+    # generator, not the global RNG, and augmentation from (seed, epoch, index): exact resume
+    loader = build_loader(train_set, t.batch_size, workers, sampler=sampler, pin_memory=cuda, drop_last=True,
+                          persistent_workers=True, seed=t.seed, prefetch_factor=4)
     iters_per_epoch = len(sampler) // t.batch_size // t.accum_steps
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
@@ -294,7 +294,6 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
         train_set.set_epoch(epoch)
         first = start_iter if epoch == start_epoch else 0
         sampler.set_epoch(epoch, start=first * t.batch_size * t.accum_steps)
-        loader_gen.manual_seed(t.seed * 7919 + epoch)
         model.train()
         t_epoch, clips = time.time(), 0
         loss_window, window_steps = torch.zeros((), device=d.device), 0  # mean loss since the last log line
