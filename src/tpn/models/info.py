@@ -57,7 +57,8 @@ def measure(cfg: Config, clip_len: int | None = None, size: int = 224) -> dict:
 def model_info(cfg: Config, clip_len: int | None = None, size: int = 224) -> str:
     r = measure(cfg, clip_len, size)
     lines = [f"config: {r['config']}   input: {'x'.join(map(str, r['input']))} (N, C, T, H, W)"]
-    lines.append(f"parameters: {r['params_total']:,} (auxiliary head included)")
+    aux = " (auxiliary head included)" if r["params"]["aux_head (training only)"] else ""
+    lines.append(f"parameters: {r['params_total']:,}{aux}")
     for name, n in r["params"].items():
         lines.append(f"  {name:<26}{n:>14,}")
     g = r["flops"] / 1e9
