@@ -91,6 +91,7 @@ class DataConfig:
     train_crop: Literal["random", "random_resized"] = "random"
     flip: float = 0.5
     color_jitter: bool = False
+    augment_on_device: bool = False  # draw flip/jitter in the loader, apply them on the GPU (CPU time)
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     num_workers: int = 8

@@ -196,7 +196,9 @@ class VideoDataset(Dataset):
                 rng = self._rng(index, attempt)
                 try:
                     clip = self._read(index, lambda n: self._train_pick(index, n, rng))
-                    return self._train_transform(clip, rng), self.samples[index][1]
+                    clip, aug = self._train_transform(clip, rng)
+                    label = self.samples[index][1]
+                    return (clip, label, aug) if aug is not None else (clip, label)
                 except VideoError as e:
                     self._report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
@@ -217,17 +219,17 @@ class VideoDataset(Dataset):
             s = c.test_crop_size
             return torch.zeros(v, 3, c.clip_len, s, s, dtype=torch.uint8), label, index, False
 
-    def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
+        """(clip, None), or with data.augment_on_device (cropped clip, flip/jitter draw for the device)."""
         c = self.cfg
         if c.train_crop == "random_resized":
             clip = T.random_resized_crop(clip, c.crop_size, rng)
         else:
             clip = T.random_crop(T.resize_short_side(clip, c.short_side), c.crop_size, rng)
-        if rng.random() < c.flip:
-            clip = clip.flip(-1)
-        if c.color_jitter:
-            clip = T.color_jitter(clip, rng)
-        return clip.contiguous()
+        aug = T.draw_augment(rng, c.flip, c.color_jitter)
+        if c.augment_on_device:  # flip and jitter are applied by the engine on the device
+            return clip.contiguous(), aug
+        return T.apply_augment(clip[None], aug[None])[0].contiguous(), None
 
     def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
         return T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size).contiguous()

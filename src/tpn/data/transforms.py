@@ -94,23 +94,59 @@ def random_resized_crop(clip: torch.Tensor, size: int, rng: np.random.Generator)
     return resize(crop(clip, top, left, ch, cw), (size, size))
 
 
+JITTER_OPS = ("brightness", "contrast", "saturation")
+
+
+def draw_augment(rng: np.random.Generator, flip: float, jitter: bool, brightness=0.4, contrast=0.4,
+                 saturation=0.4) -> torch.Tensor:
+    """Draw a clip's flip and colour jitter: float32 [flip, op0, op1, op2, f_brightness, f_contrast,
+    f_saturation], ops in their random order (indices into JITTER_OPS; -1 when jitter is off)."""
+    out = torch.tensor([0.0, -1, -1, -1, 1, 1, 1])
+    out[0] = float(rng.random() < flip)
+    if jitter:
+        order = [0, 1, 2]
+        rng.shuffle(order)
+        spread = (brightness, contrast, saturation)
+        for pos, op in enumerate(order):  # factors drawn in the order they apply
+            out[1 + pos] = op
+            out[4 + op] = rng.uniform(1 - spread[op], 1 + spread[op])
+    return out
+
+
+def apply_augment(x: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
+    """Apply `draw_augment` results (a CPU tensor [N, 7]) to uint8 clips [N, 3, T, H, W] on any
+    device. Control flow reads only the CPU tensor: no device synchronisation."""
+    n = x.shape[0]
+    col = (n, 1, 1, 1, 1)
+    flips = aug[:, 0] > 0
+    if flips.any():
+        x = torch.where(flips.to(x.device).view(col), x.flip(-1), x)
+    if (aug[:, 1] < 0).all():
+        return x
+    factors = aug[:, 4:].to(x.device, torch.float32)
+    y = x.float()
+    for pos in range(3):
+        ops = aug[:, 1 + pos].long()
+        out = y
+        for op in sorted(set(ops.tolist()) - {-1}):
+            f = factors[:, op].view(col)
+            if op == 0:
+                z = y * f
+            else:
+                gray = 0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]
+                if op == 1:
+                    gray = gray.mean(dim=(1, 2, 3, 4), keepdim=True)
+                z = (y - gray) * f + gray
+            out = z if bool((ops == op).all()) else torch.where((ops == op).to(x.device).view(col), z, out)
+        y = out.clamp(0, 255)
+    return y.round().to(torch.uint8)
+
+
 def color_jitter(clip: torch.Tensor, rng: np.random.Generator, brightness=0.4, contrast=0.4,
                  saturation=0.4) -> torch.Tensor:
-    """Brightness, contrast and saturation factors drawn once per clip, in random order."""
-    x = clip.float()
-    ops = ["b", "c", "s"]
-    rng.shuffle(ops)
-    for op in ops:
-        if op == "b":
-            x = x * rng.uniform(1 - brightness, 1 + brightness)
-        elif op == "c":
-            gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).mean()
-            x = (x - gray) * rng.uniform(1 - contrast, 1 + contrast) + gray
-        else:
-            gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
-            x = (x - gray) * rng.uniform(1 - saturation, 1 + saturation) + gray
-        x = x.clamp(0, 255)
-    return x.round().to(torch.uint8)
+    """Brightness, contrast and saturation factors drawn once per clip, applied in random order."""
+    aug = draw_augment(rng, 0.0, True, brightness, contrast, saturation)
+    return apply_augment(clip[None], aug[None])[0]
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

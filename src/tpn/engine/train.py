@@ -25,6 +25,7 @@ from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_s
 from tpn.config import Config, dump_config, to_dict
 from tpn.data.datasets import build_dataset
 from tpn.data.loader import build_loader
+from tpn.data.transforms import apply_augment
 from tpn.engine import distributed as D
 from tpn.engine.evaluate import make_eval_loader, metrics, predict_probs
 from tpn.errors import TpnError
@@ -310,8 +311,10 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                 g["lr"] = lr
             loss_step = torch.zeros((), device=d.device)
             for micro in range(t.accum_steps):
-                x, y = next(batches)
+                x, y, *aug = next(batches)
                 x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+                if aug:  # data.augment_on_device: the loader drew flip/jitter, the device applies them
+                    x = apply_augment(x, aug[0])
                 sync = micro == t.accum_steps - 1 or not d.enabled
                 ctx = net.no_sync() if not sync else _null()
                 with ctx:
