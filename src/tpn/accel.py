@@ -13,13 +13,8 @@ import torch
 import torch.nn as nn
 
 from tpn.config import Config
+from tpn.data.transforms import normalize
 from tpn.models.resnet3d import ConvBN
-
-
-def _stats(cfg: Config, device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device).view(3, 1, 1, 1)
-    std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device).view(3, 1, 1, 1)
-    return mean, 1.0 / std
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -33,13 +28,14 @@ def make_forward(model: nn.Module, cfg: Config, amp: bool, channels_last: bool, 
     `compile_model`: False, True, or a torch.compile mode such as "reduce-overhead" (CUDA graphs).
     """
     device = next(model.parameters()).device
-    mean, inv_std = _stats(cfg, device)
+    mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device)
     amp = amp and device.type == "cuda"
     if channels_last:
         to_channels_last(model)
 
     def forward(x8: torch.Tensor, labels: torch.Tensor | None = None):
-        x = (x8.float() - mean) * inv_std
+        x = normalize(x8, mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

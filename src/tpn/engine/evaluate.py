@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from tpn.accel import compile_arg, make_eval_forward
+from tpn.convert import load_weights
+from tpn.data.datasets import build_dataset
+from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
+from tpn.errors import TpnError
+from tpn.models.build import build_model
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
@@ -125,8 +132,6 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
 
 
 def parse_views(views: str) -> tuple[int, int]:
-    from tpn.errors import TpnError
-
     try:
         clips, crops = (int(v) for v in views.lower().split("x"))
     except ValueError:
@@ -136,29 +141,35 @@ def parse_views(views: str) -> tuple[int, int]:
     return clips, crops
 
 
+def with_views(cfg, views: str | None):
+    """`cfg` with the test views set from a CLIPSxCROPS string such as "10x3" (None: unchanged)."""
+    if not views:
+        return cfg
+    clips, crops = parse_views(views)
+    return replace(cfg, data=replace(cfg.data, test_clips=clips, test_crops=crops))
+
+
+def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool = True):
+    """(fn(x_uint8 views) -> logits, load info) for `checkpoint` on `device`, with the config's
+    GPU settings (bf16, channels_last_3d, compile) on CUDA and BatchNorm folded per `test.fold_bn`."""
+    model = build_model(cfg)
+    info = load_weights(model, checkpoint)
+    model = model.to(device).eval()
+    cuda = device.type == "cuda"
+    forward = make_eval_forward(model, cfg, amp=cfg.train.amp and cuda, channels_last=cfg.train.channels_last and cuda,
+                                compile_model=compile_arg(cfg.train) if cuda and compile_model else False,
+                                fold_bn=cfg.test.fold_bn)
+    return forward, info
+
+
 def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True) -> dict:
     """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report."""
-    from dataclasses import replace
-
-    from tpn.accel import compile_arg, make_eval_forward
-    from tpn.data.datasets import build_dataset
-    from tpn.engine import distributed as D
-    from tpn.models.build import build_model
-    from tpn.convert import load_weights
-
     d = D.setup(device)
-    if views:
-        clips, crops = parse_views(views)
-        cfg = replace(cfg, data=replace(cfg.data, test_clips=clips, test_crops=crops))
+    cfg = with_views(cfg, views)
     out_dir = Path(out_dir)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg)
-    info = load_weights(model, checkpoint)
-    model = model.to(d.device).eval()
-    cuda = d.device.type == "cuda"
-    forward = make_eval_forward(model, cfg, amp=cfg.train.amp and cuda, channels_last=cfg.train.channels_last and cuda,
-                                compile_model=compile_arg(cfg.train) if cuda else False, fold_bn=cfg.test.fold_bn)
+    forward, info = inference_forward(cfg, checkpoint, d.device)
     dataset = build_dataset(cfg.data, "test", report_path=out_dir / "bad_videos.jsonl")
     loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
     t0 = time.time()
