@@ -1,12 +1,18 @@
 """End-to-end training throughput from real mp4 files vs synthetic in-GPU input.
 
-Generates Kinetics-like videos (340x256, 30 fps, 10 s, libx264 default GOP 250), then in
-one process measures, for TPN R50 8x8 at batch 32 (bf16 + channels_last_3d + compile):
-  - loader: clips/s of the project's DataLoader alone (train sampling 8x8, short side 256,
-    random crop 224, decode in WORKERS processes),
-  - synthetic: clips/s of the training step on uint8 clips already on the GPU,
-  - e2e: clips/s of the same step fed by the loader (pinned memory, non-blocking copies),
-    timed after the loader's prefetch queue has been drained (steady state).
+Generates Kinetics-like videos (340x256, 30 fps, 10 s, libx264 veryfast: B-frames and the
+default keyframe interval 250), rewrites them with `tpn data prepare` (keyframe every 8
+frames, no B-frames, fastdecode), then in one process, for TPN R50 8x8 at batch 32 (bf16 +
+channels_last_3d + compile, the step of benchmarks/bench_gpu.py) and mmaction2's training
+augmentation (random resized crop, flip, colour jitter), measures:
+  - synthetic: clips/s of the training step on uint8 clips already on the GPU;
+  - for each (data, augmentation place) setting, with the project's training loader
+    (tpn.data.loader.build_loader: WORKERS persistent workers, pinned memory):
+      e2e     clips/s of the step fed by the loader (after `workers` warm-up batches);
+      loader  clips/s of the loader alone, timed after its prefetch queue was drained,
+              so it is the workers' production rate.
+Settings: original + augmentation in the workers; original + data.augment_on_device;
+prepared + data.augment_on_device.
     python benchmarks/bench_e2e.py --workers 15 --out e2e.json
 """
 from __future__ import annotations
@@ -16,7 +22,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,76 +31,103 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tpn.accel import make_train_step  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
+from tpn.data.loader import build_loader  # noqa: E402
+from tpn.data.prepare import prepare_list  # noqa: E402
 from tpn.data.synthetic import generate_dataset  # noqa: E402
+from tpn.data.transforms import apply_augment  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
+
+
+def dataset_cfg(root: Path, on_device: bool):
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "big.txt").write_text("\n".join(lines * 100) + "\n")  # long enough for warm-up + timing
+    return load_config("tpn_r50_8x8_k400", [
+        f"data.root={root}", f"data.train_list={root}/big.txt", f"data.label_map={root}/labels.txt",
+        "model.head.num_classes=10", "data.train_crop=random_resized", "data.color_jitter=true",
+        f"data.augment_on_device={str(on_device).lower()}"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="/tmp/e2e_videos")
-    ap.add_argument("--videos", type=int, default=80)
+    ap.add_argument("--videos", type=int, default=60)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--out", default="bench_e2e.json")
     args = ap.parse_args()
     root = Path(args.root)
+    prepared = root / "prepared"
     t0 = time.time()
     if not (root / "train.txt").exists():
         generate_dataset(root, classes=10, videos_per_class=args.videos // 10, size=(340, 256), frames=300,
-                         workers=args.workers, val_fraction=0.1)
+                         workers=args.workers + 1, val_fraction=0.1, preset="veryfast")
     gen_s = time.time() - t0
-    lines = (root / "train.txt").read_text().splitlines()
-    (root / "big.txt").write_text("\n".join(lines * 200) + "\n")  # long enough for warm-up + timing
-    cfg = load_config("tpn_r50_8x8_k400", [f"data.root={root}", f"data.train_list={root}/big.txt",
-                                           f"data.label_map={root}/labels.txt", "model.head.num_classes=10",
-                                           "data.train_crop=random", "data.color_jitter=false"])
-    cfg = replace(cfg, data=replace(cfg.data, num_workers=args.workers))
-    ds = build_dataset(cfg.data, "train")
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                         pin_memory=True, drop_last=True, persistent_workers=True, prefetch_factor=4)
+    t0 = time.time()
+    if not (prepared / "train.txt").exists():
+        prepare_list(root / "train.txt", str(root), prepared, workers=args.workers + 1, progress=False)
+        (prepared / "labels.txt").write_text((root / "labels.txt").read_text())
+    prep_s = time.time() - t0
+    size = lambda d: sum(p.stat().st_size for p in (d / "videos").rglob("*.mp4")) / 2**20  # noqa: E731
+
     torch.backends.cudnn.benchmark = True
+    cfg = dataset_cfg(root, False)
     model = build_model(cfg).cuda().train()
     step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=True)
-    res = dict(gpu=torch.cuda.get_device_name(), cpu_workers=args.workers, batch=args.batch,
-               videos=len(lines), video="340x256 30fps 300 frames libx264 GOP 250", generate_s=round(gen_s, 1))
-
-    it = iter(loader)
-    for _ in range(3):
-        next(it)
-    t = time.perf_counter()
-    n = 0
-    for _ in range(args.steps):
-        x, _ = next(it)
-        n += x.shape[0]
-    res["loader_clips_per_s"] = n / (time.perf_counter() - t)
+    res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cpu_workers=args.workers,
+               cpu_count=os.cpu_count(), batch=args.batch, train_videos=len((root / "train.txt").read_text().split("\n")) - 1,
+               video="340x256 30fps 300 frames, libx264 veryfast (B-frames) GOP 250; prepared: tpn data prepare defaults",
+               augmentation="random resized crop 224, flip 0.5, colour jitter 0.4/0.4/0.4",
+               generate_s=round(gen_s, 1), prepare_s=round(prep_s, 1),
+               original_mb=round(size(root), 1), prepared_mb=round(size(prepared), 1), date=time.strftime("%Y-%m-%d"))
 
     x8 = torch.randint(0, 255, (args.batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
-    y = torch.arange(args.batch, device="cuda") % 10
+    y8 = torch.arange(args.batch, device="cuda") % 10
     for _ in range(4):
-        step(x8, y)
+        step(x8, y8)
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(args.steps):
-        step(x8, y)
+        step(x8, y8)
     torch.cuda.synchronize()
     res["synthetic_clips_per_s"] = args.batch * args.steps / (time.perf_counter() - t)
-
-    # The workers kept decoding while the synthetic step was timed: their prefetch queue
-    # (workers x prefetch_factor batches) is full. Drain it through the step first, so the
-    # timed steps wait for fresh decoding as a long run does.
-    for _ in range(args.workers * 4 + 3):
-        x, y = next(it)
-        step(x.cuda(non_blocking=True), y.cuda(non_blocking=True))
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        x, y = next(it)
-        step(x.cuda(non_blocking=True), y.cuda(non_blocking=True))
-    torch.cuda.synchronize()
-    res["e2e_clips_per_s"] = args.batch * args.steps / (time.perf_counter() - t)
-    res["e2e_over_synthetic"] = res["e2e_clips_per_s"] / res["synthetic_clips_per_s"]
     print(json.dumps(res), flush=True)
+
+    def feed(batch):
+        x, y, *aug = batch
+        x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
+        if aug:
+            x = apply_augment(x, aug[0])
+        return step(x, y)
+
+    res["settings"] = []
+    for name, data_root, on_device in (("original, augmentation in workers", root, False),
+                                       ("original, data.augment_on_device", root, True),
+                                       ("prepared, data.augment_on_device", prepared, True)):
+        cfg = dataset_cfg(data_root, on_device)
+        loader = build_loader(build_dataset(cfg.data, "train"), args.batch, args.workers, shuffle=True,
+                              drop_last=True, seed=0)
+        it = iter(loader)
+        for _ in range(args.workers):  # start-up: every worker has delivered its first batch
+            feed(next(it))
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            feed(next(it))
+        torch.cuda.synchronize()
+        e2e = args.batch * args.steps / (time.perf_counter() - t)
+        for _ in range(args.workers * 2):  # drain what was prefetched while the step ran
+            next(it)
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            next(it)
+        alone = args.batch * args.steps / (time.perf_counter() - t)
+        del it, loader
+        rec = dict(setting=name, e2e_clips_per_s=round(e2e, 1), loader_clips_per_s=round(alone, 1),
+                   e2e_over_synthetic=round(e2e / res["synthetic_clips_per_s"], 3),
+                   loader_over_synthetic=round(alone / res["synthetic_clips_per_s"], 3))
+        res["settings"].append(rec)
+        print(json.dumps(rec), flush=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 
 

@@ -6,6 +6,10 @@ other. Variants:
   base        bf16 + channels_last_3d + torch.compile (the default training set-up)
   cudagraphs  as base, compiled with mode="reduce-overhead" (CUDA graphs)
   cp1 / cp12  as base, with activation checkpointing of stage 1 / stages 1-2
+  cdt         as base, with inductor's coordinate-descent tuning of its Triton kernels
+  cdtcg       cdt + CUDA graphs
+  mat         as base, compiled with mode="max-autotune-no-cudagraphs"
+--test-profile adds the top kernels of the 30-view test forward (BN folded, bf16, compiled).
     python benchmarks/profile_gpu.py --batch 32 --variants base,cudagraphs,cp1 --out prof.json
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -34,13 +39,55 @@ def category(name: str) -> str:
     return "other"
 
 
+def kernel_profile(fn, reps: int = 3) -> dict:
+    """Share of GPU time per category and the top 20 kernels of `fn` (already warm)."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in p.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    groups: dict[str, float] = {}
+    for e in events:
+        groups[category(e.key)] = groups.get(category(e.key), 0.0) + e.self_device_time_total
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:20]
+    return dict(gpu_time_share={k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+                top_kernels=[dict(name=e.key[:110], share=round(e.self_device_time_total / total, 4),
+                                  calls=e.count // reps) for e in top])
+
+
+@torch.no_grad()
+def profile_test(videos: int) -> dict:
+    """The 30-view test forward (BN folded, bf16, channels_last_3d, compiled): videos/s and kernels."""
+    from tpn.accel import make_eval_forward
+
+    cfg = load_config("tpn_r50_8x8_k400")
+    model = build_model(cfg).cuda().eval()
+    fwd = make_eval_forward(model, cfg, amp=True, channels_last=True, compile_model=True, fold_bn=True)
+    x8 = torch.randint(0, 255, (videos * 30, 3, 8, 256, 256), dtype=torch.uint8, device="cuda")
+    for _ in range(3):
+        fwd(x8)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        fwd(x8)
+    torch.cuda.synchronize()
+    rec = dict(variant="test30_fold_compile", videos=videos, videos_per_s=videos * 5 / (time.perf_counter() - t0))
+    rec.update(kernel_profile(lambda: fwd(x8)))
+    return rec
+
+
 def run_variant(variant: str, batch: int, steps: int, profile: bool) -> dict:
     torch.manual_seed(0)
+    torch._inductor.config.coordinate_descent_tuning = variant.startswith("cdt")
     overrides = {"cp1": ["model.backbone.with_cp=[1]"], "cp12": ["model.backbone.with_cp=[1,2]"]}.get(variant, [])
     cfg = load_config("tpn_r50_8x8_k400", overrides)
     try:
         model = build_model(cfg).cuda().train()
-        mode = "reduce-overhead" if variant == "cudagraphs" else True
+        mode = {"cudagraphs": "reduce-overhead", "cdtcg": "reduce-overhead",
+                "mat": "max-autotune-no-cudagraphs"}.get(variant, True)
         step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=mode)
         x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
         labels = torch.arange(batch, device="cuda") % 400
@@ -57,25 +104,10 @@ def run_variant(variant: str, batch: int, steps: int, profile: bool) -> dict:
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
         rec["mem_per_clip_gb"] = rec["peak_mem_gb"] / batch
         if profile:
-            from torch.profiler import ProfilerActivity, profile as prof
-
-            with prof(activities=[ProfilerActivity.CUDA]) as p:
-                for _ in range(3):
-                    step(x8, labels)
-                torch.cuda.synchronize()
-            events = [e for e in p.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
-            total = sum(e.self_device_time_total for e in events) or 1.0
-            groups: dict[str, float] = {}
-            for e in events:
-                groups[category(e.key)] = groups.get(category(e.key), 0.0) + e.self_device_time_total
-            rec["gpu_time_share"] = {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
-            top = sorted(events, key=lambda e: -e.self_device_time_total)[:20]
-            rec["top_kernels"] = [
-                dict(name=e.key[:110], share=round(e.self_device_time_total / total, 4), calls=e.count // 3)
-                for e in top
-            ]
+            rec.update(kernel_profile(lambda: step(x8, labels)))
         return rec
     finally:
+        torch._inductor.config.coordinate_descent_tuning = False
         torch.cuda.empty_cache()
 
 
@@ -84,20 +116,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--variants", default="base,cudagraphs,cp1")
+    ap.add_argument("--no-profile", action="store_true", help="no kernel profile of the first variant")
+    ap.add_argument("--test-profile", type=int, default=0, metavar="VIDEOS",
+                    help="also profile the 30-view test forward at this many videos per batch")
     ap.add_argument("--out", default="profile_gpu.json")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     results = [dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))]
     for i, v in enumerate(args.variants.split(",")):
         try:
-            rec = run_variant(v, args.batch, args.steps, profile=(i == 0))
+            rec = run_variant(v, args.batch, args.steps, profile=(i == 0 and not args.no_profile))
         except Exception as e:  # noqa: BLE001
             rec = dict(variant=v, error=repr(e)[:300])
         torch.cuda.empty_cache()
         torch._dynamo.reset()
         results.append(rec)
-        print(json.dumps(rec), flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: v for k, v in rec.items() if k != "top_kernels"}), flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))  # after each: a timeout keeps the rest
+    if args.test_profile:
+        rec = profile_test(args.test_profile)
+        results.append(rec)
+        print(json.dumps({k: v for k, v in rec.items() if k != "top_kernels"}), flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import numpy as np
 
 from tpn.data.prepare import prepare_list
 from tpn.data.synthetic import render, write_mp4
-from tpn.data.video import probe_video, read_all_frames
+from tpn.data.video import SEEK_MIN_SKIP_NO_REORDER, VideoReader, probe_video, read_all_frames
 
 
 def keyframes(path):
@@ -15,10 +15,17 @@ def keyframes(path):
         return [i for i, p in enumerate(c.demux(c.streams.video[0])) if p.size and p.is_keyframe]
 
 
+def decode_order_pts(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return [p.pts for p in c.demux(c.streams.video[0]) if p.size]
+
+
 def test_prepare_reencodes_with_short_gop(tmp_path):
     src = tmp_path / "src"
     frames = render("right_slow", (96, 64), 40, np.random.default_rng(0))
-    write_mp4(src / "a" / "v1.mp4", frames)  # x264 default GOP: one keyframe
+    write_mp4(src / "a" / "v1.mp4", frames, preset="veryfast")  # x264 default GOP, B-frames (as downloads)
     (src / "broken.mp4").write_text("not a video")
     (src / "list.txt").write_text("a/v1.mp4 0\nbroken.mp4 1\n")
     assert keyframes(src / "a" / "v1.mp4") == [0]
@@ -27,6 +34,10 @@ def test_prepare_reencodes_with_short_gop(tmp_path):
     info = probe_video(out)
     assert (info.num_frames, info.height, info.width) == (40, 32, 48)
     assert keyframes(out) == [0, 8, 16, 24, 32]
+    assert decode_order_pts(src / "a" / "v1.mp4") != sorted(decode_order_pts(src / "a" / "v1.mp4"))  # B-frames
+    assert decode_order_pts(out) == sorted(decode_order_pts(out))  # none in the rewrite
+    with VideoReader(out) as r:
+        assert r.min_skip == SEEK_MIN_SKIP_NO_REORDER  # so the reader seeks even for short skips
     assert (tmp_path / "out" / "list.txt").read_text() == "a/v1.mp4 0\n"
     assert [f["path"].endswith("broken.mp4") for f in rep["failed"]] == [True]
     assert json.loads((tmp_path / "out" / "list.prepare.json").read_text())["written"] == 1

@@ -1,64 +1,56 @@
 """`tpn bench data`: how fast one loader worker produces training clips and 30-view test samples.
 
 Videos are generated Kinetics-like: 340x256 and 456x256 (short side 256), 30 fps, 10 s,
-H.264 with B-frames (libx264 `veryfast`), once with x264's default keyframe interval (250,
-as most Kinetics downloads) and once with a short GOP of 12 (a re-encode for fast seeking).
-Each (size, GOP, strategy) is timed in one process with one thread, as one DataLoader
-worker runs it: opening, demuxing, decoding, colour conversion and the transforms of the
-seed's protocol (train: 8x8 clip, resize short side 256, random crop 224, flip; test: 10
-clips x 8 frames, 3 crops of 256). Rates are given per wall-clock second and per CPU second
-of the process; on a shared machine the CPU-second rate is the one to compare.
-
-Strategies: `seek` is the reader's default (keyframe-aware seeking, see tpn.data.video);
-`sequential` decodes from the first frame up to the last wanted one.
+H.264 with B-frames (libx264 `veryfast`) and x264's default keyframe interval (250, as most
+Kinetics downloads) -- the "original" -- and the same videos rewritten by `tpn data prepare`
+(keyframe every 8 frames, no B-frames, fastdecode) -- the "prepared". Each is timed in one
+process with one thread, as one DataLoader worker runs it, through the project's dataset
+(`VideoDataset.__getitem__`: opening, demuxing, decoding, colour conversion, transforms):
+  train_crop       random crop 224 of short side 256 + flip (the seed's protocol)
+  train_recipe     mmaction2's TPN recipe: random resized crop + flip + colour jitter
+  train_recipe_dev the recipe with data.augment_on_device (flip/jitter drawn, applied on the GPU)
+  test30           10 clips x 8 frames, 3 crops of 256 = 30 views
+Rates are given per wall-clock second and per CPU second of the process; on a shared
+machine the CPU-second rate is the one to compare.
 """
 from __future__ import annotations
 
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from tpn.config import DataConfig
-from tpn.data import sampling, transforms as T
+from tpn.data.datasets import VideoDataset
+from tpn.data.prepare import reencode
 from tpn.data.synthetic import render, write_mp4
-from tpn.data.video import read_clip
 
 SIZES = ((340, 256), (456, 256))
-GOPS = (250, 12)
+TRAIN_MODES = {
+    "train_crop": dict(train_crop="random", color_jitter=False, flip=0.5),
+    "train_recipe": dict(train_crop="random_resized", color_jitter=True, flip=0.5),
+    "train_recipe_dev": dict(train_crop="random_resized", color_jitter=True, flip=0.5, augment_on_device=True),
+}
 
 
-def make_videos(folder: Path, size: tuple[int, int], gop: int, count: int, seconds: int = 10,
-                fps: int = 30) -> list[Path]:
-    paths = []
+def make_videos(folder: Path, size: tuple[int, int], count: int, seconds: int = 10, fps: int = 30) -> dict:
+    """{"original": paths, "prepared": paths} of `count` generated videos of `size`."""
+    out: dict[str, list[Path]] = {"original": [], "prepared": []}
     for i in range(count):
-        p = folder / f"{size[0]}x{size[1]}_gop{gop}_{i}.mp4"
+        p = folder / f"{size[0]}x{size[1]}_{i}.mp4"
+        q = folder / "prepared" / p.name
         if not p.exists():
             frames = render(["right_slow", "up_fast", "down_left_slow"][i % 3], size, fps * seconds,
                             np.random.default_rng(i))
-            write_mp4(p, frames, fps=fps, gop=None if gop == 250 else gop, preset="veryfast")
-        paths.append(p)
-    return paths
-
-
-def train_clip(path: Path, cfg: DataConfig, rng: np.random.Generator, seek: bool):
-    frames, _ = read_clip(path, lambda n: sampling.train_indices(n, cfg.clip_len, cfg.frame_interval, rng), seek=seek)
-    clip = T.random_crop(T.resize_short_side(T.to_clip(frames), cfg.short_side), cfg.crop_size, rng)
-    return (clip.flip(-1) if rng.random() < 0.5 else clip).contiguous()
-
-
-def test_views(path: Path, cfg: DataConfig, seek: bool):
-    frames, idx = read_clip(path, lambda n: sampling.test_indices(n, cfg.clip_len, cfg.frame_interval,
-                                                                  cfg.test_clips), seek=seek)
-    clip = T.resize_short_side(T.to_clip(frames), cfg.short_side)
-    views = [c for k in range(cfg.test_clips)
-             for c in T.three_crop(clip[:, k * cfg.clip_len:(k + 1) * cfg.clip_len], cfg.test_crop_size)]
-    return views
-
-
-test_views.__test__ = False
+            write_mp4(p, frames, fps=fps, preset="veryfast")
+        if not q.exists():
+            reencode(p, q, short_side=min(size))
+        out["original"].append(p)
+        out["prepared"].append(q)
+    return out
 
 
 def _timed_pair(fns: dict, repeats: int) -> dict:
@@ -98,41 +90,35 @@ def run(videos_dir: str | Path, videos: int = 3, clips: int = 30, test_videos: i
     torch.set_num_threads(1)
     folder = Path(videos_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = DataConfig()
     info = machine_info()
     results = []
     for size in SIZES:
-        for gop in GOPS:
-            paths = make_videos(folder, size, gop, videos)
-            rngs = {True: np.random.default_rng(0), False: np.random.default_rng(0)}
-            train = _timed_pair({seek: (lambda i, seek=seek: train_clip(paths[i % len(paths)], cfg, rngs[seek], seek))
-                                 for seek in (True, False)}, clips)
-            test = _timed_pair({seek: (lambda i, seek=seek: test_views(paths[i % len(paths)], cfg, seek))
-                                for seek in (True, False)}, test_videos or 3 * len(paths))
-            for seek in (True, False):
-                (train_wall, train_cpu), (test_wall, test_cpu) = train[seek], test[seek]
-                rec = dict(size=f"{size[0]}x{size[1]}", gop=gop, strategy="seek" if seek else "sequential",
-                           train_clips_per_s=round(train_wall, 1), train_clips_per_cpu_s=round(train_cpu, 1),
-                           test30_videos_per_s=round(test_wall, 2), test30_videos_per_cpu_s=round(test_cpu, 2))
-                results.append(rec)
-                log(f"{rec['size']} gop {gop:>3} {rec['strategy']:<10} train {train_cpu:6.1f} clips/cpu-s "
-                    f"({train_wall:5.1f}/s wall)   test30 {test_cpu:5.2f} videos/cpu-s ({test_wall:5.2f}/s wall)")
-    best = {}
-    for kind in ("train_clips_per_cpu_s", "test30_videos_per_cpu_s"):
-        wins = {}
-        for size in SIZES:
-            for gop in GOPS:
-                cell = [r for r in results if r["size"] == f"{size[0]}x{size[1]}" and r["gop"] == gop]
-                top = max(cell, key=lambda r: r[kind])
-                other = min(cell, key=lambda r: r[kind])
-                wins[f"{size[0]}x{size[1]} gop {gop}"] = f"{top['strategy']} (x{top[kind] / other[kind]:.2f})"
-        best[kind] = wins
+        sets = make_videos(folder, size, videos)
+        for encoding, paths in sets.items():
+            samples = [(str(p), 0, 0) for p in paths]
+            fns = {mode: VideoDataset(replace(DataConfig(), **kw), "train", samples, None).__getitem__
+                   for mode, kw in TRAIN_MODES.items()}
+            rates = _timed_pair({m: (lambda i, f=f: f(i % len(paths))) for m, f in fns.items()}, clips)
+            test = VideoDataset(DataConfig(), "test", samples, None)
+            rates.update(_timed_pair({"test30": lambda i: test[i % len(paths)]}, test_videos or len(paths)))
+            mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+            rec = dict(size=f"{size[0]}x{size[1]}", encoding=encoding, mb_per_video=round(mb, 2))
+            for m, (wall, cpu) in rates.items():
+                unit = "videos" if m == "test30" else "clips"
+                rec[f"{m}_{unit}_per_cpu_s"] = round(cpu, 1)
+                rec[f"{m}_{unit}_per_s"] = round(wall, 1)
+            results.append(rec)
+            log(f"{rec['size']} {encoding:<9} " + "  ".join(f"{m} {c:5.1f}/cpu-s" for m, (_, c) in rates.items()))
+    gains = {}
+    for size in SIZES:
+        o, p = (next(r for r in results if r["size"] == f"{size[0]}x{size[1]}" and r["encoding"] == e)
+                for e in ("original", "prepared"))
+        gains[f"{size[0]}x{size[1]}"] = {k: round(p[k] / o[k], 2) for k in o if k.endswith("per_cpu_s")}
     return dict(
         machine=info,
         decoder=f"PyAV {info['av']} (FFmpeg libavcodec {info['ffmpeg']}), 1 thread",
-        videos="synthetic, libx264 veryfast (B-frames), yuv420p, 30 fps, 10 s (300 frames); "
-               f"{videos} per (size, GOP)",
-        protocol="train: 8x8 clip (mmaction2 window), short side 256, random crop 224, flip; "
-                 "test: 10 clips x 8 frames (x8), short side 256, 3 crops of 256 = 30 views; "
-                 "one process, one thread, opening included",
-        results=results, winner=best)
+        videos="synthetic, 30 fps, 10 s (300 frames); original: libx264 veryfast (B-frames), GOP 250; "
+               f"prepared: tpn data prepare defaults; {videos} per (size, encoding)",
+        protocol="one process, one thread, through VideoDataset.__getitem__, opening included; "
+                 "modes: " + "; ".join(f"{m}: {kw}" for m, kw in TRAIN_MODES.items()),
+        results=results, prepared_over_original=gains)

@@ -55,8 +55,8 @@ def _cmd_bench_data(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    for kind, wins in result["winner"].items():
-        print(f"fastest for {kind}: " + "; ".join(f"{k}: {v}" for k, v in wins.items()))
+    for size, gains in result["prepared_over_original"].items():
+        print(f"{size}: prepared / original per CPU second: " + ", ".join(f"{k} x{v}" for k, v in gains.items()))
     print(f"results: {out}")
     return 0
 
@@ -100,7 +100,7 @@ def add_data_commands(sub, add_set):
     p.add_argument("--format", default="list", choices=["list", "mmaction_video"])
     p.add_argument("--label-map", default="", help="class names, one per line (for lists with names)")
     p.add_argument("--short-side", type=int, default=256)
-    p.add_argument("--gop", type=int, default=16, help="keyframe interval in frames (default 16)")
+    p.add_argument("--gop", type=int, default=8, help="keyframe interval in frames (default 8)")
     p.add_argument("--crf", type=int, default=23, help="x264 quality (lower is better; default 23)")
     p.add_argument("--workers", type=int, default=4)
     p.set_defaults(func=_cmd_prepare)
@@ -121,7 +121,7 @@ def add_data_commands(sub, add_set):
                                                                         metavar="BENCH_COMMAND")
     p = bench.add_parser("data", help="loader throughput per worker on generated Kinetics-like videos")
     p.add_argument("--videos-dir", default="work_dirs/bench_videos", help="where the test videos are generated (kept)")
-    p.add_argument("--videos", type=int, default=3, help="videos per (size, GOP) (default 3)")
+    p.add_argument("--videos", type=int, default=3, help="videos per (size, encoding) (default 3)")
     p.add_argument("--clips", type=int, default=30, help="training clips timed per cell (default 30)")
     p.add_argument("--out", default="benchmarks/results/data_cpu.json", help="JSON results file")
     p.set_defaults(func=_cmd_bench_data)

@@ -129,18 +129,20 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = N
 
 
 def _make_one(job: tuple) -> None:
-    path, name, size, frames, fps, seed, gop = job
+    path, name, size, frames, fps, seed, gop, preset = job
     rng = np.random.default_rng(seed)
-    write_mp4(Path(path), render(name, size, frames, rng), fps, gop)
+    write_mp4(Path(path), render(name, size, frames, rng), fps, gop, preset=preset)
 
 
 def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, size: tuple[int, int] = (160, 128),
                      seed: int = 0, frames: int = 48, fps: int = 30, val_fraction: float = 0.2,
-                     workers: int = 2, gop: int | None = None, progress: bool = False) -> dict:
+                     workers: int = 2, gop: int | None = None, progress: bool = False,
+                     preset: str = "ultrafast") -> dict:
     """Write `classes` x `videos_per_class` mp4s plus train.txt, val.txt, labels.txt under out_dir.
 
     Lists use the seed's format (`relative/path.mp4 label_index`). Validation videos are
-    drawn from their own seeds, so their jitter is unseen in training. Returns a summary.
+    drawn from their own seeds, so their jitter is unseen in training. `preset` is libx264's
+    ("veryfast" writes B-frames, as real downloads have). Returns a summary.
     """
     out = Path(out_dir)
     names = class_names(classes)
@@ -152,7 +154,7 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
             rel = f"videos/{name}/{name}_{v:04d}.mp4"
             video_seed = [seed, c, v]
             jobs.append((str(out / rel), name, tuple(size), frames, fps,
-                         int(np.random.default_rng(video_seed).integers(2**31)), gop))
+                         int(np.random.default_rng(video_seed).integers(2**31)), gop, preset))
             (val if split == "val" else train).append(f"{rel} {c}")
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
