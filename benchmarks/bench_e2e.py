@@ -13,6 +13,8 @@ augmentation (random resized crop, flip, colour jitter), measures:
               so it is the workers' production rate.
 Settings: original + augmentation in the workers; original + data.augment_on_device;
 prepared + data.augment_on_device.
+`--scaling 1,4,8,15` instead times the loader alone (prepared data, augment_on_device) at
+those worker counts, with the CPU quota of the machine, to show how decoding scales.
     python benchmarks/bench_e2e.py --workers 15 --out e2e.json
 """
 from __future__ import annotations
@@ -54,6 +56,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--scaling", default="", help="comma-separated worker counts: loader-only scaling run")
     ap.add_argument("--out", default="bench_e2e.json")
     args = ap.parse_args()
     root = Path(args.root)
@@ -69,6 +72,8 @@ def main() -> None:
         (prepared / "labels.txt").write_text((root / "labels.txt").read_text())
     prep_s = time.time() - t0
     size = lambda d: sum(p.stat().st_size for p in (d / "videos").rglob("*.mp4")) / 2**20  # noqa: E731
+    if args.scaling:
+        return scaling(prepared, args)
 
     torch.backends.cudnn.benchmark = True
     cfg = dataset_cfg(root, False)
@@ -128,6 +133,36 @@ def main() -> None:
                    loader_over_synthetic=round(alone / res["synthetic_clips_per_s"], 3))
         res["settings"].append(rec)
         print(json.dumps(rec), flush=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+def cpu_quota() -> str:
+    try:
+        return Path("/sys/fs/cgroup/cpu.max").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def scaling(root: Path, args) -> None:
+    """Loader-alone clips/s at several worker counts (no GPU work)."""
+    cfg = dataset_cfg(root, True)
+    res = dict(cpu_count=os.cpu_count(), cgroup_cpu_max=cpu_quota(), batch=args.batch, data=str(root),
+               setting="prepared, data.augment_on_device", runs=[])
+    for w in (int(v) for v in args.scaling.split(",")):
+        loader = build_loader(build_dataset(cfg.data, "train"), args.batch, w, shuffle=True, drop_last=True,
+                              seed=0, pin_memory=False)
+        it = iter(loader)
+        for _ in range(max(w, 1) * 2 + 1):
+            next(it)
+        n = max(10, 2 * w)
+        t = time.perf_counter()
+        for _ in range(n):
+            next(it)
+        rate = args.batch * n / (time.perf_counter() - t)
+        del it, loader
+        res["runs"].append(dict(workers=w, loader_clips_per_s=round(rate, 1),
+                                per_worker=round(rate / max(w, 1), 1)))
+        print(json.dumps(res["runs"][-1]), flush=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 
 

@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     results = [dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))]
-    for i, v in enumerate(args.variants.split(",")):
+    for i, v in enumerate(v for v in args.variants.split(",") if v):
         try:
             rec = run_variant(v, args.batch, args.steps, profile=(i == 0 and not args.no_profile))
         except Exception as e:  # noqa: BLE001
