@@ -12,7 +12,7 @@ augmentation (random resized crop, flip, colour jitter), measures:
       loader  clips/s of the loader alone, timed after its prefetch queue was drained,
               so it is the workers' production rate.
 Settings: original + augmentation in the workers; original + data.augment_on_device;
-prepared + data.augment_on_device.
+prepared (one rewrite per `--gops` keyframe interval) + data.augment_on_device.
 `--scaling 1,4,8,15` instead times the loader alone (prepared data, augment_on_device) at
 those worker counts, with the CPU quota of the machine, to show how decoding scales.
     python benchmarks/bench_e2e.py --workers 15 --out e2e.json
@@ -56,20 +56,23 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--gops", default="8,2", help="keyframe intervals of the prepared copies")
     ap.add_argument("--scaling", default="", help="comma-separated worker counts: loader-only scaling run")
     ap.add_argument("--out", default="bench_e2e.json")
     args = ap.parse_args()
     root = Path(args.root)
-    prepared = root / "prepared"
+    gops = [int(g) for g in args.gops.split(",")]
+    prepared = {g: root / f"prepared_gop{g}" for g in gops}
     t0 = time.time()
     if not (root / "train.txt").exists():
         generate_dataset(root, classes=10, videos_per_class=args.videos // 10, size=(340, 256), frames=300,
                          workers=args.workers + 1, val_fraction=0.1, preset="veryfast")
     gen_s = time.time() - t0
     t0 = time.time()
-    if not (prepared / "train.txt").exists():
-        prepare_list(root / "train.txt", str(root), prepared, workers=args.workers + 1, progress=False)
-        (prepared / "labels.txt").write_text((root / "labels.txt").read_text())
+    for g, out in prepared.items():
+        if not (out / "train.txt").exists():
+            prepare_list(root / "train.txt", str(root), out, gop=g, workers=args.workers + 1, progress=False)
+            (out / "labels.txt").write_text((root / "labels.txt").read_text())
     prep_s = time.time() - t0
     size = lambda d: sum(p.stat().st_size for p in (d / "videos").rglob("*.mp4")) / 2**20  # noqa: E731
     if args.scaling:
@@ -84,7 +87,8 @@ def main() -> None:
                video="340x256 30fps 300 frames, libx264 veryfast (B-frames) GOP 250; prepared: tpn data prepare defaults",
                augmentation="random resized crop 224, flip 0.5, colour jitter 0.4/0.4/0.4",
                generate_s=round(gen_s, 1), prepare_s=round(prep_s, 1),
-               original_mb=round(size(root), 1), prepared_mb=round(size(prepared), 1), date=time.strftime("%Y-%m-%d"))
+               original_mb=round(size(root), 1), date=time.strftime("%Y-%m-%d"),
+               **{f"prepared_gop{g}_mb": round(size(d), 1) for g, d in prepared.items()})
 
     x8 = torch.randint(0, 255, (args.batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
     y8 = torch.arange(args.batch, device="cuda") % 10
@@ -106,9 +110,9 @@ def main() -> None:
         return step(x, y)
 
     res["settings"] = []
-    for name, data_root, on_device in (("original, augmentation in workers", root, False),
-                                       ("original, data.augment_on_device", root, True),
-                                       ("prepared, data.augment_on_device", prepared, True)):
+    settings = [("original, augmentation in workers", root, False), ("original, data.augment_on_device", root, True)]
+    settings += [(f"prepared gop {g}, data.augment_on_device", d, True) for g, d in prepared.items()]
+    for name, data_root, on_device in settings:
         cfg = dataset_cfg(data_root, on_device)
         loader = build_loader(build_dataset(cfg.data, "train"), args.batch, args.workers, shuffle=True,
                               drop_last=True, seed=0)
@@ -143,12 +147,12 @@ def cpu_quota() -> str:
         return "unknown"
 
 
-def scaling(root: Path, args) -> None:
+def scaling(prepared: dict, args) -> None:
     """Loader-alone clips/s at several worker counts (no GPU work)."""
-    cfg = dataset_cfg(root, True)
-    res = dict(cpu_count=os.cpu_count(), cgroup_cpu_max=cpu_quota(), batch=args.batch, data=str(root),
+    res = dict(cpu_count=os.cpu_count(), cgroup_cpu_max=cpu_quota(), batch=args.batch,
                setting="prepared, data.augment_on_device", runs=[])
-    for w in (int(v) for v in args.scaling.split(",")):
+    for (g, root), w in ((g, int(v)) for g in prepared.items() for v in args.scaling.split(",")):
+        cfg = dataset_cfg(root, True)
         loader = build_loader(build_dataset(cfg.data, "train"), args.batch, w, shuffle=True, drop_last=True,
                               seed=0, pin_memory=False)
         it = iter(loader)
@@ -160,7 +164,7 @@ def scaling(root: Path, args) -> None:
             next(it)
         rate = args.batch * n / (time.perf_counter() - t)
         del it, loader
-        res["runs"].append(dict(workers=w, loader_clips_per_s=round(rate, 1),
+        res["runs"].append(dict(gop=g, workers=w, loader_clips_per_s=round(rate, 1),
                                 per_worker=round(rate / max(w, 1), 1)))
         print(json.dumps(res["runs"][-1]), flush=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
