@@ -56,7 +56,8 @@ def timed(fn, steps: int, warmup: int) -> tuple[float, float]:
 
 def compile_arg(mode: str) -> bool | str:
     """Mode names: fp32 | bf16, +cl (channels_last_3d), +compile, +cg (compile with CUDA graphs),
-    +cp1 (activation checkpointing of stage 1), +fold (BN folded into convs, test only)."""
+    +cp1 (activation checkpointing of stage 1), +fold (BN folded into convs, test only; the folded
+    weights held in bf16 unless +fp32w)."""
     return "reduce-overhead" if "cg" in mode else ("compile" in mode)
 
 
@@ -82,7 +83,7 @@ def tpn_test(videos: int, mode: str, reps: int) -> dict:
     cfg = load_config("tpn_r50_8x8_k400")
     model = build_model(cfg).cuda().eval()
     fwd = make_eval_forward(model, cfg, amp="bf16" in mode, channels_last="cl" in mode,
-                            compile_model=compile_arg(mode), fold_bn="fold" in mode)
+                            compile_model=compile_arg(mode), fold_bn="fold" in mode, bf16_weights="fp32w" not in mode)
     x8 = torch.randint(0, 255, (videos, 30, 3, 8, 256, 256), dtype=torch.uint8, device="cuda")
 
     def run():

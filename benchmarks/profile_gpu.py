@@ -59,13 +59,17 @@ def kernel_profile(fn, reps: int = 3) -> dict:
 
 
 @torch.no_grad()
-def profile_test(videos: int) -> dict:
-    """The 30-view test forward (BN folded, bf16, channels_last_3d, compiled): videos/s and kernels."""
+def profile_test(videos: int, variant: str = "fold_bf16w") -> dict:
+    """The 30-view test forward (BN folded, bf16 autocast, channels_last_3d, compiled): videos/s
+    and kernels. Variants: fold (fp32 weights cast by autocast), fold_bf16w (weights held in
+    bf16), fold_bf16w_cg (+ CUDA graphs)."""
     from tpn.accel import make_eval_forward
 
     cfg = load_config("tpn_r50_8x8_k400")
     model = build_model(cfg).cuda().eval()
-    fwd = make_eval_forward(model, cfg, amp=True, channels_last=True, compile_model=True, fold_bn=True)
+    fwd = make_eval_forward(model, cfg, amp=True, channels_last=True,
+                            compile_model="reduce-overhead" if variant.endswith("_cg") else True,
+                            fold_bn=True, bf16_weights="bf16w" in variant)
     x8 = torch.randint(0, 255, (videos * 30, 3, 8, 256, 256), dtype=torch.uint8, device="cuda")
     for _ in range(3):
         fwd(x8)
@@ -74,8 +78,11 @@ def profile_test(videos: int) -> dict:
     for _ in range(5):
         fwd(x8)
     torch.cuda.synchronize()
-    rec = dict(variant="test30_fold_compile", videos=videos, videos_per_s=videos * 5 / (time.perf_counter() - t0))
+    rec = dict(variant=f"test30_{variant}_compile", videos=videos,
+               videos_per_s=videos * 5 / (time.perf_counter() - t0))
     rec.update(kernel_profile(lambda: fwd(x8)))
+    rec["layout_transform_share"] = round(sum(k["share"] for k in rec["top_kernels"]
+                                              if "nchwToNhwc" in k["name"] or "nhwcToNchw" in k["name"]), 4)
     return rec
 
 
@@ -119,6 +126,7 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="no kernel profile of the first variant")
     ap.add_argument("--test-profile", type=int, default=0, metavar="VIDEOS",
                     help="also profile the 30-view test forward at this many videos per batch")
+    ap.add_argument("--test-variants", default="fold_bf16w", help="fold, fold_bf16w, fold_bf16w_cg")
     ap.add_argument("--out", default="profile_gpu.json")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -133,8 +141,13 @@ def main() -> None:
         results.append(rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "top_kernels"}), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=1))  # after each: a timeout keeps the rest
-    if args.test_profile:
-        rec = profile_test(args.test_profile)
+    for v in (args.test_variants.split(",") if args.test_profile else []):
+        try:
+            rec = profile_test(args.test_profile, v)
+        except Exception as e:  # noqa: BLE001
+            rec = dict(variant=f"test30_{v}", error=repr(e)[:300])
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
         results.append(rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "top_kernels"}), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -74,10 +74,17 @@ def compile_arg(train_cfg) -> bool | str:
 
 
 def make_eval_forward(model: nn.Module, cfg: Config, amp: bool = True, channels_last: bool = True,
-                      compile_model: bool | str = False, fold_bn: bool = False) -> Callable:
-    """fn(x_uint8 [N,3,T,H,W]) -> logits. `fold_bn` runs a BN-folded copy (the model is untouched)."""
+                      compile_model: bool | str = False, fold_bn: bool = False, bf16_weights: bool = True) -> Callable:
+    """fn(x_uint8 [N,3,T,H,W]) -> logits. `fold_bn` runs a BN-folded copy (the model is untouched).
+
+    With `fold_bn` and bf16 autocast on CUDA, the folded copy also holds its weights in bf16
+    (`bf16_weights`): the numbers autocast would use (it casts conv/linear weights to bf16 at
+    every call), without the cast kernels in each forward.
+    """
     if fold_bn:
         model = fold_batchnorm(model)
+        if bf16_weights and amp and next(model.parameters()).device.type == "cuda":
+            model = model.to(torch.bfloat16)
     return make_forward(model, cfg, amp, channels_last, compile_model, with_labels=False)
 
 

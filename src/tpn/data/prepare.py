@@ -3,14 +3,15 @@
 Random-start training clips need decoding from the keyframe before the clip's first frame;
 with x264's default keyframe interval (250 frames, most of a Kinetics video) every clip
 decodes from near the start. The rewrite uses H.264 with
-  - a short keyframe interval (`gop`, default 8), so the seeking reader starts next to each clip;
+  - a short keyframe interval (`gop`, default 2), so the seeking reader starts next to each frame;
   - no B-frames, so a seek costs no reordering delay (the reader then seeks even for short skips);
   - x264's `fastdecode` tuning (CAVLC instead of CABAC, no deblocking filter): cheaper per frame;
   - the short side at the training size (256).
-Measured per CPU core on a 340x256 10 s video: the recipe's training clip (decode, random
-resized crop, flip, colour jitter) 50 ms from the original (GOP 250, B-frames) and 13 ms from
-the rewrite with `data.augment_on_device` (benchmarks/results/data_prepare_cpu.json); files
-are about 3x larger. Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
+Measured on an H100 machine's 15 loader workers (benchmarks/results/e2e_h100_2026-11-25.json),
+the recipe's training clips (random resized crop, flip, colour jitter) come at 115 clips/s
+from the originals (GOP 250, B-frames), 277 from a GOP-8 rewrite and 349 from the GOP-2
+default, both with `data.augment_on_device`; the files were 2.5x (GOP 8) and 5x (GOP 2) the
+originals' size (synthetic videos, which compress unusually well as originals). Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
 cannot be read are skipped and listed; the rewritten list holds only the written videos.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 
 
-def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int = 8, crf: int = 23,
+def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int = 2, crf: int = 23,
              preset: str = "veryfast") -> int:
     """Re-encode one video (H.264 yuv420p, keyframe every `gop` frames, no B-frames, fastdecode);
     returns frames written."""
@@ -82,7 +83,7 @@ def _job(args: tuple) -> tuple[str, str | None]:
 
 
 def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: str = "", short_side: int = 256,
-                 gop: int = 8, crf: int = 23, workers: int = 4, progress: bool = True) -> dict:
+                 gop: int = 2, crf: int = 23, workers: int = 4, progress: bool = True) -> dict:
     """Re-encode every video of `list_file` under `out_dir` (same relative paths) and write
     `out_dir/<list name>` with the lines whose video was written."""
     if fmt not in ("list", "mmaction_video"):

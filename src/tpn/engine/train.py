@@ -297,6 +297,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
         sampler.set_epoch(epoch, start=first * t.batch_size * t.accum_steps)
         model.train()
         t_epoch, clips = time.time(), 0
+        t_window, clips_window = t_epoch, 0  # throughput since the last log line (steady state)
         loss_window, window_steps = torch.zeros((), device=d.device), 0  # mean loss since the last log line
         bar = None
         if tty:
@@ -339,9 +340,11 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                 if not math.isfinite(loss):
                     raise TpnError(f"loss is {loss} at epoch {epoch + 1} iteration {it + 1}: lower train.lr "
                                    f"or check the data (work dir {work_dir})")
+                now = time.time()
                 rec = {"kind": "train", "epoch": epoch + 1, "iter": global_iter,
                        "epoch_float": epoch + (it + 1) / iters_per_epoch, "loss": loss, "lr": lr,
-                       "clips_per_s": clips * d.world / max(1e-9, time.time() - t_epoch)}
+                       "clips_per_s": (clips - clips_window) * d.world / max(1e-9, now - t_window)}
+                t_window, clips_window = now, clips
                 mlog.write(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
