@@ -1,0 +1,76 @@
+"""GPU paths against fp32 (skipped without CUDA; run on the device machine).
+
+The fast paths (bf16 autocast, channels_last_3d, torch.compile, CUDA graphs, BN folding with
+bf16 weights, augmentation on the device) must give the numbers of the plain fp32 model up
+to bf16 rounding.
+"""
+import pytest
+import torch
+
+from tpn.accel import make_eval_forward, make_forward
+from tpn.config import load_config
+from tpn.data.transforms import apply_augment, draw_augment
+from tpn.models.build import build_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def model_with_stats(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg).cuda()
+    with torch.no_grad():  # non-trivial BN statistics, so folding has something to fold
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.8, 1.2)
+                m.weight.uniform_(0.8, 1.2)
+    return model.eval()
+
+
+def rel_err(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("compile_mode", [True, "reduce-overhead"])
+def test_test_forward_matches_fp32(compile_mode):
+    cfg = load_config("tpn_r50_8x8_k400", ["model.head.num_classes=10"])
+    model = model_with_stats(cfg)
+    x8 = torch.randint(0, 255, (6, 3, 8, 128, 128), dtype=torch.uint8, device="cuda",
+                       generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        ref = make_eval_forward(model, cfg, amp=False, channels_last=False)(x8)
+        fast = make_eval_forward(model, cfg, amp=True, channels_last=True, compile_model=compile_mode, fold_bn=True)
+        got = fast(x8)
+        got = fast(x8)  # second call: the compiled (and, with CUDA graphs, replayed) path
+    assert got.shape == ref.shape
+    assert rel_err(got, ref) < 0.03
+    assert torch.allclose(got.float().softmax(-1), ref.softmax(-1), atol=0.02)
+
+
+def test_train_forward_matches_fp32():
+    cfg = load_config("tpn_r50_8x8_k400", ["model.head.num_classes=10"])
+    model = model_with_stats(cfg).train()
+    for m in model.modules():  # dropout off: the two forwards must see the same network
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    x8 = torch.randint(0, 255, (4, 3, 8, 112, 112), dtype=torch.uint8, device="cuda",
+                       generator=torch.Generator("cuda").manual_seed(1))
+    y = torch.arange(4, device="cuda")
+    ref = make_forward(model, cfg, amp=False, channels_last=False, compile_model=False, with_labels=True)(x8, y)
+    loss_ref = ref["loss"]
+    grads_ref = torch.autograd.grad(loss_ref, [model.head.fc.weight])[0]
+    model.zero_grad(set_to_none=True)
+    fast = make_forward(model, cfg, amp=True, channels_last=True, compile_model=True, with_labels=True)
+    out = fast(x8, y)
+    grads = torch.autograd.grad(out["loss"], [model.head.fc.weight])[0]
+    assert abs(float(out["loss"]) - float(loss_ref)) / float(loss_ref) < 0.02
+    assert rel_err(grads, grads_ref) < 0.05
+
+
+def test_augment_on_device_equals_cpu():
+    gen = __import__("numpy").random.default_rng(0)
+    x = torch.randint(0, 255, (6, 3, 4, 32, 32), dtype=torch.uint8)
+    aug = torch.stack([draw_augment(gen, 0.5, True) for _ in range(6)])
+    cpu = apply_augment(x, aug)
+    gpu = apply_augment(x.cuda(), aug).cpu()
+    assert (cpu.int() - gpu.int()).abs().max() <= 1
