@@ -2,9 +2,9 @@
 
     python benchmarks/bench_data.py --out benchmarks/results/data_cpu_2core.json
 
-Generates Kinetics-like H.264 videos (340x256 and 456x256, 30 fps, 10 s, GOP 250 and 12)
-under --videos-dir, then times training-clip sampling and 30-view test sampling with the
-seeking and the sequential decode strategy; see tpn/data/bench.py for the protocol.
+Generates Kinetics-like H.264 videos (340x256 and 456x256, 30 fps, 10 s, B-frames, GOP 250)
+under --videos-dir, rewrites them with `tpn data prepare`, then times one worker's training
+clips (three augmentation set-ups) and 30-view test samples on both; see tpn/data/bench.py.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ from tpn.checkpoint import CheckpointError
 from tpn.cli import main
 from tpn.config import load_config
 from tpn.convert import load_weights
-from tpn.models.build import build_model, load_model
+from tpn.convert import load_model
+from tpn.models.build import build_model
 
 TINY_YAML = ("model:\n  backbone: {base_channels: 8, stage_blocks: [1, 1, 1, 1]}\n"
              "  neck: {out_channels: 64, groups: 8}\n  head: {num_classes: 10}\n")

@@ -129,6 +129,19 @@ def load_weights(model: nn.Module, path: str | Path, fmt: str = "auto") -> dict:
     return info
 
 
+def load_model(config, checkpoint: str | Path | None = None) -> nn.Module:
+    """The model of `config` (a name, a YAML path or a Config) in eval mode, with the weights of
+    `checkpoint` (any format `load_weights` reads) when one is given."""
+    from tpn.config import Config, load_config
+    from tpn.models.build import build_model
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    model = build_model(cfg)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model.eval()
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, config="tpn_r50_8x8_k400", fmt: str = "auto",
                        label_names: list[str] | None = None) -> str:
     """Convert `src` to a tpn checkpoint at `dst`, checking every tensor against `config`'s model."""

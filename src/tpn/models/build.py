@@ -1,11 +1,7 @@
-"""Build a model from a config, and `load_model` (the stable public entry point)."""
+"""Build a model from a config (weights: `tpn.convert.load_model` / `tpn.load_model`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch.nn as nn
-
-from tpn.config import Config, ModelConfig, load_config
+from tpn.config import Config, ModelConfig
 from tpn.models.heads import AuxHead, ClsHead
 from tpn.models.recognizer import Recognizer
 from tpn.models.resnet3d import ResNet3dSlowOnly
@@ -37,13 +33,3 @@ def build_model(cfg: ModelConfig | Config) -> Recognizer:
 
         inflate_2d_into(model.backbone, b.pretrained2d)
     return model
-
-
-def load_model(config: str | Path | Config, checkpoint: str | Path | None = None) -> nn.Module:
-    cfg = config if isinstance(config, Config) else load_config(config)
-    model = build_model(cfg)
-    if checkpoint is not None:
-        from tpn.convert import load_weights
-
-        load_weights(model, checkpoint)
-    return model.eval()
