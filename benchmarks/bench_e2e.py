@@ -82,9 +82,10 @@ def main() -> None:
     cfg = dataset_cfg(root, False)
     model = build_model(cfg).cuda().train()
     step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=True)
+    n_train = len((root / "train.txt").read_text().splitlines())
     res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cpu_workers=args.workers,
-               cpu_count=os.cpu_count(), batch=args.batch, train_videos=len((root / "train.txt").read_text().split("\n")) - 1,
-               video="340x256 30fps 300 frames, libx264 veryfast (B-frames) GOP 250; prepared: tpn data prepare defaults",
+               cpu_count=os.cpu_count(), batch=args.batch, train_videos=n_train,
+               video="340x256 30fps 300 frames, libx264 veryfast (B-frames) GOP 250; prepared: tpn data prepare",
                augmentation="random resized crop 224, flip 0.5, colour jitter 0.4/0.4/0.4",
                generate_s=round(gen_s, 1), prepare_s=round(prep_s, 1),
                original_mb=round(size(root), 1), date=time.strftime("%Y-%m-%d"),

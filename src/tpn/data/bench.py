@@ -25,7 +25,7 @@ import numpy as np
 
 from tpn.config import DataConfig
 from tpn.data.datasets import VideoDataset
-from tpn.data.prepare import reencode
+from tpn.data.prepare import DEFAULT_GOP, reencode
 from tpn.data.synthetic import render, write_mp4
 
 SIZES = ((340, 256), (456, 256))
@@ -41,7 +41,7 @@ def make_videos(folder: Path, size: tuple[int, int], count: int, seconds: int = 
     out: dict[str, list[Path]] = {"original": [], "prepared": []}
     for i in range(count):
         p = folder / f"{size[0]}x{size[1]}_{i}.mp4"
-        q = folder / "prepared" / p.name
+        q = folder / f"prepared_gop{DEFAULT_GOP}" / p.name
         if not p.exists():
             frames = render(["right_slow", "up_fast", "down_left_slow"][i % 3], size, fps * seconds,
                             np.random.default_rng(i))

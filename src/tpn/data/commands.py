@@ -100,7 +100,7 @@ def add_data_commands(sub, add_set):
     p.add_argument("--format", default="list", choices=["list", "mmaction_video"])
     p.add_argument("--label-map", default="", help="class names, one per line (for lists with names)")
     p.add_argument("--short-side", type=int, default=256)
-    p.add_argument("--gop", type=int, default=2,
+    p.add_argument("--gop", type=int, default=2,  # tpn.data.prepare.DEFAULT_GOP (not imported: CLI start-up)
                    help="keyframe interval in frames (default 2: fastest training reads; 8 halves the disk space)")
     p.add_argument("--crf", type=int, default=23, help="x264 quality (lower is better; default 23)")
     p.add_argument("--workers", type=int, default=4)

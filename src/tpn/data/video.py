@@ -60,6 +60,7 @@ class VideoReader:
 
     def __init__(self, path: str | Path):
         import av
+        from av.video.reformatter import VideoReformatter
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -74,6 +75,9 @@ class VideoReader:
             self.container.close()
             raise VideoError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
+        # One colour converter for all frames of the video: a frame's own `to_ndarray(format=)`
+        # builds a new swscale context each time (2 ms vs 0.08 ms per 340x256 frame).
+        self._to_rgb = VideoReformatter()
         self.stream.thread_type = "SLICE"
         self.stream.codec_context.thread_count = 1
         try:
@@ -178,7 +182,7 @@ class VideoReader:
                         raise VideoError(f"{self.path}: frame {w} missing from the decoded stream")
                     pos = idx + 1
                     if idx in todo and idx not in got:
-                        got[idx] = frame.to_ndarray(format="rgb24")
+                        got[idx] = self._to_rgb.reformat(frame, format="rgb24").to_ndarray()
         except VideoError:
             raise
         except Exception as e:
