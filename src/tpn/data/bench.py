@@ -84,7 +84,7 @@ def machine_info() -> dict:
 
 
 def run(videos_dir: str | Path, videos: int = 3, clips: int = 30, test_videos: int | None = None,
-        log=print) -> dict:
+        log=print, sizes=SIZES, seconds: int = 10) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -92,8 +92,8 @@ def run(videos_dir: str | Path, videos: int = 3, clips: int = 30, test_videos: i
     folder.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     results = []
-    for size in SIZES:
-        sets = make_videos(folder, size, videos)
+    for size in sizes:
+        sets = make_videos(folder, size, videos, seconds=seconds)
         for encoding, paths in sets.items():
             samples = [(str(p), 0, 0) for p in paths]
             fns = {mode: VideoDataset(replace(DataConfig(), **kw), "train", samples, None).__getitem__
@@ -110,15 +110,15 @@ def run(videos_dir: str | Path, videos: int = 3, clips: int = 30, test_videos: i
             results.append(rec)
             log(f"{rec['size']} {encoding:<9} " + "  ".join(f"{m} {c:5.1f}/cpu-s" for m, (_, c) in rates.items()))
     gains = {}
-    for size in SIZES:
+    for size in sizes:
         o, p = (next(r for r in results if r["size"] == f"{size[0]}x{size[1]}" and r["encoding"] == e)
                 for e in ("original", "prepared"))
         gains[f"{size[0]}x{size[1]}"] = {k: round(p[k] / o[k], 2) for k in o if k.endswith("per_cpu_s")}
     return dict(
         machine=info,
         decoder=f"PyAV {info['av']} (FFmpeg libavcodec {info['ffmpeg']}), 1 thread",
-        videos="synthetic, 30 fps, 10 s (300 frames); original: libx264 veryfast (B-frames), GOP 250; "
-               f"prepared: tpn data prepare defaults; {videos} per (size, encoding)",
+        videos=f"synthetic, 30 fps, {seconds} s ({30 * seconds} frames); original: libx264 veryfast "
+               f"(B-frames), GOP 250; prepared: tpn data prepare (GOP {DEFAULT_GOP}); {videos} per (size, encoding)",
         protocol="one process, one thread, through VideoDataset.__getitem__, opening included; "
                  "modes: " + "; ".join(f"{m}: {kw}" for m, kw in TRAIN_MODES.items()),
         results=results, prepared_over_original=gains)
