@@ -38,6 +38,7 @@ def test_prepare_reencodes_with_short_gop(tmp_path):
     assert decode_order_pts(out) == sorted(decode_order_pts(out))  # none in the rewrite
     with VideoReader(out) as r:
         assert r.min_skip == SEEK_MIN_SKIP_NO_REORDER  # so the reader seeks even for short skips
+        assert r.fast_index  # tagged by prepare: index from the header, no demux pass
     assert (tmp_path / "out" / "list.txt").read_text() == "a/v1.mp4 0\n"
     assert [f["path"].endswith("broken.mp4") for f in rep["failed"]] == [True]
     assert json.loads((tmp_path / "out" / "list.prepare.json").read_text())["written"] == 1
@@ -57,3 +58,25 @@ def test_bench_data_runs_on_original_and_prepared(tmp_path):
         assert all(r[f"{m}_clips_per_cpu_s"] > 0 for m in TRAIN_MODES) and r["test30_videos_per_cpu_s"] > 0
     assert set(res["prepared_over_original"]) == {"128x96"}
     assert keyframes(tmp_path / "prepared_gop2" / "128x96_0.mp4")[:3] == [0, 2, 4]
+
+
+def test_prepared_fast_index_is_exact_and_falls_back(tmp_path):
+    """The header-only index of a prepared video gives exactly the frames of a sequential
+    decode; an index that does not hold (here: corrupted) falls back to demuxing, same frames."""
+    src = tmp_path / "v.mp4"
+    write_mp4(src, render("up_fast", (64, 48), 37, np.random.default_rng(1)), preset="veryfast")
+    out = tmp_path / "p.mp4"
+    from tpn.data.prepare import reencode
+
+    reencode(src, out, short_side=48, gop=2)
+    ref = read_all_frames(out)
+    picks = np.array([36, 0, 5, 17, 18, 30, 5])
+    with VideoReader(out) as r:
+        assert r.fast_index and r.num_frames == 37
+        assert np.array_equal(r.get_frames(picks), ref[picks])
+    with VideoReader(out) as r:
+        r.timestamps = r.timestamps + 1  # an index that does not match the stream
+        assert np.array_equal(r.get_frames(picks), ref[picks])
+        assert not r.fast_index  # re-indexed from the packets
+    with VideoReader(src) as r:
+        assert not r.fast_index  # untagged videos are demuxed as before
