@@ -10,8 +10,10 @@ its timestamp, so seeking never shifts indices, B-frames and odd time bases incl
 For each wanted frame the reader seeks to the keyframe at or before it only when that
 keyframe lies beyond the frame the decoder would produce next; otherwise it decodes
 forward. So a long-GOP video (keyframes every 250 frames) is decoded once from the
-start, a short-GOP one only around the wanted frames. Only wanted frames are converted
-to RGB. One decoder thread per call: data-loader workers give the parallelism (decoder
+start, a short-GOP one only around the wanted frames. Videos written by `tpn data prepare`
+carry a tag (constant rate, no B-frames, keyframe every `gop` frames) and get the same index
+from their header without the demux pass. Only wanted frames are converted to RGB, through
+one swscale context per video. One decoder thread per call: data-loader workers give the parallelism (decoder
 threads measured slower per core, /work/shared/reference/decoders.md).
 
 A video that cannot give the frames raises `VideoError` (missing, zero bytes, not a
