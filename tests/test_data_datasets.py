@@ -168,6 +168,28 @@ def test_broken_videos_in_val_and_test_come_back_not_ok(synth_broken_dataset, tm
     assert splits.count("val") == 5 and splits.count("test") == 1  # ds[5] was read twice
 
 
+def test_batches_are_frames_last_and_equal_to_the_items(synth_broken_dataset):
+    """Loader batches hold the dataset's values, laid out channels_last_3d in memory (the GPU
+    model's layout), from workers (shared memory) and in-process, broken-video zeros included."""
+    from tpn.engine.distributed import setup
+    from tpn.engine.evaluate import make_eval_loader
+
+    root, _ = synth_broken_dataset
+    cfg = _cfg(root, test_list=str(root / "mixed.txt"))
+    train = build_dataset(cfg, "train", seed=2)
+    x, y = next(iter(build_loader(train, batch_size=4, num_workers=2, persistent_workers=False)))
+    assert x.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(x, torch.stack([train[i][0] for i in range(4)]))
+    test = build_dataset(cfg, "test")
+    for workers in (0, 2):
+        batches = list(make_eval_loader(test, setup("cpu"), 3, workers))
+        views = torch.cat([b[0] for b in batches])
+        assert views.shape == (9, 9, 3, 4, 64, 64)
+        assert all(b[0].permute(0, 1, 3, 4, 5, 2).is_contiguous() for b in batches)  # frames-last memory
+        assert torch.equal(views, torch.stack([test[i][0] for i in range(9)]))
+        assert [bool(o) for b in batches for o in b[3]] == [test[i][3] for i in range(9)]
+
+
 def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
     from PIL import Image
 

@@ -35,9 +35,8 @@ def make_forward(model: nn.Module, cfg: Config, amp: bool, channels_last: bool, 
         to_channels_last(model)
 
     def forward(x8: torch.Tensor, labels: torch.Tensor | None = None):
-        x = normalize(x8, mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = normalize(x8, mean, std)  # keeps the layout: loader batches come channels_last_3d
+        x = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x.contiguous()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return model(x, labels) if with_labels else model(x)
 

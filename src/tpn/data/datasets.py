@@ -228,11 +228,11 @@ class VideoDataset(Dataset):
             clip = T.random_crop(T.resize_short_side(clip, c.short_side), c.crop_size, rng)
         aug = T.draw_augment(rng, c.flip, c.color_jitter)
         if c.augment_on_device:  # flip and jitter are applied by the engine on the device
-            return clip.contiguous(), aug
-        return T.apply_augment(clip[None], aug[None])[0].contiguous(), None
+            return T.frames_last(clip), aug
+        return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), None
 
     def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
-        return T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size).contiguous()
+        return T.frames_last(T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size))
 
     def _test_transform(self, clip: torch.Tensor) -> torch.Tensor:
         c = self.cfg
@@ -245,7 +245,8 @@ class VideoDataset(Dataset):
             else:
                 crops = [T.center_crop(part, c.test_crop_size)]
             views += crops
-        return torch.stack(views).contiguous()
+        # stacked in frames-last memory order: row copies of the decoded frames (T.frames_last)
+        return torch.stack([v.permute(1, 2, 3, 0) for v in views]).permute(0, 4, 1, 2, 3)
 
 
 def build_dataset(data_cfg: DataConfig, split: str, report_path=None, seed: int = 0) -> VideoDataset:

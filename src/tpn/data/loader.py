@@ -7,6 +7,8 @@ Batch layouts (uint8 on the host; `tpn.data.transforms.normalize` on the device)
 - test:  `views [N, V, 3, T, S, S]`, `labels`, `indices`, `ok`, with V = test_clips x test_crops,
   clip-major: view v is clip v // test_crops, crop v % test_crops (crops: start, centre, end of
   the long side). Reshape to `[N * V, 3, T, S, S]` for the model and average the V scores.
+Clips are laid out frames-last in memory (channels_last_3d for a batch; `collate`), as decoded
+and as the GPU model runs: the shapes above are the logical ones.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+
+from tpn.data.transforms import frames_last_perm
 
 
 def seed_worker(worker_id: int) -> None:
@@ -26,6 +30,36 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _stack_frames_last(items: list[torch.Tensor]) -> torch.Tensor:
+    """Stack uint8 clips/views keeping the frames-last memory order (tpn.data.transforms.frames_last):
+    a row copy per item, and a batch already in the channels_last_3d layout of the GPU model."""
+    x = items[0]
+    perm = frames_last_perm(x.dim())
+    shape = (len(items), *(x.shape[p] for p in perm))
+    if get_worker_info() is not None:  # in a worker: straight into shared memory, as default_collate does
+        out = x.new(x._typed_storage()._new_shared(len(items) * x.numel(), device=x.device)).resize_(shape)
+    else:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    for i, item in enumerate(items):
+        out[i].copy_(item.permute(perm))
+    inv = sorted(range(len(perm)), key=perm.__getitem__)
+    return out.permute(0, *(p + 1 for p in inv))
+
+
+def collate(batch):
+    """`default_collate`, except that uint8 clips (..., 3, T, H, W) are stacked frames-last."""
+    def field(items):
+        x = items[0]
+        if (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() in (4, 5)
+                and all(t.shape == x.shape for t in items)):
+            return _stack_frames_last(items)
+        return default_collate(items)
+
+    if isinstance(batch[0], (tuple, list)):
+        return [field(list(f)) for f in zip(*batch)]
+    return field(batch)
 
 
 def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
@@ -40,4 +74,5 @@ def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: b
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=persistent_workers and workers > 0, worker_init_fn=seed_worker,
+                      collate_fn=collate,
                       generator=generator, prefetch_factor=prefetch_factor if workers > 0 else None)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tpn.accel import compile_arg, make_eval_forward
 from tpn.convert import load_weights
 from tpn.data.datasets import build_dataset
+from tpn.data.loader import collate
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
 from tpn.errors import TpnError
@@ -29,7 +30,7 @@ from tpn.models.build import build_model
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
     sampler = ShardedSampler(len(dataset), d.rank, d.world, shuffle=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=d.device.type == "cuda", persistent_workers=False)
+                      pin_memory=d.device.type == "cuda", persistent_workers=False, collate_fn=collate)
 
 
 @torch.no_grad()
