@@ -41,8 +41,7 @@ from tpn.models.build import build_model  # noqa: E402
 
 
 def dataset_cfg(root: Path, on_device: bool):
-    lines = (root / "train.txt").read_text().splitlines()
-    (root / "big.txt").write_text("\n".join(lines * 100) + "\n")  # long enough for warm-up + timing
+    """The recipe on `root`'s big.txt (its train list repeated: long enough for warm-up + timing)."""
     return load_config("tpn_r50_8x8_k400", [
         f"data.root={root}", f"data.train_list={root}/big.txt", f"data.label_map={root}/labels.txt",
         "model.head.num_classes=10", "data.train_crop=random_resized", "data.color_jitter=true",
@@ -74,6 +73,9 @@ def main() -> None:
             prepare_list(root / "train.txt", str(root), out, gop=g, workers=args.workers + 1, progress=False)
             (out / "labels.txt").write_text((root / "labels.txt").read_text())
     prep_s = time.time() - t0
+    for d in (root, *prepared.values()):
+        lines = (d / "train.txt").read_text().splitlines()
+        (d / "big.txt").write_text("\n".join(lines * 100) + "\n")
     size = lambda d: sum(p.stat().st_size for p in (d / "videos").rglob("*.mp4")) / 2**20  # noqa: E731
     if args.scaling:
         return scaling(prepared, args)

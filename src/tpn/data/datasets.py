@@ -245,8 +245,7 @@ class VideoDataset(Dataset):
             else:
                 crops = [T.center_crop(part, c.test_crop_size)]
             views += crops
-        # stacked in frames-last memory order: row copies of the decoded frames (T.frames_last)
-        return torch.stack([v.permute(1, 2, 3, 0) for v in views]).permute(0, 4, 1, 2, 3)
+        return T.stack_frames_last(views)  # row copies of the decoded frames
 
 
 def build_dataset(data_cfg: DataConfig, split: str, report_path=None, seed: int = 0) -> VideoDataset:

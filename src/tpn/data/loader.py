@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from tpn.data.transforms import frames_last_perm
+from tpn.data.transforms import frames_last_perms, stack_frames_last
 
 
 def seed_worker(worker_id: int) -> None:
@@ -33,19 +33,15 @@ def seed_worker(worker_id: int) -> None:
 
 
 def _stack_frames_last(items: list[torch.Tensor]) -> torch.Tensor:
-    """Stack uint8 clips/views keeping the frames-last memory order (tpn.data.transforms.frames_last):
-    a row copy per item, and a batch already in the channels_last_3d layout of the GPU model."""
+    """Stack uint8 clips/views frames-last (tpn.data.transforms.frames_last): a row copy per item,
+    and a batch already in the channels_last_3d layout of the GPU model."""
     x = items[0]
-    perm = frames_last_perm(x.dim())
-    shape = (len(items), *(x.shape[p] for p in perm))
+    out = None
     if get_worker_info() is not None:  # in a worker: straight into shared memory, as default_collate does
+        perm, _ = frames_last_perms(x.dim())
+        shape = (len(items), *(x.shape[p] for p in perm))
         out = x.new(x._typed_storage()._new_shared(len(items) * x.numel(), device=x.device)).resize_(shape)
-    else:
-        out = torch.empty(shape, dtype=x.dtype, device=x.device)
-    for i, item in enumerate(items):
-        out[i].copy_(item.permute(perm))
-    inv = sorted(range(len(perm)), key=perm.__getitem__)
-    return out.permute(0, *(p + 1 for p in inv))
+    return stack_frames_last(items, out)
 
 
 def collate(batch):

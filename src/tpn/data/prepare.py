@@ -48,10 +48,10 @@ def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int =
         else:
             oh, ow = int(round(h * short_side / w / 2)) * 2, short_side
         with av.open(str(tmp), mode="w", format="mp4") as out:
-            if "libx264" in av.codecs_available:  # the reader then skips its demux pass
-                out.metadata["comment"] = f"{PREPARED_TAG}{gop}"
             rate = vin.average_rate or 30
             x264 = "libx264" in av.codecs_available
+            if x264:  # no B-frames, fixed GOP: the reader indexes it from the header (tpn.data.video)
+                out.metadata["comment"] = f"{PREPARED_TAG}{gop}"
             vout = out.add_stream("libx264" if x264 else "mpeg4", rate=rate)
             vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
             vout.codec_context.gop_size = gop

@@ -18,9 +18,10 @@ def to_clip(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
 
 
-def frames_last_perm(dim: int) -> tuple[int, ...]:
-    """The permutation from (..., 3, T, H, W) to the memory order (..., T, H, W, 3)."""
-    return (*range(dim - 4), dim - 3, dim - 2, dim - 1, dim - 4)
+def frames_last_perms(dim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(perm, inverse): from (..., 3, T, H, W) to the memory order (..., T, H, W, 3), and back."""
+    perm = (*range(dim - 4), dim - 3, dim - 2, dim - 1, dim - 4)
+    return perm, tuple(sorted(range(dim), key=perm.__getitem__))
 
 
 def frames_last(clip: torch.Tensor) -> torch.Tensor:
@@ -30,9 +31,16 @@ def frames_last(clip: torch.Tensor) -> torch.Tensor:
     clips stay frames-last from decoding to the device: crops and batches are row copies,
     not channel transposes (building 30 test views: 24 instead of 35 ms of CPU).
     """
-    perm = frames_last_perm(clip.dim())
-    inv = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+    perm, inv = frames_last_perms(clip.dim())
     return clip.permute(perm).contiguous().permute(inv)
+
+
+def stack_frames_last(items: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """`torch.stack(items)` (each (..., 3, T, H, W)) with a frames-last result, written into
+    `out` (shape (N, ..., T, H, W, 3)) when given: one row copy per item."""
+    perm, inv = frames_last_perms(items[0].dim())
+    stacked = torch.stack([t.permute(perm) for t in items], out=out)
+    return stacked.permute(0, *(i + 1 for i in inv))
 
 
 def resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

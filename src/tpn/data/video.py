@@ -13,8 +13,8 @@ forward. So a long-GOP video (keyframes every 250 frames) is decoded once from t
 start, a short-GOP one only around the wanted frames. Videos written by `tpn data prepare`
 carry a tag (constant rate, no B-frames, keyframe every `gop` frames) and get the same index
 from their header without the demux pass. Only wanted frames are converted to RGB, through
-one swscale context per video. One decoder thread per call: data-loader workers give the parallelism (decoder
-threads measured slower per core, /work/shared/reference/decoders.md).
+one swscale context per video. One decoder thread per call: data-loader workers give the
+parallelism (decoder threads measured slower per core, /work/shared/reference/decoders.md).
 
 A video that cannot give the frames raises `VideoError` (missing, zero bytes, not a
 video, truncated: fewer packets than its header announces, or a frame that does not decode).
@@ -96,6 +96,7 @@ class VideoReader:
     def _index(self) -> None:
         """Timestamps of all frames (sorted) and the indices of keyframes, from the packets."""
         pts, keys = [], []
+        self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
         try:
             for packet in self.container.demux(self.stream):
                 if packet.size == 0 or packet.is_discard:  # edit-list lead-in: the decoder drops it
@@ -111,10 +112,11 @@ class VideoReader:
         self.timestamps = None  # None: no usable timestamps, count frames sequentially instead
         self.keyframes = np.zeros(1, np.int64)
         if pts and None not in pts:
-            if np.all(np.diff(np.asarray(pts, dtype=np.int64)) > 0) and self.min_skip == SEEK_MIN_SKIP:
+            decode_order = np.asarray(pts, dtype=np.int64)
+            if np.all(np.diff(decode_order) > 0) and self.min_skip == SEEK_MIN_SKIP:
                 self.min_skip = SEEK_MIN_SKIP_NO_REORDER  # no B-frames: seeking is cheap
-            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-            ts = np.asarray(pts, dtype=np.int64)[order]
+            order = np.argsort(decode_order, kind="stable")
+            ts = decode_order[order]
             if np.all(np.diff(ts) > 0):
                 self.timestamps = ts
                 rank = np.empty_like(order)
@@ -181,7 +183,6 @@ class VideoReader:
             if not self.fast_index:
                 raise
             self.fast_index = False  # the tag's index did not hold: demux, check, retry
-            self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
             self._index()
             return self._get_frames(indices, seek)
 
