@@ -7,9 +7,10 @@ import torch
 
 from tpn.checkpoint import CheckpointError, save_atomic
 from tpn.config import load_config
+from tpn.engine.checkpoint import find_resume, rng_state, set_rng_state
 from tpn.engine.distributed import ShardedSampler
 from tpn.engine.evaluate import metrics, parse_views
-from tpn.engine.train import base_lr, find_resume, lr_at, param_groups, rng_state, set_rng_state
+from tpn.engine.train import base_lr, lr_at, param_groups
 from tpn.errors import TpnError
 from tpn.models.build import build_model
 
