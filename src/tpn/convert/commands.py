@@ -17,7 +17,7 @@ def _read_labels(path: str | None) -> list[str] | None:
 
 
 def _cmd_convert(args) -> int:
-    from tpn.convert import convert_checkpoint
+    from tpn.convert.weights import convert_checkpoint
 
     print(convert_checkpoint(args.src, args.dst, config=args.config, fmt=args.format,
                              label_names=_read_labels(args.labels)))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from tpn.accel import compile_arg, make_eval_forward
-from tpn.convert import load_weights
+from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
 from tpn.data.loader import collate
 from tpn.engine import distributed as D

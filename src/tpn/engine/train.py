@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tpn.accel import compile_arg, make_forward
 from tpn.checkpoint import FORMAT, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
+from tpn.convert.inflate import inflate_2d_into
 from tpn.data.datasets import VideoDataset, build_dataset
 from tpn.data.loader import build_loader
 from tpn.data.transforms import apply_augment
@@ -144,11 +145,20 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     return Data(train_set, val_set, sampler, loader, iters_per_epoch)
 
 
-def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data) -> Run:
-    """The model on its device, the optimiser and the loss scaler (forwards: `make_forwards`)."""
+def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scratch: bool) -> Run:
+    """The model on its device, the optimiser and the loss scaler (forwards: `make_forwards`).
+
+    `from_scratch`: no checkpoint to resume, so `model.backbone.pretrained2d` (if set) is inflated
+    into the backbone; a resumed run never reads the 2D file.
+    """
     t = cfg.train
     cuda = d.device.type == "cuda"
-    model = build_model(cfg).to(d.device)
+    model = build_model(cfg)
+    if from_scratch and cfg.model.backbone.pretrained2d:
+        r = inflate_2d_into(model.backbone, cfg.model.backbone.pretrained2d)
+        log.info("backbone initialised from the 2D ResNet %s (%d tensors inflated, %d copied)",
+                 cfg.model.backbone.pretrained2d, r["inflated"], r["copied"])
+    model = model.to(d.device)
     if t.sync_bn and d.enabled and cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif t.sync_bn and d.enabled:
@@ -208,7 +218,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     t = cfg.train
     ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
     data = build_data(cfg, d, work_dir)
-    run = build_training(cfg, d, work_dir, data)
+    run = build_training(cfg, d, work_dir, data, from_scratch=ckpt is None)
     prog = Progress()
     if ckpt is not None:
         prog = restore(run, ckpt, ckpt_path)

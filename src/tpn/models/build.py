@@ -1,4 +1,8 @@
-"""Build a model from a config (weights: `tpn.convert.load_model` / `tpn.load_model`)."""
+"""Build a model from a config: modules and their random initialisation, no file reads.
+
+Weights: `tpn.convert.weights.load_model` / `tpn.load_model`; the 2D-ResNet initialisation
+(`model.backbone.pretrained2d`) is applied by `tpn train` when it starts from scratch.
+"""
 from __future__ import annotations
 
 from tpn.config import Config, ModelConfig
@@ -27,9 +31,4 @@ def build_model(cfg: ModelConfig | Config) -> Recognizer:
         if len(channels) < 2:
             raise ValueError("the auxiliary head needs two backbone outputs (model.backbone.out_indices)")
         aux = AuxHead(channels[-2], m.head.num_classes, m.head.init_std)
-    model = Recognizer(backbone, neck, head, aux, m.aux_head.loss_weight)
-    if b.pretrained2d:
-        from tpn.convert.inflate import inflate_2d_into
-
-        inflate_2d_into(model.backbone, b.pretrained2d)
-    return model
+    return Recognizer(backbone, neck, head, aux, m.aux_head.loss_weight)
