@@ -106,10 +106,9 @@ def main() -> None:
     print(json.dumps(res), flush=True)
 
     def feed(batch):
-        x, y, *aug = batch
-        x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
-        if aug:
-            x = apply_augment(x, aug[0])
+        x, y = batch.clip.cuda(non_blocking=True), batch.label.cuda(non_blocking=True)
+        if batch.aug is not None:
+            x = apply_augment(x, batch.aug)  # a CPU tensor: no device sync
         return step(x, y)
 
     res["settings"] = []

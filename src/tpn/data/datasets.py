@@ -8,12 +8,16 @@ Formats (`data.format`):
   `ROOT/LABEL/YOUTUBEID_START_END.mp4` with 6-digit zero-padded times, labels by name.
 A bad line is a one-line error naming the file and line number.
 
-Items (uint8, channels first; see the README's "Batch layouts"):
-- train: `(clip [3, T, crop, crop], label)`. A broken video is replaced by another sample
-  chosen from (index, attempt), logged, and appended to the report file.
-- val:   `(clip [3, T, crop, crop], label, index, ok)`: one centred clip, centre crop.
-- test:  `(views [V, 3, T, S, S], label, index, ok)`, V = test_clips x test_crops, clip-major.
-val/test never replace a broken video: it comes back with ok=False (zeros) and is reported.
+Items are `Batch`es of one video (uint8, channels first; see docs/data.md, "Batch layouts"),
+the same five fields in every split; `tpn.data.loader.collate` stacks them into a `Batch`:
+- clip: train/val `[3, T, crop, crop]`; test `[V, 3, T, S, S]`, V = test_clips x test_crops,
+  clip-major.
+- label, index (train: the video actually read), ok (False: unreadable, zeros in its place).
+- aug: with `data.augment_on_device`, the flip/jitter draw (`transforms.draw_augment`) the
+  device applies; None otherwise.
+Train: a broken video is replaced by another sample chosen from (index, attempt), logged,
+and appended to the report file. Val: one centred clip, centre crop. val/test never replace
+a broken video: it comes back with ok=False (zeros) and is reported.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import logging
 import os
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +43,15 @@ log = logging.getLogger("tpn.data")
 
 class AnnotationError(TpnError):
     pass
+
+
+class Batch(NamedTuple):
+    """One video's item, or (collated, N first) a batch of them."""
+    clip: torch.Tensor  # uint8 (3, T, H, W) or (V, 3, T, S, S) test views
+    label: int | torch.Tensor
+    index: int | torch.Tensor  # position in the dataset's list
+    ok: bool | torch.Tensor  # False: unreadable video, zeros in its place (val/test)
+    aug: torch.Tensor | None = None  # data.augment_on_device: the draw the device applies
 
 
 def read_label_names(path: str | Path) -> list[str]:
@@ -140,8 +154,8 @@ class VideoDataset(Dataset):
         self.cfg, self.split, self.seed = cfg, split, seed
         self.root = Path(cfg.root)
         self.rawframes = cfg.format == "mmaction_rawframes"
-        self.items = samples
-        self.samples = [(str(self.root / p), label) for p, label, _ in samples]
+        # (path under data.root, label, total frames or -1) per list entry
+        self.samples = [(str(self.root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
         self.report_path = report_path
         # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
@@ -149,6 +163,9 @@ class VideoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def path(self, index: int) -> str:
+        return self.samples[index][0]
 
     @property
     def epoch(self) -> int:
@@ -162,9 +179,9 @@ class VideoDataset(Dataset):
     # -- reading -----------------------------------------------------------------
     def _read(self, index: int, picker) -> torch.Tensor:
         """(3, len(indices), H, W) uint8 for the indices `picker(num_frames)` chooses."""
-        path, _ = self.samples[index]
+        path, _, total = self.samples[index]
         if self.rawframes:
-            n = self.items[index][2] if self.items[index][2] > 0 else count_rawframes(path)
+            n = total if total > 0 else count_rawframes(path)
             if n < 1:
                 raise VideoError(f"{path}: no frames")
             frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1))
@@ -197,8 +214,7 @@ class VideoDataset(Dataset):
                 try:
                     clip = self._read(index, lambda n: self._train_pick(index, n, rng))
                     clip, aug = self._train_transform(clip, rng)
-                    label = self.samples[index][1]
-                    return (clip, label, aug) if aug is not None else (clip, label)
+                    return Batch(clip, self.samples[index][1], index, True, aug)
                 except VideoError as e:
                     self._report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
@@ -208,16 +224,16 @@ class VideoDataset(Dataset):
         try:
             if self.split == "val":
                 clip = self._read(index, lambda n: sampling.val_indices(n, c.clip_len, c.frame_interval))
-                return self._val_transform(clip), label, index, True
+                return Batch(self._val_transform(clip), label, index, True)
             clip = self._read(index, lambda n: sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips))
-            return self._test_transform(clip), label, index, True
+            return Batch(self._test_transform(clip), label, index, True)
         except VideoError as e:
             self._report(index, e)
             if self.split == "val":
-                return torch.zeros(3, c.clip_len, c.crop_size, c.crop_size, dtype=torch.uint8), label, index, False
-            v = c.test_clips * c.test_crops
-            s = c.test_crop_size
-            return torch.zeros(v, 3, c.clip_len, s, s, dtype=torch.uint8), label, index, False
+                shape = (3, c.clip_len, c.crop_size, c.crop_size)
+            else:
+                shape = (c.test_clips * c.test_crops, 3, c.clip_len, c.test_crop_size, c.test_crop_size)
+            return Batch(torch.zeros(shape, dtype=torch.uint8), label, index, False)
 
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
         """(clip, None), or with data.augment_on_device (cropped clip, flip/jitter draw for the device)."""

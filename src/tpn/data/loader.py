@@ -1,12 +1,13 @@
-"""DataLoader settings for the video datasets.
+"""DataLoader settings for the video datasets, and the collate that makes a `Batch`.
 
-Batch layouts (uint8 on the host; `tpn.data.transforms.normalize` on the device):
-- train: `clips [N, 3, T, H, W]`, `labels [N]` (int64).
-- val:   `clips [N, 3, T, H, W]`, `labels [N]`, `indices [N]`, `ok [N]` (bool; False = unreadable
-  video, zeros in its place, listed in the report).
-- test:  `views [N, V, 3, T, S, S]`, `labels`, `indices`, `ok`, with V = test_clips x test_crops,
+Batch layouts (`tpn.data.datasets.Batch`, uint8 on the host; `tpn.data.transforms.normalize`
+on the device), the same fields for every split:
+- clip: train/val `[N, 3, T, H, W]`; test `[N, V, 3, T, S, S]` with V = test_clips x test_crops,
   clip-major: view v is clip v // test_crops, crop v % test_crops (crops: start, centre, end of
   the long side). Reshape to `[N * V, 3, T, S, S]` for the model and average the V scores.
+- label `[N]` (int64), index `[N]` (int64), ok `[N]` (bool; False = unreadable video, zeros in
+  its place, listed in the report).
+- aug `[N, 7]` with `data.augment_on_device` (`transforms.apply_augment` on the device), else None.
 Clips are laid out frames-last in memory (channels_last_3d for a batch; `collate`), as decoded
 and as the GPU model runs: the shapes above are the logical ones.
 """
@@ -16,9 +17,10 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from tpn.data.transforms import frames_last_perms, stack_frames_last
+from tpn.data.datasets import Batch
+from tpn.data.transforms import stack_frames_last
 
 
 def seed_worker(worker_id: int) -> None:
@@ -32,30 +34,13 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _stack_frames_last(items: list[torch.Tensor]) -> torch.Tensor:
-    """Stack uint8 clips/views frames-last (tpn.data.transforms.frames_last): a row copy per item,
-    and a batch already in the channels_last_3d layout of the GPU model."""
-    x = items[0]
-    out = None
-    if get_worker_info() is not None:  # in a worker: straight into shared memory, as default_collate does
-        perm, _ = frames_last_perms(x.dim())
-        shape = (len(items), *(x.shape[p] for p in perm))
-        out = x.new(x._typed_storage()._new_shared(len(items) * x.numel(), device=x.device)).resize_(shape)
-    return stack_frames_last(items, out)
-
-
-def collate(batch):
-    """`default_collate`, except that uint8 clips (..., 3, T, H, W) are stacked frames-last."""
-    def field(items):
-        x = items[0]
-        if (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() in (4, 5)
-                and all(t.shape == x.shape for t in items)):
-            return _stack_frames_last(items)
-        return default_collate(items)
-
-    if isinstance(batch[0], (tuple, list)):
-        return [field(list(f)) for f in zip(*batch)]
-    return field(batch)
+def collate(items: list[Batch]) -> Batch:
+    """Dataset items -> one `Batch`. Clips are stacked frames-last (`transforms.frames_last`):
+    a row copy per item, and a batch already in the channels_last_3d layout of the GPU model;
+    `default_collate` does the stacking, so in a worker the batch is written straight into
+    shared memory. The other fields as `default_collate`; an absent `aug` stays None."""
+    rest = [default_collate(list(f)) if f[0] is not None else None for f in list(zip(*items))[1:]]
+    return Batch(stack_frames_last([b.clip for b in items], stack=default_collate), *rest)
 
 
 def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,

@@ -35,11 +35,11 @@ def frames_last(clip: torch.Tensor) -> torch.Tensor:
     return clip.permute(perm).contiguous().permute(inv)
 
 
-def stack_frames_last(items: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-    """`torch.stack(items)` (each (..., 3, T, H, W)) with a frames-last result, written into
-    `out` (shape (N, ..., T, H, W, 3)) when given: one row copy per item."""
+def stack_frames_last(items: list[torch.Tensor], stack=torch.stack) -> torch.Tensor:
+    """`torch.stack(items)` (each (..., 3, T, H, W)) with a frames-last result: one row copy per
+    item. `stack` stacks the frames-last views (the collate passes `default_collate`)."""
     perm, inv = frames_last_perms(items[0].dim())
-    stacked = torch.stack([t.permute(perm) for t in items], out=out)
+    stacked = stack([t.permute(perm) for t in items])
     return stacked.permute(0, *(i + 1 for i in inv))
 
 

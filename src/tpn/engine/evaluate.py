@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tpn.accel import compile_arg, make_eval_forward
 from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
-from tpn.data.loader import collate
+from tpn.data.loader import build_loader
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
 from tpn.errors import TpnError
@@ -28,9 +28,10 @@ from tpn.models.build import build_model
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
+    """This rank's shard, in order, every video once (no padding)."""
     sampler = ShardedSampler(len(dataset), d.rank, d.world, shuffle=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=d.device.type == "cuda", persistent_workers=False, collate_fn=collate)
+    return build_loader(dataset, batch_size, workers, sampler=sampler, pin_memory=d.device.type == "cuda",
+                        persistent_workers=False)
 
 
 @torch.no_grad()
@@ -42,8 +43,8 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int,
         from tqdm import tqdm
 
         it = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
-    for x, labels, index, ok in it:
-        x = x.to(d.device, non_blocking=True)
+    for batch in it:
+        x, labels, index, ok = batch.clip.to(d.device, non_blocking=True), batch.label, batch.index, batch.ok
         views = x.shape[1] if x.dim() == 6 else 1
         flat = x.flatten(0, 1) if x.dim() == 6 else x
         logits = forward(flat).float()
@@ -89,17 +90,17 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
     summary = {k: v for k, v in m.items() if k != "confusion"}
     summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
-    summary["skipped_videos"] = [dataset.samples[i][0] for i, (_, _, ok) in sorted(results.items()) if not ok]
+    summary["skipped_videos"] = [dataset.path(i) for i, (_, _, ok) in sorted(results.items()) if not ok]
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     with (out_dir / "predictions.csv").open("w") as f:
         f.write("index,path,label,prediction,score,ok\n")
         for i, (p, label, ok) in sorted(results.items()):
             pred = int(np.argmax(p))
-            f.write(f"{i},{dataset.samples[i][0]},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
+            f.write(f"{i},{dataset.path(i)},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
     rows = []
     for i, (p, label, ok) in sorted(results.items()):
         top = np.argsort(-p)[:5]
-        rows.append({"index": i, "path": dataset.samples[i][0], "label": names[label], "ok": ok,
+        rows.append({"index": i, "path": dataset.path(i), "label": names[label], "ok": ok,
                      "top5": [{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top]})
     (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
     paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),

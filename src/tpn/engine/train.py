@@ -296,10 +296,10 @@ def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
     loss_step = torch.zeros((), device=d.device)
     clips = 0
     for micro in range(t.accum_steps):
-        x, y, *aug = next(batches)
-        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-        if aug:  # data.augment_on_device: the loader drew flip/jitter, the device applies them
-            x = apply_augment(x, aug[0])
+        batch = next(batches)
+        x, y = batch.clip.to(d.device, non_blocking=True), batch.label.to(d.device, non_blocking=True)
+        if batch.aug is not None:  # data.augment_on_device: the loader drew flip/jitter, the device applies them
+            x = apply_augment(x, batch.aug)
         sync = micro == t.accum_steps - 1 or not d.enabled  # DDP all-reduces on the last micro-batch only
         with nullcontext() if sync else run.net.no_sync():
             out = run.forward(x, y)
