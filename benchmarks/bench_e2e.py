@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tpn.accel import make_train_step  # noqa: E402
+from tpn.accel import Execution, make_train_step  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.loader import build_loader  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     cfg = dataset_cfg(root, False)
     model = build_model(cfg).cuda().train()
-    step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=True)
+    step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), cfg.train)
     n_train = len((root / "train.txt").read_text().splitlines())
     res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cpu_workers=args.workers,
                cpu_count=os.cpu_count(), batch=args.batch, train_videos=n_train,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from tpn.accel import compile_arg, make_eval_forward
+from tpn.accel import execution, make_eval_forward
 from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
 from tpn.data.loader import build_loader
@@ -153,13 +153,11 @@ def with_views(cfg, views: str | None):
 
 def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool = True):
     """(fn(x_uint8 views) -> logits, load info) for `checkpoint` on `device`, with the config's
-    GPU settings (bf16, channels_last_3d, compile) on CUDA and BatchNorm folded per `test.fold_bn`."""
+    GPU execution (`tpn.accel.execution`) and BatchNorm folded per `test.fold_bn`."""
     model = build_model(cfg)
     info = load_weights(model, checkpoint)
     model = model.to(device).eval()
-    cuda = device.type == "cuda"
-    forward = make_eval_forward(model, cfg, amp=cfg.train.amp and cuda, channels_last=cfg.train.channels_last and cuda,
-                                compile_model=compile_arg(cfg.train) if cuda and compile_model else False,
+    forward = make_eval_forward(model, cfg.data.mean, cfg.data.std, execution(cfg.train, device, compile_model),
                                 fold_bn=cfg.test.fold_bn)
     return forward, info
 

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from tpn.accel import compile_arg, make_forward
+from tpn.accel import Execution, execution, make_forward, to_channels_last
 from tpn.checkpoint import FORMAT, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.convert.inflate import inflate_2d_into
@@ -95,6 +95,7 @@ class Run:
     scaler: torch.amp.GradScaler
     params: list[torch.Tensor]
     lr0: float
+    ex: Execution  # mixed precision, channels_last_3d, compile
     forward: object = None  # fn(x_uint8, labels) -> losses
     eval_forward: object = None  # fn(x_uint8) -> logits
     mlog: MetricsLog | None = None
@@ -163,16 +164,16 @@ def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scra
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif t.sync_bn and d.enabled:
         log.warning("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU BN statistics stay per process")
-    if t.channels_last and cuda:
-        model = model.to(memory_format=torch.channels_last_3d)
+    ex = execution(t, d.device)
+    if ex.channels_last:  # before the optimiser and DDP see the parameters
+        model = to_channels_last(model)
     groups = param_groups(model, cfg)
     lr0 = base_lr(cfg, d.world)
     opt = torch.optim.SGD(groups, lr=lr0, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
                           weight_decay=t.weight_decay, fused=cuda)
-    fp16 = t.amp and cuda and t.amp_dtype == "float16"
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 and fp32 need no loss scaling
+    scaler = torch.amp.GradScaler("cuda", enabled=ex.loss_scaling)
     params = [p for g in groups for p in g["params"]]
-    return Run(cfg, d, work_dir, data, model, model, opt, scaler, params, lr0)
+    return Run(cfg, d, work_dir, data, model, model, opt, scaler, params, lr0, ex)
 
 
 def restore(run: Run, ckpt: dict, path: Path) -> Progress:
@@ -194,19 +195,12 @@ def restore(run: Run, ckpt: dict, path: Path) -> Progress:
 
 def make_forwards(run: Run) -> None:
     """DDP wrapping and the compiled training / plain evaluation forwards."""
-    t, d = run.cfg.train, run.d
-    cuda = d.device.type == "cuda"
-    amp = t.amp and cuda
-    fp16 = amp and t.amp_dtype == "float16"
-    channels_last = t.channels_last and cuda
+    d, mean, std = run.d, run.cfg.data.mean, run.cfg.data.std
     if d.enabled:
-        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=[d.device.index] if cuda else None)
-    run.forward = make_forward(run.net, run.cfg, amp=amp and not fp16, channels_last=channels_last,
-                               compile_model=compile_arg(t) if cuda else False, with_labels=True)
-    run.eval_forward = make_forward(run.model, run.cfg, amp=amp and not fp16, channels_last=channels_last,
-                                    compile_model=False, with_labels=False)
-    if fp16:
-        run.forward, run.eval_forward = _autocast_fp16(run.forward), _autocast_fp16(run.eval_forward)
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    run.forward = make_forward(run.net, mean, std, run.ex, with_labels=True)
+    run.eval_forward = make_forward(run.model, mean, std, replace(run.ex, compile=False))
 
 
 # ------------------------------------------------------------------ the loop
@@ -404,11 +398,3 @@ def _log_step(run: Run, window: _Window, bar, epoch: int, it: int, global_iter: 
     elif d.main:
         log.info("epoch %d iter %d/%d loss %.4f lr %.3e %.1f clips/s", epoch + 1, it + 1, ipe, loss, lr,
                  rec["clips_per_s"])
-
-
-def _autocast_fp16(fn):
-    def run(*args):
-        with torch.autocast("cuda", dtype=torch.float16):
-            return fn(*args)
-
-    return run
