@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tpn.accel import Execution, make_train_step  # noqa: E402
+from tpn.accel import Execution  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.loader import build_loader  # noqa: E402
@@ -38,6 +38,7 @@ from tpn.data.prepare import prepare_list  # noqa: E402
 from tpn.data.synthetic import generate_dataset  # noqa: E402
 from tpn.data.transforms import apply_augment  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 
 def dataset_cfg(root: Path, on_device: bool):

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tpn.config import load_config  # noqa: E402
-from tpn.accel import Execution, make_eval_forward, make_train_step  # noqa: E402
+from tpn.accel import Execution, make_eval_forward  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
 from tpn.models.info import measure  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)

@@ -25,9 +25,10 @@ import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tpn.accel import Execution, make_train_step  # noqa: E402
+from tpn.accel import Execution  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 
 def category(name: str) -> str:

@@ -1,6 +1,7 @@
 """Fast execution on a GPU, the one place for its policy: uint8 clips in, normalisation,
 mixed precision (bf16, or fp16 with loss scaling), channels_last_3d and torch.compile,
-shared by the training engine, testing and benchmarks.
+shared by the training engine, testing and benchmarks (`benchmarks/train_step.py` builds a
+benchmark's training step on it).
 
 Clips travel host -> device as uint8 (4x fewer bytes than float32); normalisation happens
 on the device, inside the compiled graph, where it fuses with the layout change.
@@ -89,27 +90,3 @@ def make_eval_forward(model: nn.Module, mean: Sequence[float], std: Sequence[flo
             model = model.to(ex.amp)
     return make_forward(model, mean, std, ex, with_labels=False)
 
-
-def make_train_step(model: nn.Module, mean: Sequence[float], std: Sequence[float], ex: Execution,
-                    train_cfg: TrainConfig, lr: float = 0.01) -> Callable:
-    """A complete step (forward, backward, grad clip, fused SGD) with no host synchronisation.
-
-    For benchmarks; the training engine builds its own optimiser and schedule around
-    `make_forward`.
-    """
-    fwd = make_forward(model, mean, std, ex, with_labels=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = next(model.parameters()).device.type == "cuda"
-    opt = torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, nesterov=train_cfg.nesterov,
-                          weight_decay=train_cfg.weight_decay, fused=fused)
-
-    def step(x8: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = fwd(x8, labels)["loss"]
-        loss.backward()
-        if train_cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
