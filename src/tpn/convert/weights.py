@@ -17,6 +17,7 @@ import torch.nn as nn
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, load_config, to_dict
 from tpn.convert.mappings import MAPPINGS, TRANSFORMS
+from tpn.errors import listing
 from tpn.models.build import build_model
 
 _2D_HINT = "is a 2D ResNet: inflate it into the backbone with the config option model.backbone.pretrained2d"
@@ -61,8 +62,7 @@ def rename(state_dict: dict, fmt: str, source: str) -> tuple[dict, list[str]]:
         else:
             unmatched.append(key)
     if unmatched:
-        shown = ", ".join(unmatched[:8]) + (f", ... ({len(unmatched) - 8} more)" if len(unmatched) > 8 else "")
-        raise CheckpointError(f"{source}: {len(unmatched)} unexpected tensors for format {fmt}: {shown}")
+        raise CheckpointError(f"{source}: {len(unmatched)} unexpected tensors for format {fmt}: {listing(unmatched)}")
     return out, dropped
 
 

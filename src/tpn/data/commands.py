@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from tpn.errors import TpnError
+from tpn.options import parse_pair
 
 
 def _size(text: str, flag: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise TpnError(f"{flag} {text!r}: expected WIDTHxHEIGHT, e.g. 160x128") from None
+    w, h = parse_pair(text, flag, "WIDTHxHEIGHT", "160x128")
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise TpnError(f"{flag} {text!r}: width and height must be even and at least 16 (H.264 4:2:0)")
     return w, h

@@ -55,10 +55,13 @@ class Batch(NamedTuple):
 
 
 def read_label_names(path: str | Path) -> list[str]:
+    """Class names, one per line (a label map, or `tpn convert --labels`)."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"{path}: label map not found")
+        raise AnnotationError(f"{path}: label file not found (one class name per line)")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise AnnotationError(f"{path}: label file is empty (one class name per line)")
     if len(set(names)) != len(names):
         raise AnnotationError(f"{path}: duplicate class names in the label map")
     return names

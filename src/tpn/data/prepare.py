@@ -18,10 +18,10 @@ cannot be read are skipped and listed; the rewritten list holds only the written
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
+from tpn.data.pool import map_in_processes
 from tpn.data.video import PREPARED_TAG
 
 DEFAULT_GOP = 2  # keyframe interval of the rewrite; 8 halves the disk space for ~20% fewer clips/s
@@ -104,13 +104,7 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
             rel, _, _ = parse_line(line, fmt, names, f"{list_file}:{n}")
             lines.append((line, rel))
     jobs = [(str(Path(root) / rel), str(out_dir / rel), short_side, gop, crf) for _, rel in lines]
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(_job, jobs, chunksize=2)
-        if progress:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(jobs), desc="prepare", unit="video")
-        results = list(results)
+    results = map_in_processes(_job, jobs, workers, chunksize=2, desc="prepare" if progress else None)
     failed = [{"path": src, "error": err} for src, err in results if err]
     kept = [line for (line, _), (_, err) in zip(lines, results) if not err]
     out_dir.mkdir(parents=True, exist_ok=True)

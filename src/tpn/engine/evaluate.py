@@ -23,8 +23,10 @@ from tpn.data.datasets import build_dataset
 from tpn.data.loader import build_loader
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
+from tpn.engine.report import plot_confusion
 from tpn.errors import TpnError
 from tpn.models.build import build_model
+from tpn.options import parse_pair
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
@@ -110,34 +112,8 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     return paths
 
 
-def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(names)
-    size = min(4 + 0.35 * k, 30)
-    fig, ax = plt.subplots(figsize=(size, size))
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if k <= 60:
-        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (rows normalised)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def parse_views(views: str) -> tuple[int, int]:
-    try:
-        clips, crops = (int(v) for v in views.lower().split("x"))
-    except ValueError:
-        raise TpnError(f"--views {views!r}: expected CLIPSxCROPS, e.g. 10x3") from None
+    clips, crops = parse_pair(views, "--views", "CLIPSxCROPS", "10x3")
     if clips < 1 or crops not in (1, 3):
         raise TpnError(f"--views {views!r}: clips must be >= 1 and crops 1 or 3")
     return clips, crops

@@ -1,11 +1,13 @@
-"""What a training run writes besides checkpoints: log set-up, metrics.jsonl (+ TensorBoard
-scalars when `tensorboard` is installed) and the training-curve plot."""
+"""What runs write besides checkpoints: log set-up, metrics.jsonl (+ TensorBoard scalars when
+`tensorboard` is installed), the training curves and the test's confusion matrix."""
 from __future__ import annotations
 
 import json
 import logging
 import sys
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger("tpn.train")
 
@@ -58,11 +60,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
     """Training loss, validation accuracy and learning rate against epochs, from metrics.jsonl."""
     if not metrics_path.exists():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     recs = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
     tr = [r for r in recs if r.get("kind") == "train"]
     va = [r for r in recs if r.get("kind") == "val"]
@@ -78,7 +76,40 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
+def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
+    """Rows normalised to 1 (recall per class); class names on the axes up to 60 classes."""
+    plt = pyplot()
+    k = len(names)
+    size = min(4 + 0.35 * k, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 60:
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (rows normalised)")
+    return save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return out
+    return path
