@@ -1,8 +1,8 @@
 """Annotation lists and the video dataset.
 
 Formats (`data.format`):
-- `list` / `mmaction_video`: `relative/path.mp4 LABEL` per line (the seed's and mmaction2's
-  video lists); LABEL is an integer or, with a label map, a class name.
+- `list` / `mmaction_video`: `relative/path.mp4 LABEL` per line (the Paddle reproduction's and
+  mmaction2's video lists); LABEL is an integer or, with a label map, a class name.
 - `mmaction_rawframes`: `relative/frame_dir TOTAL_FRAMES LABEL` (frames `img_00001.jpg`, ...).
 - `kinetics_csv`: the Kinetics CSV (`label,youtube_id,time_start,time_end,split`); videos are
   `ROOT/LABEL/YOUTUBEID_START_END.mp4` with 6-digit zero-padded times, labels by name.

@@ -7,11 +7,8 @@ decodes from near the start. The rewrite uses H.264 with
   - no B-frames, so a seek costs no reordering delay (the reader then seeks even for short skips);
   - x264's `fastdecode` tuning (CAVLC instead of CABAC, no deblocking filter): cheaper per frame;
   - the short side at the training size (256).
-Measured on an H100 machine's 15 loader workers (benchmarks/results/e2e_h100_2026-11-25.json),
-the recipe's training clips (random resized crop, flip, colour jitter) come at 115 clips/s
-from the originals (GOP 250, B-frames), 277 from a GOP-8 rewrite and 349 from the GOP-2
-default, both with `data.augment_on_device`; the files were 2.5x (GOP 8) and 5x (GOP 2) the
-originals' size (synthetic videos, which compress unusually well as originals).
+The measured gain in clips per CPU second and file size: README.md, "Benchmarks", and
+docs/data.md, "Data-loading benchmark".
 Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
 cannot be read are skipped and listed; the rewritten list holds only the written videos.
 """
@@ -24,7 +21,7 @@ from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 from tpn.data.pool import map_in_processes
 from tpn.data.video import PREPARED_TAG
 
-DEFAULT_GOP = 2  # keyframe interval of the rewrite; 8 halves the disk space for ~20% fewer clips/s
+DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
 
 
 def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int = DEFAULT_GOP, crf: int = 23,

@@ -141,7 +141,7 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
                      preset: str = "ultrafast") -> dict:
     """Write `classes` x `videos_per_class` mp4s plus train.txt, val.txt, labels.txt under out_dir.
 
-    Lists use the seed's format (`relative/path.mp4 label_index`). Validation videos are
+    Lists use the Paddle reproduction's format (`relative/path.mp4 label_index`). Validation videos are
     drawn from their own seeds, so their jitter is unseen in training. `preset` is libx264's
     ("veryfast" writes B-frames, as real downloads have). Returns a summary.
     """
