@@ -45,10 +45,16 @@ def collate(items: list[Batch]) -> Batch:
 
 def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
                  sampler: Sampler | None = None, pin_memory: bool | None = None, drop_last: bool = False,
-                 persistent_workers: bool = True, seed: int = 0, prefetch_factor: int = 2) -> DataLoader:
-    """A DataLoader with persistent workers, pinned memory (when CUDA is there) and seeded workers."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
+                 persistent_workers: bool = True, seed: int | None = 0, prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader with persistent workers, pinned memory (when CUDA is there) and seeded workers.
+
+    `seed`: the loader's own generator (shuffling, worker seeds); None draws them from the
+    global torch RNG, as a plain DataLoader does.
+    """
+    generator = None
+    if seed is not None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     workers = max(0, num_workers)

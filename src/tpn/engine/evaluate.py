@@ -30,10 +30,15 @@ from tpn.options import parse_pair
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
-    """This rank's shard, in order, every video once (no padding)."""
+    """This rank's shard, in order, every video once (no padding).
+
+    The loader takes its one random draw (the workers' base seed) from the global RNG: a run
+    that validates between epochs then trains on the same random stream as one built on plain
+    DataLoaders, so its numbers stay comparable with earlier runs.
+    """
     sampler = ShardedSampler(len(dataset), d.rank, d.world, shuffle=False)
     return build_loader(dataset, batch_size, workers, sampler=sampler, pin_memory=d.device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=False, seed=None)
 
 
 @torch.no_grad()
