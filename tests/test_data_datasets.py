@@ -64,7 +64,8 @@ def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
     cfg = _cfg(synth_dataset)
     train = build_dataset(cfg, "train")
     clip, label, index, ok, aug = train[0]
-    assert index == 0 and ok and aug is None and clip.dtype == torch.uint8 and clip.shape == (3, 4, 56, 56) and 0 <= label < 4
+    assert index == 0 and ok and aug is None
+    assert clip.dtype == torch.uint8 and clip.shape == (3, 4, 56, 56) and 0 <= label < 4
     assert train.label_names == class_names(4) and len(train) == len(train.samples) == 12
     val = build_dataset(cfg, "val")
     clip, label, index, ok, _ = val[1]
