@@ -57,3 +57,87 @@ def test_dump_roundtrip(tmp_path):
     p = tmp_path / "dumped.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.batch_size=0", "--set: config key 'train.batch_size' must be >= 1, got 0"),
+    ("data.clip_len=-8", "'data.clip_len' must be >= 1, got -8"),
+    ("data.frame_interval=0", "'data.frame_interval' must be >= 1, got 0"),
+    ("train.epochs=0", "'train.epochs' must be >= 1"),
+    ("model.neck.out_channels=0", "'model.neck.out_channels' must be >= 1"),
+    ("model.backbone.base_channels=-64", "'model.backbone.base_channels' must be >= 1"),
+    ("train.lr=-0.1", "'train.lr' must be >= 0, got -0.1"),
+    ("train.lr=.nan", "'train.lr' must be >= 0, got nan"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
+    ("data.test_clips=0", "'data.test_clips' must be >= 1"),
+    ("model.head.dropout=1", "'model.head.dropout' must be in [0, 1), got 1.0"),
+    ("data.flip=1.5", "'data.flip' must be in [0, 1], got 1.5"),
+    ("data.std=[58,0,57]", "'data.std[1]' must be > 0, got 0.0"),
+    ("model.backbone.out_indices=[2,4]", "'model.backbone.out_indices[1]' must be in [0, 3], got 4"),
+    ("model.head.num_classes=0", "'model.head.num_classes' must be >= 1, got 0"),
+    ("test.batch_size=0", "'test.batch_size' must be >= 1"),
+])
+def test_numeric_values_out_of_range_are_one_line_errors(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("tpn_tiny_synth", [override])
+    assert needle in str(e.value) and str(e.value).startswith("--set: ") and "\n" not in str(e.value)
+
+
+def test_every_numeric_field_has_a_range():
+    import dataclasses
+    import typing
+
+    from tpn.config import RANGES, Config
+
+    def numeric(tp) -> bool:
+        args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
+        return tp in (int, float) or any(numeric(a) for a in args)
+
+    def fields(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from fields(tp, f"{prefix}{f.name}.")
+            elif numeric(tp):
+                yield f"{prefix}{f.name}"
+
+    assert sorted(set(fields(Config)) - set(RANGES)) == []
+    assert sorted(set(RANGES) - set(fields(Config))) == []
+
+
+def test_a_range_error_names_the_file_and_set_can_fix_it(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("train:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: config key 'train.batch_size' must be >= 1, got 0$"):
+        load_config(p)
+    assert load_config(p, ["train.batch_size=2"]).train.batch_size == 2
+    assert load_config(p, ["train={batch_size: 3}"]).train.batch_size == 3
+
+
+def test_lr_in_exponent_notation_is_a_number():
+    assert load_config("tpn_tiny_synth", ["train.lr=1e-3"]).train.lr == 0.001
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}:4:3: duplicate key 'lr' (first given on line 2)"
+    p.write_text("train: {epochs: 3}\ntrain: {epochs: 4}\n")
+    with pytest.raises(ConfigError, match=r":2:1: duplicate key 'train' \(first given on line 1\)"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("text,where,problem", [
+    ("train:\n  lr: 0.1\n\tepochs: 3\n", ":3:1: ", "found character '\\t' that cannot start any token"),
+    ("train: {lr: 0.1, milestones: [3}\n", ":1:32: ", "expected ',' or ']', but got '}'"),
+    ("train:\n  lr: 0.1\n epochs: 3\n", ":3:2: ", "expected <block end>, but found '<block mapping start>'"),
+])
+def test_yaml_syntax_errors_give_file_line_and_column(tmp_path, text, where, problem):
+    p = tmp_path / "broken.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}{where}{problem}") and "\n" not in msg, msg

@@ -56,6 +56,6 @@ def test_gradient_accumulation_equals_one_big_batch(tempo_data, tmp_path):  # no
 
 
 def test_nan_loss_stops_with_a_clear_message(tempo_data, tmp_path):  # noqa: F811
-    cfg = tiny_cfg(tempo_data, ["train.lr=.nan", "train.val_interval=0", "data.num_workers=0", "train.clip_grad=0"])
+    cfg = tiny_cfg(tempo_data, ["train.lr=1e30", "train.val_interval=0", "data.num_workers=0", "train.clip_grad=0"])
     with pytest.raises(TpnError, match=r"loss is nan at epoch 1 iteration 2: lower train.lr"):
         train(cfg, tmp_path / "nan", device="cpu", max_iters=5)

@@ -2,12 +2,14 @@
 
 The dataclass defaults below *are* the mmaction2-equivalent TPN R50 8x8 Kinetics-400
 model and the Paddle reproduction's data protocol; a YAML file only states what differs. A config is
-loaded with `load_config(name_or_path, overrides)`; unknown keys and wrong types are a
-one-line `ConfigError` that names the key, the file and what is allowed.
+loaded with `load_config(name_or_path, overrides)`; unknown keys, wrong types, values out of
+range (`RANGES`), duplicate YAML keys and YAML syntax errors are a one-line `ConfigError` that
+names the key (or file:line:column), the file or `--set`, and what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,7 +62,7 @@ class AuxHeadConfig:
 
 @dataclass
 class HeadConfig:
-    num_classes: int = 400
+    num_classes: int | None = 400  # None (null): the number of names in data.label_map
     dropout: float = 0.5
     init_std: float = 0.01
 
@@ -166,17 +168,49 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a shipped config name or a YAML path, then apply `a.b=c` overrides."""
+    """Load a shipped config name or a YAML path, then apply `a.b=c` overrides; check the ranges."""
     path = resolve_config_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     raw.setdefault("name", path.stem)
-    cfg = from_dict(Config, raw, source=str(path))
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(from_dict(Config, raw, source=str(path)), overrides)
+    overridden = [item.split("=", 1)[0].strip() for item in overrides]
+    check_ranges(cfg, lambda key: "--set" if any(key == k or key.startswith(k + ".") for k in overridden)
+                 else str(path))
+    return cfg
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently: a config would lose a value without a word)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first_line = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {first_line[key] + 1})", key_node.start_mark)
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error or a duplicate key is `file:line:column: problem`."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(x for x in (e.problem, f"({e.context})" if e.context else None) if x)
+        raise ConfigError(f"{where}: {what}".replace("\n", " ")) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -194,7 +228,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(_unknown(key, node, "--set"))
         try:
-            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+            node[parts[-1]] = yaml.load(value, Loader=_StrictLoader) if value.strip() else ""
         except yaml.YAMLError:
             node[parts[-1]] = value
     return from_dict(Config, data, source="--set")
@@ -276,6 +310,11 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             raise bad("an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)
@@ -288,3 +327,72 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
 
 def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+# --------------------------------------------------------------------------- value ranges
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: lo <= v (lo < v when lo_open), v <= hi (v < hi when hi_open); finite."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
+
+# Every numeric field and the values it may take (a list field: each element). A field that
+# may be None (null) is checked only when set; booleans are not numbers here.
+RANGES: dict[str, Range] = {
+    **{f"model.backbone.{k}": AT_LEAST_1 for k in ("base_channels", "stage_blocks", "conv1_kernel", "conv1_stride_t",
+                                                   "pool1_stride_t", "spatial_strides", "temporal_strides")},
+    "model.backbone.inflate": Range(0, 1),
+    "model.backbone.out_indices": Range(0, 3),
+    "model.backbone.frozen_stages": Range(-1, 4),
+    "model.backbone.with_cp": Range(1, 4),
+    **{f"model.neck.{k}": AT_LEAST_1 for k in ("out_channels", "temporal_scales", "groups")},
+    "model.aux_head.loss_weight": AT_LEAST_0,
+    "model.head.num_classes": AT_LEAST_1,
+    "model.head.dropout": Range(0, 1, hi_open=True),
+    "model.head.init_std": AT_LEAST_0,
+    **{f"data.{k}": AT_LEAST_1 for k in ("clip_len", "frame_interval", "test_clips", "short_side", "crop_size",
+                                         "test_crop_size")},
+    "data.flip": Range(0, 1),
+    "data.mean": Range(0, 255),
+    "data.std": POSITIVE,
+    "data.num_workers": AT_LEAST_0,
+    **{f"train.{k}": AT_LEAST_1 for k in ("epochs", "batch_size", "lr_batch_size", "accum_steps", "log_interval",
+                                          "milestones")},
+    "train.gamma": POSITIVE,
+    "train.momentum": Range(0, 1, hi_open=True),
+    **{f"train.{k}": AT_LEAST_0 for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad", "val_interval", "seed",
+                                          "keep_last", "ckpt_interval_iters")},
+    "test.batch_size": AT_LEAST_1,
+}
+
+
+def check_ranges(cfg: Config, source_of) -> None:
+    """One-line `ConfigError` for the first value outside `RANGES`; `source_of(key)` names where
+    the value came from (the file or --set)."""
+    for key, allowed in RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        items = value if isinstance(value, tuple) else (value,)
+        for i, v in enumerate(items):
+            if v is None or isinstance(v, bool) or v in allowed:
+                continue
+            name = f"{key}[{i}]" if isinstance(value, tuple) else key
+            raise ConfigError(f"{source_of(key)}: config key '{name}' must be {allowed}, got {v!r}")
