@@ -25,7 +25,7 @@ python3 -c "import sys; t=open(sys.argv[1]).read(); open(sys.argv[2], 'w').write
 SETS=(--set "data.root=$ROOT/prep" --set "data.train_list=$ROOT/prep/big.txt" --set "data.val_list=$ROOT/prep/val.txt"
       --set "data.test_list=$ROOT/prep/val.txt" --set "data.label_map=$ROOT/orig/labels.txt"
       --set model.head.num_classes=10 --set "data.num_workers=$WORKERS")
-$TPN train tpn_r50_8x8_k400 --work-dir "$OUT/train" "${SETS[@]}" --set "train.batch_size=$BATCH" \
+$TPN train tpn_r50_8x8_k400 --work-dir "$OUT/train" --overwrite "${SETS[@]}" --set "train.batch_size=$BATCH" \
     --set "train.lr_batch_size=$BATCH" --set train.epochs=1 --set train.val_interval=0 --set train.log_interval=20 \
     2>&1 | tee "$OUT/train.log" | grep -E "clips/s|ERROR|Error" || true
 $TPN test tpn_r50_8x8_k400 --checkpoint "$OUT/train/epoch_0001.pth" --work-dir "$OUT/test" "${SETS[@]}" \

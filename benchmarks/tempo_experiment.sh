@@ -24,7 +24,7 @@ for cfg in ${CONFIGS:-tempo_tpn_r50_8x8 tempo_slowonly_r50_8x8}; do
   sets=(--set "data.root=$ROOT" --set "data.train_list=$ROOT/train.txt" --set "data.val_list=$ROOT/val.txt"
         --set "data.test_list=$ROOT/test.txt" --set "data.label_map=$ROOT/labels.txt"
         --set "data.num_workers=$WORKERS" --set "train.epochs=$EPOCHS" --set "train.seed=$SEED" ${SETS:-})
-  tpn train "$cfg" --work-dir "$OUT/$cfg" "${sets[@]}"
+  tpn train "$cfg" --work-dir "$OUT/$cfg" --overwrite "${sets[@]}"
   tpn test "$cfg" --checkpoint "$OUT/$cfg/best.pth" --work-dir "$OUT/$cfg/test" "${sets[@]}"
 done
 python3 benchmarks/tempo_summary.py "$OUT" tempo_tpn_r50_8x8 tempo_slowonly_r50_8x8

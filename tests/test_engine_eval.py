@@ -61,8 +61,8 @@ def test_user_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: fast\n")
     one_line_error(cli("train", str(bad)), "config key 'train.lr' must be a number")
-    one_line_error(cli("test", "tpn_tiny_synth", "--checkpoint", str(tmp_path / "nope.pth")),
-                   "nope.pth: checkpoint file not found")
+    one_line_error(cli("test", "tpn_tiny_synth", "--checkpoint", str(tmp_path / "nope.pth"),
+                       *sets(data_overrides(tempo_data))), "nope.pth: checkpoint file not found")
     one_line_error(cli("train", "tpn_tiny_synth", "--work-dir", str(tmp_path / "w"), "--resume",
                        str(tmp_path / "nope.pth")), "nope.pth: checkpoint file not found")
     from tpn.models.build import build_model
@@ -72,7 +72,7 @@ def test_user_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811
     one_line_error(cli("predict", str(tmp_path / "x.mp4"), "--config", "tpn_tiny_synth", "--checkpoint",
                        str(tmp_path / "other.pth")), "mis-shaped: head.fc.weight (7, 256) vs model (10, 256)")
     one_line_error(cli("test", "tpn_tiny_synth", "--checkpoint", str(tmp_path / "other.pth"), *sets(
-        data_overrides(tempo_data, 10))), "mis-shaped: head.fc.weight (7, 256) vs model (10, 256)")
+        data_overrides(tempo_data))), "mis-shaped: head.fc.weight (7, 256) vs model (4, 256)")
 
 
 def test_predict_uses_the_label_names_of_the_checkpoint(tempo_data, tmp_path):  # noqa: F811
@@ -92,3 +92,25 @@ def test_predict_uses_the_label_names_of_the_checkpoint(tempo_data, tmp_path):  
     r = cli("predict", str(video), "--config", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--topk", "3",
             "--device", "cpu", *sets(TINY + data_overrides(tempo_data)))
     assert r.returncode == 0 and r.stdout.splitlines()[0] == str(video) and len(r.stdout.splitlines()) == 4
+
+
+def test_predict_topk_beyond_the_classes_and_a_head_wider_than_its_names(tempo_data, tmp_path):  # noqa: F811
+    from tpn.models.build import build_model
+
+    over = TINY + data_overrides(tempo_data, classes=6)[:-1] + ["model.head.num_classes=6"]
+    model = build_model(load_config("tpn_tiny_synth", over))
+    ckpt = tmp_path / "m.pth"
+    torch.save({"format": "tpn", "state_dict": model.state_dict(), "label_names": ["a", "b", "c", "d"]}, ckpt)
+    video = str(next((tempo_data / "videos").rglob("*.mp4")))
+    args = ["predict", video, "--config", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--device", "cpu",
+            "--views", "1x1", *sets(over)]
+    r = cli(*args, "--json")  # default top-5 of a 6-class head with 4 names: no IndexError
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)[0]["top"]
+    assert len(top) == 5 and {t["label"] for t in top} <= {"a", "b", "c", "d", "class_4", "class_5"}
+    assert "the model has 6 classes but 4 class names: classes 4-5 are shown as class_<i>" in r.stderr
+    r = cli(*args, "--json", "--topk", "9")
+    assert r.returncode == 0 and len(json.loads(r.stdout)[0]["top"]) == 6, r.stderr
+    assert "--topk 9: the model has 6 classes; showing all 6" in r.stderr
+    r = cli(*args, "--topk", "0")
+    assert r.returncode == 2 and r.stderr == "tpn: error: --topk must be at least 1, got 0\n"

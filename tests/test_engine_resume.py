@@ -55,3 +55,8 @@ def test_exact_resume_after_sigkill_mid_epoch(tempo_data, tmp_path):  # noqa: F8
     for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(s_a["momentum_buffer"], s_b["momentum_buffer"])
     assert not list(work.glob("iter_0*.pth"))  # in-epoch checkpoints are dropped once the epoch is saved
+    # the killed run's lock is stale (its pid is gone) and its rows past the checkpoint were dropped
+    assert "taking over the stale lock of a run that is gone" in resumed.stderr and not (work / "tpn.lock").exists()
+    rows = [[(r["kind"], r["iter"]) for r in map(json.loads, (w / "metrics.jsonl").read_text().splitlines())]
+            for w in (tmp_path / "full", work)]
+    assert rows[1] == rows[0]

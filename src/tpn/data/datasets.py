@@ -45,6 +45,13 @@ class AnnotationError(TpnError):
     pass
 
 
+class NoReadableVideo(TpnError):
+    """A training item found no readable video in `REPLACEMENTS` tries (a list of broken files)."""
+
+
+REPLACEMENTS = 10
+
+
 class Batch(NamedTuple):
     """One video's item, or (collated, N first) a batch of them."""
     clip: torch.Tensor  # uint8 (3, T, H, W) or (V, 3, T, S, S) test views
@@ -137,6 +144,14 @@ def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) ->
     return " ".join(parts[:-1]), _label(parts[-1], names, where), -1
 
 
+def read_report(report_path: str | Path) -> list[dict]:
+    """The records of a `bad_videos.jsonl` report (none when it does not exist)."""
+    path = Path(report_path)
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 def write_report_line(report_path: str | Path | None, record: dict) -> None:
     """Append one JSON line; a single O_APPEND write, so concurrent workers do not interleave."""
     if report_path is None:
@@ -212,7 +227,7 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int):
         c = self.cfg
         if self.split == "train":
-            for attempt in range(10):
+            for attempt in range(REPLACEMENTS):
                 rng = self._rng(index, attempt)
                 try:
                     clip = self._read(index, lambda n: self._train_pick(index, n, rng))
@@ -222,7 +237,8 @@ class VideoDataset(Dataset):
                     self._report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
                     index = zlib.crc32(f"{index}:{attempt}".encode()) % len(self.samples)
-            raise TpnError(f"10 unreadable videos in a row (last {self.samples[index][0]}); see the data report")
+            raise NoReadableVideo(f"{REPLACEMENTS} unreadable videos in a row (last {self.samples[index][0]}); "
+                                  f"see {self.report_path}")
         label = self.samples[index][1]
         try:
             if self.split == "val":

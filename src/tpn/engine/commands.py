@@ -15,7 +15,8 @@ def _cmd_train(args) -> int:
     from tpn.engine.distributed import teardown
 
     try:
-        s = train(cfg, work_dir, resume=args.resume, device=args.device)
+        s = train(cfg, work_dir, resume=args.resume, device=args.device, overwrite=args.overwrite,
+                  break_lock=args.break_lock)
     finally:
         teardown()
     if s.get("curves"):
@@ -75,6 +76,11 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("config")
     p.add_argument("--work-dir", default=None, help="default work_dirs/<config name>")
     p.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint in the work dir) or a path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a work dir that holds an earlier run: delete its checkpoints, metrics.jsonl, "
+                        "train.log, training_curves.png, bad_videos.jsonl and tensorboard/ first")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over the work dir's lock even when its holder (on another host) cannot be checked")
     add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_train)
@@ -92,7 +98,7 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("videos", nargs="+")
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="classes per video (at most the model's; default 5)")
     p.add_argument("--views", default=None, help="CLIPSxCROPS (default: the config's test views)")
     p.add_argument("--json", action="store_true")
     add_device_option(p)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tpn.accel import execution, make_eval_forward
 from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
+from tpn.data.labels import resolve_num_classes
 from tpn.data.loader import build_loader
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
@@ -146,7 +147,7 @@ def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool
 def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True) -> dict:
     """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report."""
     d = D.setup(device)
-    cfg = with_views(cfg, views)
+    cfg = resolve_num_classes(with_views(cfg, views), ("test",))
     out_dir = Path(out_dir)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,17 +27,23 @@ def setup_logging(work_dir: Path | None, main: bool) -> None:
 
 
 class MetricsLog:
-    """One JSON line per record in `metrics.jsonl`; numbers also go to TensorBoard. Rank 0 only."""
+    """One JSON line per record in `metrics.jsonl`; numbers also go to TensorBoard. Rank 0 only.
 
-    def __init__(self, work_dir: Path, enabled: bool):
+    `start_iter`: the iteration the run starts from (its checkpoint's, 0 afresh). Rows past it
+    come from a run that died after that checkpoint and will be written again: they are
+    dropped, so the file and the curves drawn from it go forward only.
+    """
+
+    def __init__(self, work_dir: Path, enabled: bool, start_iter: int = 0):
         self.enabled = enabled
         self.path = work_dir / "metrics.jsonl"
         self.tb = None
         if enabled:
+            drop_rows_after(self.path, start_iter)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(work_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(work_dir / "tensorboard"), purge_step=start_iter + 1)
             except Exception:  # tensorboard is optional
                 log.info("tensorboard not installed: scalars go to metrics.jsonl only")
 
@@ -54,6 +61,29 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def drop_rows_after(path: Path, it: int) -> int:
+    """Rewrite the JSON-lines file `path` without the rows whose "iter" is past `it` (and without
+    a line cut short by a kill); returns how many were dropped."""
+    if not path.exists():
+        return 0
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("iter", 0) <= it
+        except (ValueError, AttributeError):
+            return False
+
+    kept = [x for x in lines if keep(x)]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        os.replace(tmp, path)
+        log.info("%s: dropped %d rows past iteration %d (written by a run after the checkpoint it starts from)",
+                 path, len(lines) - len(kept), it)
+    return len(lines) - len(kept)
 
 
 def plot_curves(metrics_path: Path, out: Path) -> Path | None:

@@ -27,14 +27,15 @@ from tpn.accel import Execution, execution, make_forward, to_channels_last
 from tpn.checkpoint import FORMAT, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.convert.inflate import inflate_2d_into
-from tpn.data.datasets import VideoDataset, build_dataset
+from tpn.data.datasets import REPLACEMENTS, NoReadableVideo, VideoDataset, build_dataset, read_report
+from tpn.data.labels import resolve_num_classes
 from tpn.data.loader import build_loader
 from tpn.data.transforms import apply_augment
-from tpn.engine import distributed as D
+from tpn.engine import distributed as D, workdir
 from tpn.engine.checkpoint import find_resume, prune, prune_after_epoch, rng_state, set_rng_state
 from tpn.engine.evaluate import make_eval_loader, metrics, predict_probs
 from tpn.engine.report import MetricsLog, plot_curves, setup_logging
-from tpn.errors import TpnError
+from tpn.errors import TpnError, listing
 from tpn.models.build import build_model
 
 log = logging.getLogger("tpn.train")
@@ -111,21 +112,37 @@ class Progress:
 
 
 # ------------------------------------------------------------------ set-up
-def start(cfg: Config, work_dir: Path, device: str) -> D.Dist:
-    """Process group, work dir with config.yaml, logging, seeds."""
+def start(work_dir: Path, device: str, resume: str | None, overwrite: bool, break_lock: bool) -> tuple[D.Dist, dict]:
+    """Process group; on rank 0 the work dir's lock and the earlier-run check (`tpn.engine.workdir`),
+    whose outcome every rank gets, so that none waits at a collective for a rank that stopped;
+    logging. Returns the Dist and the lock (empty on other ranks)."""
     d = D.setup(device)
+    me, notes, error = {}, [], None
     if d.main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "config.yaml").write_text(dump_config(cfg))
-    D.barrier(d)
+        try:
+            me, notes = workdir.lock(work_dir, break_lock)
+            deleted = workdir.check_earlier_run(work_dir, resume, overwrite)
+            notes += [f"--overwrite: deleted the earlier run's {listing(deleted)}"] if deleted else []
+        except TpnError as e:
+            error = str(e)
+    error = D.gather_objects(error, d)[0]
+    if error:
+        if me:
+            workdir.unlock(work_dir, me)
+        raise TpnError(error)
     setup_logging(work_dir, d.main)
+    for note in notes:
+        log.warning(note)
+    return d, me
+
+
+def seed_everything(cfg: Config, d: D.Dist) -> None:
     t = cfg.train
     torch.manual_seed(t.seed + d.rank)
     np.random.seed(t.seed + d.rank)
     random.seed(t.seed + d.rank)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
-    return d
 
 
 def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
@@ -205,12 +222,25 @@ def make_forwards(run: Run) -> None:
 
 # ------------------------------------------------------------------ the loop
 def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: str = "auto",
-          max_iters: int | None = None) -> dict:
-    """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests)."""
+          max_iters: int | None = None, overwrite: bool = False, break_lock: bool = False) -> dict:
+    """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests). A work dir holding
+    checkpoints needs `resume` or `overwrite` (`tpn.engine.workdir`); the lock is held throughout."""
     work_dir = Path(work_dir)
-    d = start(cfg, work_dir, device)
-    t = cfg.train
+    d, me = start(work_dir, device, resume, overwrite, break_lock)
+    try:
+        return run_training(cfg, d, work_dir, resume, max_iters)
+    finally:
+        if me:
+            workdir.unlock(work_dir, me)
+
+
+def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max_iters: int | None) -> dict:
     ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
+    cfg = resolve_num_classes(cfg)  # the label map and the lists against the head, before any training
+    if d.main:
+        (work_dir / "config.yaml").write_text(dump_config(cfg))
+    seed_everything(cfg, d)
+    t = cfg.train
     data = build_data(cfg, d, work_dir)
     run = build_training(cfg, d, work_dir, data, from_scratch=ckpt is None)
     prog = Progress()
@@ -219,7 +249,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     elif resume == "auto":
         log.info("no training checkpoint in %s: starting from scratch", work_dir)
     make_forwards(run)
-    run.mlog = MetricsLog(work_dir, d.main)
+    run.mlog = MetricsLog(work_dir, d.main, start_iter=prog.global_iter)
 
     summary = {"work_dir": str(work_dir), "epochs": []}
     t_start = time.time()
@@ -290,7 +320,10 @@ def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
     loss_step = torch.zeros((), device=d.device)
     clips = 0
     for micro in range(t.accum_steps):
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except NoReadableVideo:  # from a loader worker, its traceback in the message: make it one line
+            raise TpnError(_no_readable_video(run)) from None
         x, y = batch.clip.to(d.device, non_blocking=True), batch.label.to(d.device, non_blocking=True)
         if batch.aug is not None:  # data.augment_on_device: the loader drew flip/jitter, the device applies them
             x = apply_augment(x, batch.aug)
@@ -307,6 +340,14 @@ def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
     run.scaler.update()
     run.opt.zero_grad(set_to_none=True)
     return loss_step, clips
+
+
+def _no_readable_video(run: Run) -> str:
+    report = run.work_dir / "bad_videos.jsonl"
+    bad = {r["path"] for r in read_report(report) if r.get("split") == "train"}
+    return (f"{run.cfg.data.train_list}: a training sample found no readable video in {REPLACEMENTS} tries; "
+            f"{len(bad)} of its {len(run.data.train_set)} videos failed so far, listed in {report} "
+            f"(`tpn data check` finds them all)")
 
 
 def validate(run: Run, epoch: int, global_iter: int) -> float:

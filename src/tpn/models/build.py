@@ -5,7 +5,7 @@ Weights: `tpn.convert.weights.load_model` / `tpn.load_model`; the 2D-ResNet init
 """
 from __future__ import annotations
 
-from tpn.config import Config, ModelConfig
+from tpn.config import Config, ConfigError, ModelConfig
 from tpn.models.heads import AuxHead, ClsHead
 from tpn.models.recognizer import Recognizer
 from tpn.models.resnet3d import ResNet3dSlowOnly
@@ -14,6 +14,9 @@ from tpn.models.tpn_neck import TPNNeck
 
 def build_model(cfg: ModelConfig | Config) -> Recognizer:
     m = cfg.model if isinstance(cfg, Config) else cfg
+    if m.head.num_classes is None:
+        raise ConfigError("model.head.num_classes is null: give the number of classes (tpn train, test and "
+                          "predict take it from data.label_map)")
     b = m.backbone
     backbone = ResNet3dSlowOnly(
         depth=b.depth, base_channels=b.base_channels, stage_blocks=b.stage_blocks,
