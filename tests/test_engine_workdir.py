@@ -146,3 +146,18 @@ def test_a_list_of_only_broken_videos_ends_with_one_line(tempo_data, tmp_path): 
     assert f"of its 8 videos failed so far, listed in {work}/bad_videos.jsonl" in error, error
     reported = {json.loads(x)["path"] for x in (work / "bad_videos.jsonl").read_text().splitlines()}
     assert reported and reported <= {str(root / f"v{i}.mp4") for i in range(8)}
+
+
+def test_under_torchrun_a_locked_work_dir_stops_every_rank(tempo_data, tmp_path):  # noqa: F811
+    from tests.test_engine_common import free_port
+
+    work = tmp_path / "run"
+    me, _ = workdir.lock(work)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(free_port()), "-m", "tpn.cli", "train", "tpn_tiny_synth", "--work-dir", str(work),
+                        "--device", "cpu", *sets(TINY + data_overrides(tempo_data) + FAST)],
+                       capture_output=True, text=True, timeout=180)  # a rank waiting for rank 0 would hang here
+    assert r.returncode != 0
+    assert r.stderr.count(f"tpn: error: {work} is in use by another training run (pid {os.getpid()}") == 2, r.stderr
+    assert json.loads((work / "tpn.lock").read_text()) == me
+    workdir.unlock(work, me)
