@@ -14,6 +14,8 @@ Rates are given per wall-clock second and per CPU second of the process; on a sh
 machine the CPU-second rate is the one to compare. Every mode is also timed with the reader
 decoding every packet (`VideoReader.drop_unneeded = False`, keys ending `_decode_all`),
 interleaved call by call with the default reader, which skips frames nobody needs.
+`train_recipe_dev_clips_per_decode`: the recipe with `data.clips_per_decode` 1, 2, 4 (k
+clips per decoded video, a recipe change), in clips per CPU second.
 """
 from __future__ import annotations
 
@@ -56,6 +58,20 @@ def make_videos(folder: Path, size: tuple[int, int], count: int, seconds: int = 
         out["original"].append(p)
         out["prepared"].append(q)
     return out
+
+
+CLIPS_PER_DECODE = (1, 2, 4)
+
+
+def clips_per_decode_rates(samples: list, calls: int) -> dict:
+    """Training clips per CPU second of `train_recipe_dev` with `data.clips_per_decode` k
+    (each call yields k clips of one video), the settings interleaved call by call."""
+    fns = {}
+    for k in CLIPS_PER_DECODE:
+        cfg = replace(DataConfig(), clips_per_decode=k, **TRAIN_MODES["train_recipe_dev"])
+        fns[k] = (lambda i, f=VideoDataset(cfg, "train", samples, None).__getitem__: f(i % len(samples)))
+    rates = _timed_pair(fns, calls)
+    return {f"k{k}_clips_per_cpu_s": round(k * cpu, 1) for k, (_, cpu) in rates.items()}
 
 
 def _decode_all(fn):
@@ -144,6 +160,7 @@ def run(videos_dir: str | Path, videos: int = 3, clips: int = 30, test_videos: i
                 rec[f"{mode}_{unit}_per_s{suffix}"] = round(wall, 1)
             rec["skip_over_decode_all"] = {m: round(rates[m][1] / rates[f"{m}_decode_all"][1], 2)
                                            for m in rates if not m.endswith("_decode_all")}
+            rec["train_recipe_dev_clips_per_decode"] = clips_per_decode_rates(samples, clips)
             results.append(rec)
             log(f"{rec['size']} {encoding:<9} " + "  ".join(f"{m} {c:5.1f}/cpu-s" for m, (_, c) in rates.items()))
     gains = {}
