@@ -28,6 +28,8 @@ class ConfigError(TpnError):
 # --------------------------------------------------------------------------- schema
 @dataclass
 class BackboneConfig:
+    # resnet3d: the slow-only 3D ResNet; resnet_tsm: a 2D ResNet with temporal shift (TSM)
+    type: Literal["resnet3d", "resnet_tsm"] = "resnet3d"
     depth: Literal[50, 101] = 50
     base_channels: int = 64  # width of the stem; stage i has base_channels * 2**i planes
     stage_blocks: tuple[int, ...] | None = None  # None: the standard blocks of `depth`
@@ -41,7 +43,9 @@ class BackboneConfig:
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
-    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate
+    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate (resnet_tsm: to copy)
+    num_segments: int = 8  # resnet_tsm: frames per clip (the input's T), the span of the shift
+    shift_div: int = 8  # resnet_tsm: 1/shift_div of the channels shift each way
 
 
 @dataclass
