@@ -85,6 +85,9 @@ class DataConfig:
     val_list: str = ""
     test_list: str = ""
     label_map: str = ""  # one class name per line (line number = label)
+    # clips: clip_len frames frame_interval apart (3D models); segments: the video in clip_len
+    # equal segments, one frame each (TSN/TSM; frame_interval unused; test_clips 1 or 2)
+    sampling: Literal["clips", "segments"] = "clips"
     clip_len: int = 8
     frame_interval: int = 8
     test_clips: int = 10
@@ -94,6 +97,8 @@ class DataConfig:
     test_crop_size: int = 256
     train_crop: Literal["random", "random_resized"] = "random"
     flip: float = 0.5
+    flip_label_pairs: tuple[tuple[int, int], ...] = ()  # labels a horizontal flip swaps (left/right classes)
+    filename_tmpl: str = "img_{:05d}.jpg"  # mmaction_rawframes: frame file names, numbered from 1
     color_jitter: bool = False
     augment_on_device: bool = False  # draw flip/jitter in the loader, apply them on the GPU (CPU time)
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
