@@ -79,3 +79,12 @@ def test_tpn_test_of_a_converted_mmaction2_tsm_checkpoint(sthv1_frames, tmp_path
         assert abs(probs[int(item["label"])].item() - item["score"]) < 1e-5
     assert [int(t["label"]) for t in rows[0]["top5"]] == torch.topk(probs, 5).indices.tolist()
     assert np.isclose(probs.sum().item(), 1.0)
+
+
+def test_quick_tsm_demo_runs_on_jpg_frames(tmp_path):
+    r = cli("demo", "--model", "tsm", "--quick", "--out", str(tmp_path), "--device", "cpu", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "training tpn_tsm_tiny_synth" in r.stdout and "2x3-view test" in r.stdout and "(chance 25%)" in r.stdout
+    assert (tmp_path / "data_quick_sthv1" / "rawframes" / "right_slow_0000" / "00001.jpg").is_file()
+    m = json.loads((tmp_path / "test_quick_tsm" / "metrics.json").read_text())
+    assert m["videos"] == 8 and not m["skipped_videos"]
