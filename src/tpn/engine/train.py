@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tpn.accel import compile_arg, make_forward
+from tpn.accel import compile_arg, make_forward, to_channels_last
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.data.datasets import build_dataset
@@ -234,7 +234,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
         log.warning("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU BN statistics stay per process")
     channels_last = t.channels_last and cuda
     if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        model = to_channels_last(model)
     groups = param_groups(model, cfg)
     lr0 = base_lr(cfg, d.world)
     opt = torch.optim.SGD(groups, lr=lr0, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
