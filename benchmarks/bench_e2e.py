@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tpn.accel import make_train_step  # noqa: E402
+from tpn.accel import Execution  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.loader import build_loader  # noqa: E402
@@ -38,6 +38,7 @@ from tpn.data.prepare import prepare_list  # noqa: E402
 from tpn.data.synthetic import generate_dataset  # noqa: E402
 from tpn.data.transforms import apply_augment  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 
 def dataset_cfg(root: Path, on_device: bool):
@@ -83,7 +84,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     cfg = dataset_cfg(root, False)
     model = build_model(cfg).cuda().train()
-    step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=True)
+    step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), cfg.train)
     n_train = len((root / "train.txt").read_text().splitlines())
     res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cpu_workers=args.workers,
                cpu_count=os.cpu_count(), batch=args.batch, train_videos=n_train,
@@ -106,10 +107,9 @@ def main() -> None:
     print(json.dumps(res), flush=True)
 
     def feed(batch):
-        x, y, *aug = batch
-        x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
-        if aug:
-            x = apply_augment(x, aug[0])
+        x, y = batch.clip.cuda(non_blocking=True), batch.label.cuda(non_blocking=True)
+        if batch.aug is not None:
+            x = apply_augment(x, batch.aug)  # a CPU tensor: no device sync
         return step(x, y)
 
     res["settings"] = []

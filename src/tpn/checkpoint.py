@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tpn.errors import TpnError
+from tpn.errors import TpnError, listing
 
 FORMAT = "tpn"
 
@@ -132,6 +132,5 @@ def misfit_error(what: str, missing: list[str], unexpected: list[str], misshaped
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
         if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
-            parts.append(f"{len(items)} {label}: {shown}")
+            parts.append(f"{len(items)} {label}: {listing(items)}")
     return CheckpointError(f"{what}: " + "; ".join(parts))

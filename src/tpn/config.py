@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses with defaults, YAML files, dotted overrides.
 
 The dataclass defaults below *are* the mmaction2-equivalent TPN R50 8x8 Kinetics-400
-model and the seed's data protocol; a YAML file only states what differs. A config is
+model and the Paddle reproduction's data protocol; a YAML file only states what differs. A config is
 loaded with `load_config(name_or_path, overrides)`; unknown keys and wrong types are a
 one-line `ConfigError` that names the key, the file and what is allowed.
 """
@@ -133,7 +133,7 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
-    # reduce-overhead adds CUDA graphs (+4% at batch 32 on an H100, benchmarks/results/gpu_h100_*.json)
+    # reduce-overhead adds CUDA graphs (measured gain: docs/training.md)
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     seed: int = 0

@@ -1,4 +1,8 @@
-"""Build a model from a config (weights: `tpn.convert.load_model` / `tpn.load_model`)."""
+"""Build a model from a config: modules and their random initialisation, no file reads.
+
+Weights: `tpn.convert.weights.load_model` / `tpn.load_model`; the 2D-ResNet initialisation
+(`model.backbone.pretrained2d`) is applied by `tpn train` when it starts from scratch.
+"""
 from __future__ import annotations
 
 from tpn.config import BackboneConfig, Config, ConfigError, ModelConfig
@@ -52,9 +56,4 @@ def build_model(cfg: ModelConfig | Config) -> Recognizer:
             raise ValueError("the auxiliary head needs two backbone outputs (model.backbone.out_indices)")
         aux = AuxHead(channels[-2], m.head.num_classes, m.head.init_std)
     recognizer = Recognizer2D if b.type == "resnet_tsm" else Recognizer
-    model = recognizer(backbone, neck, head, aux, m.aux_head.loss_weight)
-    if b.pretrained2d:
-        from tpn.convert.inflate import inflate_2d_into
-
-        inflate_2d_into(model.backbone, b.pretrained2d)
-    return model
+    return recognizer(backbone, neck, head, aux, m.aux_head.loss_weight)

@@ -9,29 +9,9 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
+from tpn.models.layers import ConvBN, triple
+
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-
-
-def _triple(v) -> tuple[int, int, int]:
-    return (v, v, v) if isinstance(v, int) else tuple(v)
-
-
-class ConvBN(nn.Module):
-    """Conv3d (no bias) -> BatchNorm3d -> optional ReLU."""
-
-    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0, groups: int = 1,
-                 norm: bool = True, act: bool = True):
-        super().__init__()
-        self.conv = nn.Conv3d(cin, cout, _triple(kernel), _triple(stride), _triple(padding),
-                              groups=groups, bias=False)
-        self.bn = nn.BatchNorm3d(cout) if norm else None
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return torch.relu_(x) if self.act else x
 
 
 class Bottleneck3d(nn.Module):
@@ -80,7 +60,7 @@ class ResNet3dSlowOnly(nn.Module):
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        k = _triple(conv1_kernel)
+        k = triple(conv1_kernel)
         self.conv1 = ConvBN(3, base_channels, k, (conv1_stride_t, 2, 2), tuple((x - 1) // 2 for x in k))
         self.maxpool = nn.MaxPool3d((1, 3, 3), (pool1_stride_t, 2, 2), (0, 1, 1))
         inplanes = base_channels
