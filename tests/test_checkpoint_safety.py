@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import tpn
-from tests.test_engine_common import TINY, data_overrides
+from tests.test_engine_common import TINY, cli, data_overrides
 from tpn.checkpoint import CheckpointError, load_file
 from tpn.cli import main
 from tpn.config import dump_config, load_config
+from tpn.convert.paddle import read_pdparams
 from tpn.models.build import build_model
 
 
@@ -282,3 +283,35 @@ def test_every_file_read_in_src_goes_through_the_safe_readers():
         assert "pickle.load" not in text, path
         for needle in ("torch.load(", "Unpickler", "allow_pickle", "jit.load("):
             assert needle not in text or path.name in ("checkpoint.py", "paddle.py"), f"{path}: {needle}"
+
+
+class ForgedDtype:
+    """A structured dtype whose object field is hidden by forged flags: numpy's own
+    `__setstate__` would accept it, and an array of it reads raw bytes as object pointers."""
+
+    def __reduce__(self):
+        return np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)
+
+
+class ForgedArray:
+    def __reduce__(self):
+        reconstruct, args, _state = np.zeros(1).__reduce__()
+        return reconstruct, args, (1, (1,), ForgedDtype(), False, b"\x41" * 8)
+
+
+def test_a_forged_numpy_dtype_in_pdparams_is_refused(tmp_path):
+    """In a child process: with numpy's own reconstruction this file crashes the interpreter."""
+    path = tmp_path / "forged.pdparams"
+    path.write_bytes(pickle.dumps({"conv1_weights": ForgedArray()}, protocol=2))
+    r = cli("convert", str(path), str(tmp_path / "out.pth"))
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip() == (f"tpn: error: {path}: not a readable .pdparams file "
+                                "(UnpicklingError: numpy dtype 'V8' is not allowed in a .pdparams file)")
+
+
+def test_a_damaged_big_array_table_is_a_one_line_error(tmp_path):
+    path = tmp_path / "big.pdparams"
+    path.write_bytes(pickle.dumps({"w@@.0": np.ones(3, np.float32),
+                                   "UnpackBigParamInfor@@": {"w": {"OriginShape": (2, 3), "slices": ["w@@.0", "w@@.1"]}}}))
+    with pytest.raises(CheckpointError, match=r"big.pdparams: a big array's slices do not add up \(KeyError: 'w@@.1'\)"):
+        read_pdparams(path)
