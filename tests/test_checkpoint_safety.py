@@ -68,7 +68,7 @@ def saved(obj, legacy=False) -> bytes:
 PAYLOADS = {
     "legacy_magic_system": False, "legacy_magic": False, "legacy_protocol": False, "legacy_sys_info": False,
     "legacy_storage_keys": False, "legacy_whole": False, "legacy_meta": True,
-    "zip_whole": False, "zip_label_names": False, "zip_meta": True,
+    "zip_whole": False, "zip_label_names": False, "zip_meta": True, "zip_state_dict_key": True,
     "pdparams_whole": False, "pdparams_entry": False, "torchscript": False, "tar": False,
 }
 POSITION = {"legacy_magic": 0, "legacy_protocol": 1, "legacy_sys_info": 2, "legacy_storage_keys": 4}
@@ -90,6 +90,8 @@ def write_payload(name: str, path, marker, sd: dict) -> None:
     elif name in ("legacy_meta", "zip_meta"):
         # mmengine's layout: {"state_dict", "meta"}, with objects of its own classes in `meta`
         data = saved({"state_dict": sd, "meta": {"hook": Touch(marker)}}, legacy=name == "legacy_meta")
+    elif name == "zip_state_dict_key":  # an object as a key among the weights: dropped, the rest loads
+        data = saved({"state_dict": {**sd, Touch(marker): torch.zeros(1)}})
     elif name == "zip_label_names":
         data = saved({**tpn_ckpt, "label_names": Passthrough(marker, ["a", "b"])})
     elif name == "pdparams_whole":

@@ -87,7 +87,7 @@ def read_raw(path: str | Path) -> tuple[dict, dict]:
         sd = obj
     else:
         raise CheckpointError(f"{path}: no state_dict found in this checkpoint")
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return sd, info
