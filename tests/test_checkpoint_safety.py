@@ -317,3 +317,12 @@ def test_a_damaged_big_array_table_is_a_one_line_error(tmp_path):
                                    "UnpackBigParamInfor@@": {"w": {"OriginShape": (2, 3), "slices": ["w@@.0", "w@@.1"]}}}))
     with pytest.raises(CheckpointError, match=r"big.pdparams: a big array's slices do not add up \(KeyError: 'w@@.1'\)"):
         read_pdparams(path)
+
+
+@pytest.mark.parametrize("bad", [{"label_names": 5}, {"label_names": ["a", 2]}, {"state_dict": [1, 2]}])
+def test_a_tpn_checkpoint_of_the_wrong_shape_is_a_one_line_error(bad, kit, tmp_path, capsys):
+    path = tmp_path / "odd.pth"
+    torch.save({"format": "tpn", "state_dict": kit["sd"], **bad}, path)
+    code, _, err = entry("predict", path, kit, tmp_path, capsys)
+    assert code == 2 and err.strip() == (f"tpn: error: {path}: a damaged tpn checkpoint (its state_dict must be a "
+                                         "dict and its label_names a list of strings)")
