@@ -7,7 +7,9 @@
 # bf16 + channels_last_3d, eager; a second 1-GPU run measures run-to-run noise (cuDNN picks
 # and atomics), the yardstick for the 2-GPU difference. Scaling: tpn_r50_8x8_k400 (compile,
 # augmentation on the device) from `tpn data prepare`d copies of 340x256 x264 originals.
-# Results: $OUT/ddp_correct.json, $OUT/ddp_scale.json.
+# SETS adds overrides to the correctness runs, e.g. SETS="--set train.amp=false --set
+# train.cudnn_benchmark=false --set train.lr=0.01" for fp32 with fixed cuDNN algorithms (less run-to-run
+# noise, so the 2-GPU gap is visible against it). Results: $OUT/ddp_correct.json, $OUT/ddp_scale.json.
 set -euo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ROOT=${ROOT:-work_dirs/ddp_data}
@@ -31,7 +33,7 @@ if [ "$PART" = correct ]; then
      --set "data.test_list=$T/val.txt" --set "data.label_map=$T/labels.txt" --set model.head.num_classes=10
      --set model.head.dropout=0.0 --set "data.num_workers=$WORKERS" --set train.epochs=$((STEPS / 16))
      --set train.val_interval=0 --set train.log_interval=1 --set train.lr_batch_size=32 --set train.compile=false
-     --set train.warmup_epochs=1)
+     --set train.warmup_epochs=1 ${SETS:-})
   $TPN train "$CFG" --work-dir "$OUT/one_a" "${C[@]}" --set train.batch_size=32 2>&1 | tail -2
   $TPN train "$CFG" --work-dir "$OUT/one_b" "${C[@]}" --set train.batch_size=32 2>&1 | tail -2
   run2 train "$CFG" --work-dir "$OUT/two" "${C[@]}" --set train.batch_size=16 2>&1 | tail -2

@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--bucket-mb", type=int, default=25, help="DDP bucket_cap_mb")
+    ap.add_argument("--bucket-view", type=int, default=1, help="DDP gradient_as_bucket_view (1/0)")
+    ap.add_argument("--static-graph", type=int, default=0, help="DDP static_graph (1/0)")
     ap.add_argument("--out", default="ddp_step.json")
     args = ap.parse_args()
     world, rank, local = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
@@ -41,9 +43,11 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     cfg = load_config(args.config)
     torch.manual_seed(0)
-    model = build_model(cfg).to(dev).train()
+    # channels_last_3d before DDP: its gradient buckets take the parameters' strides
+    model = build_model(cfg).to(dev).train().to(memory_format=torch.channels_last_3d)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[local], bucket_cap_mb=args.bucket_mb,
-                                              gradient_as_bucket_view=True) if world > 1 else model
+                                              gradient_as_bucket_view=bool(args.bucket_view),
+                                              static_graph=bool(args.static_graph)) if world > 1 else model
     fwd = make_forward(net, cfg, amp=True, channels_last=True, compile_model=True, with_labels=True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, fused=True)
@@ -71,6 +75,7 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     if rank == 0:
         res = {"world": world, "batch_per_gpu": args.batch, "steps": args.steps, "bucket_cap_mb": args.bucket_mb,
+               "gradient_as_bucket_view": bool(args.bucket_view), "static_graph": bool(args.static_graph),
                "clips_per_s": round(world * args.batch * args.steps / elapsed, 1),
                "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__}
         print(json.dumps(res))

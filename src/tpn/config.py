@@ -98,6 +98,8 @@ class DataConfig:
     # training on a video shorter than one clip's span: "skip" reports it and uses another
     # sample; "loop" wraps its indices around (mmaction2). Val/test always loop.
     short_videos: Literal["skip", "loop"] = "skip"
+    # training clips drawn from one decode of a video (a recipe change, see docs/data.md); 1 = mmaction2
+    clips_per_decode: int = 1
 
 
 @dataclass

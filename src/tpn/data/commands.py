@@ -49,9 +49,9 @@ def _cmd_bench_data(args) -> int:
 
     from tpn.data.bench import run
 
-    if args.videos < 1 or args.clips < 1:
-        raise TpnError("--videos and --clips must be at least 1")
-    result = run(args.videos_dir, videos=args.videos, clips=args.clips)
+    if args.videos < 1 or args.clips < 1 or (args.test_videos is not None and args.test_videos < 1):
+        raise TpnError("--videos, --clips and --test-videos must be at least 1")
+    result = run(args.videos_dir, videos=args.videos, clips=args.clips, test_videos=args.test_videos)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -124,6 +124,8 @@ def add_data_commands(sub, add_set):
     p.add_argument("--videos-dir", default="work_dirs/bench_videos", help="where the test videos are generated (kept)")
     p.add_argument("--videos", type=int, default=3, help="videos per (size, encoding) (default 3)")
     p.add_argument("--clips", type=int, default=30, help="training clips timed per cell (default 30)")
+    p.add_argument("--test-videos", type=int, default=None,
+                   help="30-view test samples timed per cell (default: --videos)")
     p.add_argument("--out", default="benchmarks/results/data_cpu.json", help="JSON results file")
     p.set_defaults(func=_cmd_bench_data)
     bench_subparsers = bench

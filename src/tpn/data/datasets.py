@@ -10,7 +10,9 @@ A bad line is a one-line error naming the file and line number.
 
 Items (uint8, channels first; see the README's "Batch layouts"):
 - train: `(clip [3, T, crop, crop], label)`. A broken video is replaced by another sample
-  chosen from (index, attempt), logged, and appended to the report file.
+  chosen from (index, attempt), logged, and appended to the report file. With
+  `data.clips_per_decode: k > 1`: `(clips [k, 3, T, crop, crop], labels [k])`, k clips of one
+  video decoded together (`tpn.data.loader` flattens them into the batch).
 - val:   `(clip [3, T, crop, crop], label, index, ok)`: one centred clip, centre crop.
 - test:  `(views [V, 3, T, S, S], label, index, ok)`, V = test_clips x test_crops, clip-major.
 val/test never replace a broken video: it comes back with ok=False (zeros) and is reported.
@@ -144,11 +146,18 @@ class VideoDataset(Dataset):
         self.samples = [(str(self.root / p), label) for p, label, _ in samples]
         self.label_names = label_names
         self.report_path = report_path
+        if cfg.clips_per_decode < 1:
+            raise TpnError(f"data.clips_per_decode must be at least 1, got {cfg.clips_per_decode}")
         # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def clips_per_item(self) -> int:
+        """Clips in one training item (`data.clips_per_decode`); 1 for val and test."""
+        return self.cfg.clips_per_decode if self.split == "train" else 1
 
     @property
     def epoch(self) -> int:
@@ -195,10 +204,7 @@ class VideoDataset(Dataset):
             for attempt in range(10):
                 rng = self._rng(index, attempt)
                 try:
-                    clip = self._read(index, lambda n: self._train_pick(index, n, rng))
-                    clip, aug = self._train_transform(clip, rng)
-                    label = self.samples[index][1]
-                    return (clip, label, aug) if aug is not None else (clip, label)
+                    return self._train_item(index, rng)
                 except VideoError as e:
                     self._report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
@@ -218,6 +224,19 @@ class VideoDataset(Dataset):
             v = c.test_clips * c.test_crops
             s = c.test_crop_size
             return torch.zeros(v, 3, c.clip_len, s, s, dtype=torch.uint8), label, index, False
+
+    def _train_item(self, index: int, rng: np.random.Generator) -> tuple:
+        """`clips_per_item` clips of one video: their starts drawn independently (each as in
+        mmaction2), their frames decoded in one pass, each with its own crop/flip/jitter draw."""
+        k, t = self.clips_per_item, self.cfg.clip_len
+        clips = self._read(index, lambda n: np.stack([self._train_pick(index, n, rng) for _ in range(k)]))
+        label = self.samples[index][1]
+        if k == 1:
+            clip, aug = self._train_transform(clips, rng)
+            return (clip, label, aug) if aug is not None else (clip, label)
+        parts = [self._train_transform(clips[:, j * t:(j + 1) * t], rng) for j in range(k)]
+        item = (T.stack_frames_last([clip for clip, _ in parts]), torch.full((k,), label, dtype=torch.int64))
+        return item if parts[0][1] is None else (*item, torch.stack([aug for _, aug in parts]))
 
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
         """(clip, None), or with data.augment_on_device (cropped clip, flip/jitter draw for the device)."""

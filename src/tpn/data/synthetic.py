@@ -98,24 +98,30 @@ def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generat
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = None, crf: int = 23,
-              preset: str = "ultrafast", faststart: bool = False) -> None:
-    """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2.
+              preset: str = "ultrafast", faststart: bool = False, codec: str = "h264") -> None:
+    """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2; `codec="hevc"`: libx265.
 
     `preset="ultrafast"` has no B-frames; "veryfast" and slower use them (as Kinetics files
-    do). `gop=None` keeps x264's default keyframe interval (250); `faststart` puts the index
-    (moov atom) first, as web videos have it.
+    do); "medium" is x264's default (3 B-frames, b-pyramid normal: some B-frames are
+    references). `gop=None` keeps the encoder's default keyframe interval (250); `faststart`
+    puts the index (moov atom) first, as web videos have it.
     """
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if codec == "hevc":
+        if "libx265" not in av.codecs_available:
+            raise RuntimeError("this PyAV build has no libx265 encoder")
+        codec, opts = "libx265", {"preset": preset, "crf": str(crf), "x265-params": "log-level=error"}
+    else:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        opts = {"preset": preset, "crf": str(crf)} if codec == "libx264" else {}
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=options) as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
-        opts = {"preset": preset, "crf": str(crf)} if codec == "libx264" else {}
         if gop:
             opts["g"] = str(gop)
             stream.codec_context.gop_size = gop
