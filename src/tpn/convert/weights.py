@@ -77,8 +77,12 @@ def read_raw(path: str | Path) -> tuple[dict, dict]:
     obj, skipped = load_file(path)
     info: dict = {"skipped_objects": skipped}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        sd = obj["state_dict"]
-        info["label_names"] = obj.get("label_names")
+        sd, names = obj.get("state_dict"), obj.get("label_names")
+        if not isinstance(sd, dict) or not (names is None or isinstance(names, list)
+                                            and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{path}: a damaged tpn checkpoint (its state_dict must be a dict and its "
+                                  "label_names a list of strings)")
+        info["label_names"] = names
         info["format"] = FORMAT
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
@@ -88,7 +92,7 @@ def read_raw(path: str | Path) -> tuple[dict, dict]:
         sd = obj
     else:
         raise CheckpointError(f"{path}: no state_dict found in this checkpoint")
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return sd, info
