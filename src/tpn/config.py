@@ -30,6 +30,8 @@ class ConfigError(TpnError):
 # --------------------------------------------------------------------------- schema
 @dataclass
 class BackboneConfig:
+    # resnet3d: the slow-only 3D ResNet; resnet_tsm: a 2D ResNet with temporal shift (TSM)
+    type: Literal["resnet3d", "resnet_tsm"] = "resnet3d"
     depth: Literal[50, 101] = 50
     base_channels: int = 64  # width of the stem; stage i has base_channels * 2**i planes
     stage_blocks: tuple[int, ...] | None = None  # None: the standard blocks of `depth`
@@ -43,7 +45,9 @@ class BackboneConfig:
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
-    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate
+    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate (resnet_tsm: to copy)
+    num_segments: int = 8  # resnet_tsm: frames per clip (the input's T), the span of the shift
+    shift_div: int = 8  # resnet_tsm: 1/shift_div of the channels shift each way
 
 
 @dataclass
@@ -83,6 +87,9 @@ class DataConfig:
     val_list: str = ""
     test_list: str = ""
     label_map: str = ""  # one class name per line (line number = label)
+    # clips: clip_len frames frame_interval apart (3D models); segments: the video in clip_len
+    # equal segments, one frame each (TSN/TSM; frame_interval unused; test_clips 1 or 2)
+    sampling: Literal["clips", "segments"] = "clips"
     clip_len: int = 8
     frame_interval: int = 8
     test_clips: int = 10
@@ -92,6 +99,8 @@ class DataConfig:
     test_crop_size: int = 256
     train_crop: Literal["random", "random_resized"] = "random"
     flip: float = 0.5
+    flip_label_pairs: tuple[tuple[int, int], ...] = ()  # labels a horizontal flip swaps (left/right classes)
+    filename_tmpl: str = "img_{:05d}.jpg"  # mmaction_rawframes: frame file names, numbered from 1
     color_jitter: bool = False
     augment_on_device: bool = False  # draw flip/jitter in the loader, apply them on the GPU (CPU time)
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -100,6 +109,8 @@ class DataConfig:
     # training on a video shorter than one clip's span: "skip" reports it and uses another
     # sample; "loop" wraps its indices around (mmaction2). Val/test always loop.
     short_videos: Literal["skip", "loop"] = "skip"
+    # training clips drawn from one decode of a video (a recipe change, see docs/data.md); 1 = mmaction2
+    clips_per_decode: int = 1
 
 
 @dataclass
@@ -362,6 +373,8 @@ RANGES: dict[str, Range] = {
     "model.backbone.out_indices": Range(0, 3),
     "model.backbone.frozen_stages": Range(-1, 4),
     "model.backbone.with_cp": Range(1, 4),
+    "model.backbone.num_segments": AT_LEAST_1,
+    "model.backbone.shift_div": Range(2),
     **{f"model.neck.{k}": AT_LEAST_1 for k in ("out_channels", "temporal_scales", "groups")},
     "model.aux_head.loss_weight": AT_LEAST_0,
     "model.head.num_classes": AT_LEAST_1,
@@ -373,6 +386,8 @@ RANGES: dict[str, Range] = {
     "data.mean": Range(0, 255),
     "data.std": POSITIVE,
     "data.num_workers": AT_LEAST_0,
+    "data.clips_per_decode": AT_LEAST_1,
+    "data.flip_label_pairs": AT_LEAST_0,
     **{f"train.{k}": AT_LEAST_1 for k in ("epochs", "batch_size", "lr_batch_size", "accum_steps", "log_interval",
                                           "milestones")},
     "train.gamma": POSITIVE,
@@ -390,9 +405,16 @@ def check_ranges(cfg: Config, source_of) -> None:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        items = value if isinstance(value, tuple) else (value,)
-        for i, v in enumerate(items):
+        for name, v in _leaves(key, value):
             if v is None or isinstance(v, bool) or v in allowed:
                 continue
-            name = f"{key}[{i}]" if isinstance(value, tuple) else key
             raise ConfigError(f"{source_of(key)}: config key '{name}' must be {allowed}, got {v!r}")
+
+
+def _leaves(key: str, value):
+    """(name, number) for a value, each element of a list, or of a list of lists: key[i][j]."""
+    if not isinstance(value, tuple):
+        yield key, value
+        return
+    for i, v in enumerate(value):
+        yield from _leaves(f"{key}[{i}]", v)
