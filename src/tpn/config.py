@@ -41,6 +41,8 @@ class BackboneConfig:
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
+    stem_pad_channels: Literal[0, 4, 8] = 0  # pad the 3 input channels with zeros to this many (4, 8) for the stem conv: same sums, other GPU kernels
+    stem_2d: bool = False  # the (1,k,k) stem conv and (1,3,3) max-pool as 2D ops over frames (same numbers)
     pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate
 
 

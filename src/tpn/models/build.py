@@ -20,6 +20,7 @@ def build_model(cfg: ModelConfig | Config) -> Recognizer:
         conv1_kernel=b.conv1_kernel, conv1_stride_t=b.conv1_stride_t, pool1_stride_t=b.pool1_stride_t,
         spatial_strides=b.spatial_strides, temporal_strides=b.temporal_strides, inflate=b.inflate,
         out_indices=b.out_indices, frozen_stages=b.frozen_stages, norm_eval=b.norm_eval, with_cp=b.with_cp,
+        stem_pad_channels=b.stem_pad_channels, stem_2d=b.stem_2d,
     )
     channels = backbone.out_channels
     neck = None
