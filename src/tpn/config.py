@@ -45,6 +45,8 @@ class BackboneConfig:
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
+    stem_pad_channels: Literal[0, 4, 8] = 0  # 3D stem: input channels padded with zeros to 4 or 8 (same sums, other GPU kernels)
+    stem_2d: bool = False  # 3D stem: the (1,k,k) conv and (1,3,3) max-pool as 2D ops over frames (same numbers)
     pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate (resnet_tsm: to copy)
     num_segments: int = 8  # resnet_tsm: frames per clip (the input's T), the span of the shift
     shift_div: int = 8  # resnet_tsm: 1/shift_div of the channels shift each way

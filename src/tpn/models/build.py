@@ -13,7 +13,8 @@ from tpn.models.resnet_tsm import ResNetTSM
 from tpn.models.tpn_neck import TPNNeck
 
 # fields that describe only one backbone type: a config that sets them for the other is a mistake
-_ONLY_3D = ("conv1_kernel", "conv1_stride_t", "pool1_stride_t", "temporal_strides", "inflate")
+_ONLY_3D = ("conv1_kernel", "conv1_stride_t", "pool1_stride_t", "temporal_strides", "inflate", "stem_pad_channels",
+            "stem_2d")
 _ONLY_TSM = ("num_segments", "shift_div")
 
 
@@ -35,7 +36,7 @@ def build_backbone(b: BackboneConfig):
         return ResNetTSM(num_segments=b.num_segments, shift_div=b.shift_div, **common)
     return ResNet3dSlowOnly(conv1_kernel=b.conv1_kernel, conv1_stride_t=b.conv1_stride_t,
                             pool1_stride_t=b.pool1_stride_t, temporal_strides=b.temporal_strides,
-                            inflate=b.inflate, **common)
+                            inflate=b.inflate, stem_pad_channels=b.stem_pad_channels, stem_2d=b.stem_2d, **common)
 
 
 def build_model(cfg: ModelConfig | Config) -> Recognizer:
