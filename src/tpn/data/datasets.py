@@ -25,6 +25,7 @@ import csv
 import json
 import logging
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -126,15 +127,28 @@ def read_annotations(path: str | Path, fmt: str, label_names: list[str] | None =
 
 
 def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) -> tuple[str, int, int]:
-    """One line of a text list -> (relative path, label, total_frames or -1)."""
-    parts = line.split()
+    """One line of a text list -> (relative path, label, total_frames or -1).
+
+    The path is everything before the last field (rawframes: the last two), character for
+    character, so a name with repeated spaces still names its file. The whitespace around the
+    line and between the fields is not part of it.
+    """
+    text = line.strip()
+    n_fields = 2 if fmt == "mmaction_rawframes" else 1
+    head, fields = text, []
+    for _ in range(n_fields):
+        cut = re.search(r"\s+(\S+)$", head)
+        if cut is None:
+            break
+        fields.insert(0, cut.group(1))
+        head = head[:cut.start()]
     if fmt == "mmaction_rawframes":
-        if len(parts) != 3 or not parts[1].isdigit():
-            raise AnnotationError(f"{where}: expected 'FRAME_DIR TOTAL_FRAMES LABEL', got {line.strip()!r}")
-        return parts[0], _label(parts[2], names, where), int(parts[1])
-    if len(parts) < 2:
-        raise AnnotationError(f"{where}: expected 'PATH LABEL', got {line.strip()!r} (missing label?)")
-    return " ".join(parts[:-1]), _label(parts[-1], names, where), -1
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise AnnotationError(f"{where}: expected 'FRAME_DIR TOTAL_FRAMES LABEL', got {text!r}")
+        return head, _label(fields[1], names, where), int(fields[0])
+    if not fields:
+        raise AnnotationError(f"{where}: expected 'PATH LABEL', got {text!r} (missing label?)")
+    return head, _label(fields[0], names, where), -1
 
 
 def write_report_line(report_path: str | Path | None, record: dict) -> None:
