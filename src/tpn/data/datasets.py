@@ -239,11 +239,7 @@ class VideoDataset(Dataset):
             raise TpnError(f"10 unreadable videos in a row (last {self.samples[index][0]}); see the data report")
         label = self.samples[index][1]
         try:
-            if self.split == "val":
-                clip = self._read(index, lambda n: sampling.val_indices(n, c.clip_len, c.frame_interval))
-                return Batch(self._val_transform(clip), label, index, True)
-            clip = self._read(index, lambda n: sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips))
-            return Batch(self._test_transform(clip), label, index, True)
+            return Batch(self.eval_clip(index), label, index, True)
         except VideoError as e:
             self._report(index, e)
             if self.split == "val":
@@ -251,6 +247,15 @@ class VideoDataset(Dataset):
             else:
                 shape = (c.test_clips * c.test_crops, 3, c.clip_len, c.test_crop_size, c.test_crop_size)
             return Batch(torch.zeros(shape, dtype=torch.uint8), label, index, False)
+
+    def eval_clip(self, index: int) -> torch.Tensor:
+        """The val clip or the test views of video `index`; an unreadable video raises `VideoError`."""
+        c = self.cfg
+        if self.split == "val":
+            clip = self._read(index, lambda n: sampling.val_indices(n, c.clip_len, c.frame_interval))
+            return self._val_transform(clip)
+        clip = self._read(index, lambda n: sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips))
+        return self._test_transform(clip)
 
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
         """(clip, None), or with data.augment_on_device (cropped clip, flip/jitter draw for the device)."""
