@@ -1,9 +1,13 @@
 """Data edge cases: list paths with repeated spaces, videos with damaged packets, `tpn data check --config`."""
+import json
 import shutil
 
+import pytest
 
+from tests.conftest import write_damaged_video
+from tpn.cli import main
 from tpn.config import DataConfig
-from tpn.data.check import check_list
+from tpn.data.check import check_list, decode_errors
 from tpn.data.datasets import build_dataset, read_annotations
 
 
@@ -23,5 +27,88 @@ def test_list_path_keeps_repeated_spaces(synth_dataset, tmp_path):
                      test_crop_size=64, test_clips=1, test_crops=1, num_workers=0)
     item = build_dataset(cfg, "test")[0]
     assert item.ok  # the file itself was read, not 'a b c.mp4'
-    rep = check_list(lst, root=str(tmp_path), workers=1, clip_len=4, frame_interval=2, progress=False)
+    rep = check_list(lst, DataConfig(root=str(tmp_path), clip_len=4, frame_interval=2), workers=1, progress=False)
     assert rep["counts"] == {"ok": 2} and rep["clean_lines"] == [f"{name} 1", f"  {name}\t0  "]
+
+
+# ---------------------------------------------------------------- damaged packets
+@pytest.fixture(scope="module")
+def damaged_root(synth_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged")
+    good = sorted((synth_dataset / "videos").rglob("*.mp4"))[0]
+    shutil.copy(good, root / "good.mp4")
+    write_damaged_video(good, root / "flipped.mp4", "flipped")
+    write_damaged_video(good, root / "rejected.mp4", "rejected", packets=(20,))
+    (root / "list.txt").write_text("good.mp4 0\nflipped.mp4 1\nrejected.mp4 2\n")
+    return root
+
+
+def test_decoder_errors_are_counted(damaged_root):
+    assert decode_errors(damaged_root / "good.mp4") == (40, 0, 0)
+    decoded, rejected, concealed = decode_errors(damaged_root / "flipped.mp4")
+    assert decoded == 40 and rejected == 0 and concealed >= 2
+    assert decode_errors(damaged_root / "rejected.mp4") == (39, 1, 0)
+
+
+def test_check_reports_damaged_videos(damaged_root, tmp_path, capsys):
+    rep = check_list(damaged_root / "list.txt", DataConfig(root=str(damaged_root), clip_len=4, frame_interval=2),
+                     workers=1, progress=False)
+    assert rep["counts"] == {"ok": 1, "damaged": 2} and rep["clean_lines"] == ["good.mp4 0"]
+    flipped, rejected = rep["problems"]
+    assert flipped["status"] == rejected["status"] == "damaged"
+    assert "0 packets rejected" in flipped["detail"] and "40 of 40 frames decoded" in flipped["detail"]
+    assert rejected["detail"] == "decoder errors: 1 packets rejected, 0 frames concealed, 39 of 40 frames decoded"
+    rc = main(["data", "check", str(damaged_root / "list.txt"), "--root", str(damaged_root), "--workers", "1",
+               "--report", str(tmp_path / "r.json")])
+    assert rc == 1 and "damaged    2" in capsys.readouterr().out
+
+
+def test_training_keeps_concealed_damage_and_replaces_clips_that_fail(damaged_root, tmp_path):
+    """The policy docs/data.md states: a clip decoded with concealed errors is kept; a clip whose
+    decode raised is replaced (train) or scored as missing (val/test), and reported."""
+    lst = damaged_root / "list.txt"
+    cfg = DataConfig(root=str(damaged_root), train_list=str(lst), val_list=str(lst), clip_len=4, frame_interval=8,
+                     short_side=64, crop_size=56, num_workers=0, short_videos="loop")
+    report = tmp_path / "bad.jsonl"
+    train = build_dataset(cfg, "train", report_path=report)
+    assert train[1].index == 1 and train[1].ok and not report.exists()  # flipped: concealed, kept
+    for epoch in range(3):  # every training clip spans frames >= 24: it decodes through packet 20
+        train.set_epoch(epoch)
+        assert train[2].index != 2 and train[2].ok
+    lines = [json.loads(x) for x in report.read_text().splitlines()]
+    assert len(lines) >= 3 and {x["path"] for x in lines} == {str(damaged_root / "rejected.mp4")}
+    assert "decoding failed" in lines[0]["error"]
+    val = build_dataset(cfg, "val", report_path=report)
+    assert val[1].ok and not val[2].ok
+
+
+# ---------------------------------------------------------------- check --config
+def test_check_takes_the_geometry_from_the_config(tmp_path, monkeypatch, capsys):
+    """`tpn data synth` with its default frames and size, then `tpn data check --config
+    tpn_tiny_synth` (root and lists data/synth/...): every video passes; the default geometry
+    (8x8: 57 frames) and a config asking for more frames than the videos have flag them."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "data/synth", "--classes", "2", "--videos-per-class", "2", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "--config", "tpn_tiny_synth", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "data/synth/train.txt: 2 lines, 2 readable" in out and "at least 29 frames" in out
+    assert main(["data", "check", "--config", "tpn_tiny_synth", "--split", "val", "--workers", "1"]) == 0
+    assert "data/synth/val.txt: 2 lines, 2 readable" in capsys.readouterr().out
+    assert main(["data", "check", "data/synth/train.txt", "--root", "data/synth", "--workers", "1"]) == 1
+    assert "too-short  2" in capsys.readouterr().out  # 48 frames < 57
+    wide = ["--config", "tpn_tiny_synth", "--set", "data.frame_interval=8", "--workers", "1"]
+    assert main(["data", "check", *wide]) == 1
+    assert "48 frames < one clip (57)" in capsys.readouterr().out
+    assert main(["data", "check", *wide, "--set", "data.short_videos=loop"]) == 0  # training loops them
+    assert main(["data", "check", *wide, "--split", "test"]) == 0  # test always loops
+
+
+def test_check_flags_that_conflict_with_a_config_are_one_line_errors(capsys):
+    assert main(["data", "check", "--config", "tpn_tiny_synth", "--root", "x"]) == 2
+    assert capsys.readouterr().err.strip() == ("tpn: error: --root conflicts with --config: the config's data.root is "
+                                               "what training reads (change it there or with --set data.root=...)")
+    assert main(["data", "check", "list.txt", "--clip-len", "4"]) == 2
+    assert "--clip-len: the clip geometry comes from a config" in capsys.readouterr().err
+    assert main(["data", "check"]) == 2
+    assert "no list to check" in capsys.readouterr().err
