@@ -58,14 +58,21 @@ def timed(fn, steps: int, warmup: int) -> tuple[float, float]:
 def execution(mode: str) -> Execution:
     """Mode names: fp32 | bf16, +cl (channels_last_3d), +compile, +cg (compile with CUDA graphs),
     +cp1 (activation checkpointing of stage 1), +fold (BN folded into convs, test only; the folded
-    weights held in bf16 unless +fp32w)."""
+    weights held in bf16 unless +fp32w), +pad4/+pad8 (model.backbone.stem_pad_channels), +s2d
+    (model.backbone.stem_2d)."""
     return Execution(torch.bfloat16 if "bf16" in mode else None, "cl" in mode,
                      "reduce-overhead" if "cg" in mode else ("compile" in mode))
 
 
+def model_overrides(mode: str) -> list[str]:
+    sets = ["model.backbone.with_cp=[1]"] if "cp1" in mode else []
+    sets += [f"model.backbone.stem_pad_channels={c}" for c in (4, 8) if f"pad{c}" in mode]
+    return sets + (["model.backbone.stem_2d=true"] if "s2d" in mode else [])
+
+
 def tpn_train(batch: int, mode: str, steps: int) -> dict:
     torch.manual_seed(0)
-    cfg = load_config("tpn_r50_8x8_k400", ["model.backbone.with_cp=[1]"] if "cp1" in mode else [])
+    cfg = load_config("tpn_r50_8x8_k400", model_overrides(mode))
     model = build_model(cfg).cuda().train()
     ex = execution(mode)
     step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train, lr=0.01)
@@ -82,7 +89,7 @@ def tpn_train(batch: int, mode: str, steps: int) -> dict:
 
 @torch.no_grad()
 def tpn_test(videos: int, mode: str, reps: int) -> dict:
-    cfg = load_config("tpn_r50_8x8_k400")
+    cfg = load_config("tpn_r50_8x8_k400", model_overrides(mode))
     model = build_model(cfg).cuda().eval()
     fwd = make_eval_forward(model, cfg.data.mean, cfg.data.std, execution(mode), fold_bn="fold" in mode,
                             low_precision_weights="fp32w" not in mode)

@@ -77,8 +77,12 @@ def read_raw(path: str | Path) -> tuple[dict, dict]:
     obj, skipped = load_file(path)
     info: dict = {"skipped_objects": skipped}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        sd = obj["state_dict"]
-        info["label_names"] = obj.get("label_names")
+        sd, names = obj.get("state_dict"), obj.get("label_names")
+        if not isinstance(sd, dict) or not (names is None or isinstance(names, list)
+                                            and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{path}: a damaged tpn checkpoint (its state_dict must be a dict and its "
+                                  "label_names a list of strings)")
+        info["label_names"] = names
         info["format"] = FORMAT
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
@@ -88,7 +92,7 @@ def read_raw(path: str | Path) -> tuple[dict, dict]:
         sd = obj
     else:
         raise CheckpointError(f"{path}: no state_dict found in this checkpoint")
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return sd, info
@@ -122,10 +126,25 @@ def fit_to_model(model: nn.Module, sd: dict) -> list[str]:
     return notes
 
 
+def _check_family(model: nn.Module, sd: dict, source: str) -> None:
+    """One line instead of hundreds of mis-shaped tensors when a TSM (2D) checkpoint meets a
+    3D model or the reverse: the stem's kernel rank tells the families apart."""
+    key = "backbone.conv1.conv.weight"
+    own = model.state_dict().get(key)
+    if own is None or key not in sd or sd[key].dim() == own.dim():
+        return
+    if sd[key].dim() == 4:
+        raise CheckpointError(f"{source}: holds a TSM (2D) backbone but the config builds a 3D one: "
+                              "pass a TSM config, e.g. --config tpn_tsm_r50_1x1x8_sthv1")
+    raise CheckpointError(f"{source}: holds a 3D backbone but the config builds a TSM (2D) one: "
+                          "pass a 3D config, e.g. --config tpn_r50_8x8_k400")
+
+
 def load_weights(model: nn.Module, path: str | Path, fmt: str = "auto") -> dict:
     """Fill `model` from the checkpoint at `path` (format `fmt` or detected); returns what was
     read: format, label_names (tpn checkpoints), dropped and skipped entries, notes."""
     sd, fmt, info = read_state_dict(path, fmt)
+    _check_family(model, sd, str(path))
     info["notes"] = fit_to_model(model, sd)
     load_state_dict_strict(model, sd, str(path))
     info["format"] = fmt

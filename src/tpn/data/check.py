@@ -11,20 +11,11 @@ import json
 from pathlib import Path
 
 from tpn.config import DataConfig
-from tpn.data.datasets import AnnotationError, iter_annotations, read_label_names
+from tpn.data.datasets import AnnotationError, frames_needed, iter_annotations, read_label_names
 from tpn.data.pool import map_in_processes
-from tpn.data.sampling import span
 from tpn.data.video import VideoError, VideoReader, count_rawframes, read_rawframes
 
 STATUSES = ("missing", "zero-byte", "unreadable", "damaged", "too-short")
-
-
-def frames_needed(data: DataConfig, split: str) -> int:
-    """The fewest frames a video of `split` may have: a training clip with `data.short_videos:
-    skip` needs one clip's span (shorter videos are replaced); every other case loops a short video."""
-    if split == "train" and data.short_videos == "skip":
-        return span(data.clip_len, data.frame_interval)
-    return 1
 
 
 def decode_errors(path: str | Path) -> tuple[int, int, int]:
@@ -101,8 +92,7 @@ def check_list(list_file, data: DataConfig, split: str = "train", workers: int =
         else:
             lines.append((n, line, entry))
     need = frames_needed(data, split)
-    template = getattr(data, "filename_tmpl", "img_{:05d}.jpg")
-    jobs = [(str(Path(data.root) / rel), data.format == "mmaction_rawframes", template, need)
+    jobs = [(str(Path(data.root) / rel), data.format == "mmaction_rawframes", data.filename_tmpl, need)
             for _, _, (rel, _, _) in lines]
     results = map_in_processes(check_video, jobs, workers, chunksize=4, desc="checking" if progress else None)
     problems = [

@@ -23,9 +23,9 @@ def _cmd_synth(args) -> int:
     if args.videos_per_class < 2:
         raise TpnError(f"--videos-per-class {args.videos_per_class}: need at least 2 (train and val)")
     s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),
-                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True)
+                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True, layout=args.layout)
     print(f"wrote {s['train']} train + {s['val']} val videos of {len(s['classes'])} classes to {args.out} "
-          f"(train.txt, val.txt, labels.txt)")
+          f"(train.txt, val.txt, labels.txt; layout {args.layout}; flip label pairs {s['flip_label_pairs']})")
     return 0
 
 
@@ -93,6 +93,8 @@ def add_data_commands(sub, add_set) -> None:
     p.add_argument("--frames", type=int, default=48, help="frames per video (default 48, 30 fps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--layout", default="mp4", choices=["mp4", "sthv1", "sthv2"],
+                   help="mp4 (H.264), or Something-Something's sthv1 (jpg frame folders) / sthv2 (VP9 webm)")
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("prepare", help="re-encode a video list for fast training decoding (short GOP, short side)")

@@ -16,8 +16,11 @@ the same five fields in every split; `tpn.data.loader.collate` stacks them into 
 - aug: with `data.augment_on_device`, the flip/jitter draw (`transforms.draw_augment`) the
   device applies; None otherwise.
 Train: a broken video is replaced by another sample chosen from (index, attempt), logged,
-and appended to the report file. Val: one centred clip, centre crop. val/test never replace
-a broken video: it comes back with ok=False (zeros) and is reported.
+and appended to the report file. With `data.clips_per_decode: k > 1` a train item holds k
+clips of one video decoded together: clip `[k, 3, T, crop, crop]`, and label, index, ok
+(aug `[k, 7]`) one per clip (`tpn.data.loader.collate_clips` flattens them into the batch).
+Val: one centred clip, centre crop. val/test never replace a broken video: it comes back
+with ok=False (zeros) and is reported.
 """
 from __future__ import annotations
 
@@ -151,6 +154,15 @@ def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) ->
     return head, _label(fields[0], names, where), -1
 
 
+def frames_needed(cfg: DataConfig, split: str) -> int:
+    """The fewest frames a video of `split` may have. Only training with `data.short_videos: skip`
+    asks for more than one: a clip's span (segments: one frame per segment); a shorter training
+    video is replaced. Val/test, and training with `loop`, wrap a short video's indices around."""
+    if split != "train" or cfg.short_videos == "loop":
+        return 1
+    return cfg.clip_len if cfg.sampling == "segments" else sampling.span(cfg.clip_len, cfg.frame_interval)
+
+
 def write_report_line(report_path: str | Path | None, record: dict) -> None:
     """Append one JSON line; a single O_APPEND write, so concurrent workers do not interleave."""
     if report_path is None:
@@ -161,6 +173,17 @@ def write_report_line(report_path: str | Path | None, record: dict) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def flip_label_map(pairs) -> dict[int, int]:
+    """{a: b, b: a} for each pair of data.flip_label_pairs; a label in two pairs is an error."""
+    out: dict[int, int] = {}
+    for a, b in pairs:
+        for x in (a, b):
+            if x in out or a == b:
+                raise AnnotationError(f"data.flip_label_pairs: label {x} appears more than once")
+        out[a], out[b] = b, a
+    return out
 
 
 class VideoDataset(Dataset):
@@ -175,6 +198,13 @@ class VideoDataset(Dataset):
         self.samples = [(str(self.root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
         self.report_path = report_path
+        if cfg.clips_per_decode < 1:
+            raise TpnError(f"data.clips_per_decode must be at least 1, got {cfg.clips_per_decode}")
+        self.segments = cfg.sampling == "segments"
+        self.flip_labels = flip_label_map(cfg.flip_label_pairs)
+        if self.segments and cfg.test_clips not in (1, 2):
+            raise AnnotationError(f"data.test_clips must be 1 or 2 with data.sampling segments (segment centres, "
+                                  f"then also segment starts), got {cfg.test_clips}")
         # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -183,6 +213,11 @@ class VideoDataset(Dataset):
 
     def path(self, index: int) -> str:
         return self.samples[index][0]
+
+    @property
+    def clips_per_item(self) -> int:
+        """Clips in one training item (`data.clips_per_decode`); 1 for val and test."""
+        return self.cfg.clips_per_decode if self.split == "train" else 1
 
     @property
     def epoch(self) -> int:
@@ -198,20 +233,35 @@ class VideoDataset(Dataset):
         """(3, len(indices), H, W) uint8 for the indices `picker(num_frames)` chooses."""
         path, _, total = self.samples[index]
         if self.rawframes:
-            n = total if total > 0 else count_rawframes(path)
+            n = total if total > 0 else count_rawframes(path, self.cfg.filename_tmpl)
             if n < 1:
                 raise VideoError(f"{path}: no frames")
-            frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1))
+            frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1), self.cfg.filename_tmpl)
         else:
             frames, _ = read_clip(path, picker)
         return T.to_clip(frames)
 
     def _train_pick(self, index: int, n: int, rng: np.random.Generator) -> np.ndarray:
         c = self.cfg
-        if c.short_videos == "skip" and n < sampling.span(c.clip_len, c.frame_interval):
+        need = frames_needed(c, "train")
+        if n < need:
             raise VideoError(f"{self.samples[index][0]}: too short: {n} frames, one clip spans "
-                             f"{sampling.span(c.clip_len, c.frame_interval)} (data.short_videos=loop keeps it)")
+                             f"{need} (data.short_videos=loop keeps it)")
+        if self.segments:
+            return sampling.segment_train_indices(n, c.clip_len, rng)
         return sampling.train_indices(n, c.clip_len, c.frame_interval, rng)
+
+    def _val_pick(self, n: int) -> np.ndarray:
+        c = self.cfg
+        if self.segments:
+            return sampling.segment_test_indices(n, c.clip_len, 1)[0]
+        return sampling.val_indices(n, c.clip_len, c.frame_interval)
+
+    def _test_pick(self, n: int) -> np.ndarray:
+        c = self.cfg
+        if self.segments:
+            return sampling.segment_test_indices(n, c.clip_len, c.test_clips)
+        return sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips)
 
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
@@ -229,9 +279,7 @@ class VideoDataset(Dataset):
             for attempt in range(10):
                 rng = self._rng(index, attempt)
                 try:
-                    clip = self._read(index, lambda n: self._train_pick(index, n, rng))
-                    clip, aug = self._train_transform(clip, rng)
-                    return Batch(clip, self.samples[index][1], index, True, aug)
+                    return self._train_item(index, rng)
                 except VideoError as e:
                     self._report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
@@ -250,15 +298,29 @@ class VideoDataset(Dataset):
 
     def eval_clip(self, index: int) -> torch.Tensor:
         """The val clip or the test views of video `index`; an unreadable video raises `VideoError`."""
-        c = self.cfg
         if self.split == "val":
-            clip = self._read(index, lambda n: sampling.val_indices(n, c.clip_len, c.frame_interval))
-            return self._val_transform(clip)
-        clip = self._read(index, lambda n: sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips))
-        return self._test_transform(clip)
+            return self._val_transform(self._read(index, self._val_pick))
+        return self._test_transform(self._read(index, self._test_pick))
+
+    def _train_item(self, index: int, rng: np.random.Generator) -> Batch:
+        """`clips_per_item` clips of one video: their starts drawn independently (each as in
+        mmaction2), their frames decoded in one pass, each with its own crop/flip/jitter draw.
+        A flipped clip of a left/right class takes its twin's label (data.flip_label_pairs)."""
+        k = self.clips_per_item
+        clips = self._read(index, lambda n: np.stack([self._train_pick(index, n, rng) for _ in range(k)]))
+        label, t = self.samples[index][1], clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
+        parts = [self._train_transform(clips[:, j * t:(j + 1) * t], rng) for j in range(k)]
+        labels = [self.flip_labels.get(label, label) if aug[0] > 0 else label for _, aug in parts]
+        on_device = self.cfg.augment_on_device
+        if k == 1:
+            (clip, aug), = parts
+            return Batch(clip, labels[0], index, True, aug if on_device else None)
+        aug = torch.stack([aug for _, aug in parts]) if on_device else None
+        return Batch(T.stack_frames_last([clip for clip, _ in parts]), torch.tensor(labels, dtype=torch.int64),
+                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool), aug)
 
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
-        """(clip, None), or with data.augment_on_device (cropped clip, flip/jitter draw for the device)."""
+        """(clip, flip/jitter draw): applied to the clip, or with data.augment_on_device left for the device."""
         c = self.cfg
         if c.train_crop == "random_resized":
             clip = T.random_resized_crop(clip, c.crop_size, rng)
@@ -267,7 +329,7 @@ class VideoDataset(Dataset):
         aug = T.draw_augment(rng, c.flip, c.color_jitter)
         if c.augment_on_device:  # flip and jitter are applied by the engine on the device
             return T.frames_last(clip), aug
-        return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), None
+        return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), aug
 
     def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
         return T.frames_last(T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size))

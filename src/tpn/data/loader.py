@@ -8,6 +8,8 @@ on the device), the same fields for every split:
 - label `[N]` (int64), index `[N]` (int64), ok `[N]` (bool; False = unreadable video, zeros in
   its place, listed in the report).
 - aug `[N, 7]` with `data.augment_on_device` (`transforms.apply_augment` on the device), else None.
+With `data.clips_per_decode: k`, a train batch still holds N clips (every field N rows), from
+N / k videos (k consecutive clips per video; `collate_clips`).
 Clips are laid out frames-last in memory (channels_last_3d for a batch; `collate`), as decoded
 and as the GPU model runs: the shapes above are the logical ones.
 """
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from tpn.data.datasets import Batch
 from tpn.data.transforms import stack_frames_last
+from tpn.errors import TpnError
 
 
 def seed_worker(worker_id: int) -> None:
@@ -43,6 +46,13 @@ def collate(items: list[Batch]) -> Batch:
     return Batch(stack_frames_last([b.clip for b in items], stack=default_collate), *rest)
 
 
+def collate_clips(items: list[Batch]) -> Batch:
+    """`collate` for training items of k clips each (`data.clips_per_decode`): clips
+    [N, k, 3, T, H, W] -> [N * k, 3, T, H, W] (a view, still frames-last), labels, indices,
+    ok flags and augmentation draws likewise, so the engine sees an ordinary batch of N * k clips."""
+    return Batch(*(f.flatten(0, 1) if f is not None else None for f in collate(items)))
+
+
 def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
                  sampler: Sampler | None = None, pin_memory: bool | None = None, drop_last: bool = False,
                  persistent_workers: bool = True, seed: int | None = 0, prefetch_factor: int = 2) -> DataLoader:
@@ -50,7 +60,12 @@ def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: b
 
     `seed`: the loader's own generator (shuffling, worker seeds); None draws them from the
     global torch RNG, as a plain DataLoader does.
+    `batch_size` counts clips: a dataset whose items hold k clips (`clips_per_item`, from
+    `data.clips_per_decode`) gets batches of `batch_size // k` items, flattened by `collate_clips`.
     """
+    k = getattr(dataset, "clips_per_item", 1)
+    if batch_size % k:
+        raise TpnError(f"batch size {batch_size} is not a multiple of data.clips_per_decode ({k})")
     generator = None
     if seed is not None:
         generator = torch.Generator()
@@ -58,8 +73,8 @@ def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: b
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     workers = max(0, num_workers)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+    return DataLoader(dataset, batch_size=batch_size // k, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=persistent_workers and workers > 0, worker_init_fn=seed_worker,
-                      collate_fn=collate,
+                      collate_fn=collate if k == 1 else collate_clips,
                       generator=generator, prefetch_factor=prefetch_factor if workers > 0 else None)

@@ -47,14 +47,14 @@ def find_resume(work_dir: Path, resume: str | None) -> tuple[dict | None, Path |
     if not resume:
         return None, None
     if resume != "auto":
-        obj, _ = load_file(resume)
+        obj, _ = load_file(resume, foreign=False)
         if not isinstance(obj, dict) or "optimizer" not in obj:
             raise CheckpointError(f"{resume}: not a tpn training checkpoint (no optimiser state)")
         return obj, Path(resume)
     best = (None, None, -1)
     for p in checkpoint_files(work_dir):
         try:
-            obj, _ = load_file(p)
+            obj, _ = load_file(p, foreign=False)
         except CheckpointError as e:
             log.warning("ignoring unreadable checkpoint %s (%s)", p, e)
             continue

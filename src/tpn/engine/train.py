@@ -81,6 +81,7 @@ class Data:
     sampler: D.ShardedSampler
     loader: DataLoader
     iters_per_epoch: int
+    videos_per_batch: int  # the sampler counts videos: train.batch_size // data.clips_per_decode
 
 
 @dataclass
@@ -139,11 +140,13 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     loader = build_loader(train_set, t.batch_size, cfg.data.num_workers, sampler=sampler,
                           pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=True, seed=t.seed,
                           prefetch_factor=4)
-    iters_per_epoch = len(sampler) // t.batch_size // t.accum_steps
+    # the sampler counts videos; a batch of t.batch_size clips holds clips_per_decode per video
+    videos_per_batch = t.batch_size // train_set.clips_per_item
+    iters_per_epoch = len(sampler) // videos_per_batch // t.accum_steps
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
-                       f"({t.batch_size} x {d.world} processes x {t.accum_steps} accumulation steps)")
-    return Data(train_set, val_set, sampler, loader, iters_per_epoch)
+                       f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
+    return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch)
 
 
 def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scratch: bool) -> Run:
@@ -251,7 +254,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int, max_iters:
     """Steps `first`..end of `epoch`; returns (clips seen by this process, stopped by `max_iters`)."""
     cfg, d, t, data = run.cfg, run.d, run.cfg.train, run.data
     data.train_set.set_epoch(epoch)
-    data.sampler.set_epoch(epoch, start=first * t.batch_size * t.accum_steps)
+    data.sampler.set_epoch(epoch, start=first * data.videos_per_batch * t.accum_steps)
     run.model.train()
     window = _Window(d.device)
     bar = _progress_bar(run, epoch, first)
@@ -336,7 +339,7 @@ def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_ep
                  "scaler": run.scaler.state_dict(),
                  "scheduler": {"schedule": t.schedule, "base_lr": run.lr0, "global_iter": prog.global_iter},
                  "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
-                             iter_in_epoch * t.batch_size * t.accum_steps},
+                             iter_in_epoch * run.data.videos_per_batch * t.accum_steps},
                  "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": prog.global_iter,
                  "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best, "rng": rngs,
                  "config": to_dict(run.cfg), "label_names": run.data.train_set.label_names, "world_size": d.world},
