@@ -112,3 +112,19 @@ def test_check_flags_that_conflict_with_a_config_are_one_line_errors(capsys):
     assert "--clip-len: the clip geometry comes from a config" in capsys.readouterr().err
     assert main(["data", "check"]) == 2
     assert "no list to check" in capsys.readouterr().err
+
+
+def test_check_reads_raw_frames_and_segments_from_a_tsm_config(tmp_path, monkeypatch, capsys):
+    """Something-Something V1 layout (`{:05}.jpg` frame folders) with segment sampling: 8
+    segments need 8 frames; the config's file-name template finds the frames."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "data/synth_sthv1", "--layout", "sthv1", "--classes", "4", "--videos-per-class",
+                 "2", "--size", "48x32", "--frames", "12", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "--config", "tpn_tsm_tiny_synth", "--workers", "1"]) == 0
+    assert "4 lines, 4 readable" in capsys.readouterr().out
+    assert main(["data", "check", "--config", "tpn_tsm_tiny_synth", "--set", "data.clip_len=16", "--workers", "1"]) == 1
+    assert "12 frames < one clip (16)" in capsys.readouterr().out
+    assert main(["data", "check", "--config", "tpn_tsm_tiny_synth", "--set", "data.filename_tmpl=img_{:05d}.jpg",
+                 "--workers", "1"]) == 1
+    assert "frame file not found" in capsys.readouterr().out  # as training would find it

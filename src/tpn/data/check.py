@@ -38,12 +38,13 @@ def decode_errors(path: str | Path) -> tuple[int, int, int]:
     return decoded, rejected, concealed
 
 
-def _check_file(path: Path, rawframes: bool, template: str) -> tuple[int, str]:
+def _check_file(path: Path, rawframes: bool, template: str, total: int) -> tuple[int, str]:
     """(frames, "" or the decoder errors of a damaged video); raises VideoError."""
-    if rawframes:
-        n = count_rawframes(path, template)
-        if n:
-            read_rawframes(path, [0, n - 1], template)
+    if rawframes:  # the frame count as training takes it: the list's, else the folder's
+        n = total if total > 0 else count_rawframes(path, template)
+        if n < 1:
+            raise VideoError(f"{path}: no frames named {template.format(1)}, ...")
+        read_rawframes(path, [0, n - 1], template)
         return n, ""
     with VideoReader(path) as reader:  # counts the packets: catches files cut short
         n = reader.num_frames
@@ -61,16 +62,16 @@ def _check_file(path: Path, rawframes: bool, template: str) -> tuple[int, str]:
     return n, ""
 
 
-def check_video(job: tuple[str, bool, str, int]) -> tuple[str, str]:
+def check_video(job: tuple[str, bool, str, int, int]) -> tuple[str, str]:
     """(status, detail): ok or one of STATUSES."""
-    path, rawframes, template, need = job
+    path, rawframes, template, total, need = job
     p = Path(path)
     if not p.exists():
         return "missing", "file not found"
     if p.is_file() and p.stat().st_size == 0:
         return "zero-byte", "empty file"
     try:
-        n, damage = _check_file(p, rawframes, template)
+        n, damage = _check_file(p, rawframes, template, total)
     except VideoError as e:
         return "unreadable", str(e).split(": ", 1)[-1]
     if damage:
@@ -92,8 +93,8 @@ def check_list(list_file, data: DataConfig, split: str = "train", workers: int =
         else:
             lines.append((n, line, entry))
     need = frames_needed(data, split)
-    jobs = [(str(Path(data.root) / rel), data.format == "mmaction_rawframes", data.filename_tmpl, need)
-            for _, _, (rel, _, _) in lines]
+    jobs = [(str(Path(data.root) / rel), data.format == "mmaction_rawframes", data.filename_tmpl, total, need)
+            for _, _, (rel, _, total) in lines]
     results = map_in_processes(check_video, jobs, workers, chunksize=4, desc="checking" if progress else None)
     problems = [
         {"line": n, "path": job[0], "status": status, "detail": detail}
