@@ -1,14 +1,18 @@
-"""Data edge cases: list paths with repeated spaces, videos with damaged packets, `tpn data check --config`."""
+"""Data edge cases: list paths with repeated spaces, damaged packets, `tpn data check --config`, rotated videos."""
 import json
 import shutil
 
+import numpy as np
 import pytest
+import torch
 
 from tests.conftest import write_damaged_video
 from tpn.cli import main
 from tpn.config import DataConfig
 from tpn.data.check import check_list, decode_errors
 from tpn.data.datasets import build_dataset, read_annotations
+from tpn.data.synthetic import render, write_mp4
+from tpn.data.video import probe_video, read_all_frames, read_video_frames
 
 
 # ---------------------------------------------------------------- list paths
@@ -128,3 +132,57 @@ def test_check_reads_raw_frames_and_segments_from_a_tsm_config(tmp_path, monkeyp
     assert main(["data", "check", "--config", "tpn_tsm_tiny_synth", "--set", "data.filename_tmpl=img_{:05d}.jpg",
                  "--workers", "1"]) == 1
     assert "frame file not found" in capsys.readouterr().out  # as training would find it
+
+
+# ---------------------------------------------------------------- display rotation
+@pytest.fixture(scope="module")
+def rotated_videos(tmp_path_factory):
+    """The same 96x64 frames written plain and with a display matrix of 90, 180 and 270 degrees
+    (x264 ultrafast is deterministic: the coded pictures are identical, only the matrix differs)."""
+    root = tmp_path_factory.mktemp("rotated")
+    frames = render("right_slow", (96, 64), 20, np.random.default_rng(0))
+    for deg in (0, 90, 180, 270):
+        write_mp4(root / f"rot{deg}.mp4", frames, gop=8, rotation=deg)
+    return root
+
+
+@pytest.mark.parametrize("deg", [90, 180, 270])
+def test_rotated_video_frames_come_out_as_a_player_shows_them(rotated_videos, deg):
+    plain = read_all_frames(rotated_videos / "rot0.mp4")
+    assert plain.shape == (20, 64, 96, 3)
+    expect = np.rot90(plain, deg // 90, axes=(1, 2))  # counter-clockwise
+    path = rotated_videos / f"rot{deg}.mp4"
+    assert np.array_equal(read_all_frames(path), expect)
+    idx = [17, 3, 9, 9, 0]
+    assert np.array_equal(read_video_frames(path, idx), expect[idx])  # the seeking reader
+    info = probe_video(path)
+    assert (info.width, info.height) == ((64, 96) if deg in (90, 270) else (96, 64))
+    cv2 = pytest.importorskip("cv2")  # OpenCV turns frames by the display matrix, as players do
+    cap = cv2.VideoCapture(str(path))
+    ok, first = cap.read()
+    cap.release()
+    assert ok and np.array_equal(first[..., ::-1], expect[0])
+
+
+def test_rotated_video_geometry_in_the_dataset_and_prepare(rotated_videos, tmp_path):
+    from tpn.data import transforms as T
+    from tpn.data.prepare import reencode
+
+    (rotated_videos / "list.txt").write_text("rot0.mp4 0\nrot90.mp4 1\n")
+    cfg = DataConfig(root=str(rotated_videos), val_list=str(rotated_videos / "list.txt"), clip_len=4,
+                     frame_interval=2, short_side=48, crop_size=40, num_workers=0)
+    val = build_dataset(cfg, "val")
+    idx = [6, 8, 10, 12]  # centre clip of 20 frames
+    portrait = np.rot90(read_all_frames(rotated_videos / "rot0.mp4")[idx], 1, axes=(1, 2))
+    resized = T.resize_short_side(T.to_clip(portrait), 48)
+    assert resized.shape[-2:] == (72, 48)  # short side 48 across, the long side up
+    assert torch.equal(val[1].clip, T.frames_last(T.center_crop(resized, 40)))
+    assert reencode(rotated_videos / "rot90.mp4", tmp_path / "p.mp4", short_side=64, gop=2) == 20
+    out = read_all_frames(tmp_path / "p.mp4")
+    assert out.shape == (20, 96, 64, 3)  # the copy keeps the display matrix: still portrait
+    plain = read_all_frames(rotated_videos / "rot0.mp4")
+
+    def error(k):  # mean difference to the source turned k quarter turns
+        return np.abs(out.astype(float) - np.rot90(plain, k, axes=(1, 2))).mean()
+
+    assert error(1) < 8 < 16 < error(3), (error(1), error(3))  # re-encoded (crf 23), turned the right way
