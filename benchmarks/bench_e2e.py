@@ -11,7 +11,8 @@ augmentation (random resized crop, flip, colour jitter), measures:
       e2e     clips/s of the step fed by the loader (after `workers` warm-up batches);
       loader  clips/s of the loader alone, timed after its prefetch queue was drained,
               so it is the workers' production rate.
-Settings: original + augmentation in the workers; original + data.augment_on_device;
+Settings: original + augmentation in the workers; original + data.augment_on_device, with and
+without the reader's skipping of unneeded non-reference frames (VideoReader.drop_unneeded);
 prepared (one rewrite per `--gops` keyframe interval) + data.augment_on_device.
 `--scaling 1,4,8,15` instead times the loader alone (prepared data, augment_on_device) at
 those worker counts, with the CPU quota of the machine, to show how decoding scales.
@@ -37,6 +38,7 @@ from tpn.data.loader import build_loader  # noqa: E402
 from tpn.data.prepare import prepare_list  # noqa: E402
 from tpn.data.synthetic import generate_dataset  # noqa: E402
 from tpn.data.transforms import apply_augment  # noqa: E402
+from tpn.data.video import VideoReader  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
 from train_step import make_train_step  # noqa: E402
 
@@ -113,9 +115,12 @@ def main() -> None:
         return step(x, y)
 
     res["settings"] = []
-    settings = [("original, augmentation in workers", root, False), ("original, data.augment_on_device", root, True)]
-    settings += [(f"prepared gop {g}, data.augment_on_device", d, True) for g, d in prepared.items()]
-    for name, data_root, on_device in settings:
+    settings = [("original, augmentation in workers", root, False, True),
+                ("original, data.augment_on_device, every packet decoded", root, True, False),
+                ("original, data.augment_on_device", root, True, True)]
+    settings += [(f"prepared gop {g}, data.augment_on_device", d, True, True) for g, d in prepared.items()]
+    for name, data_root, on_device, drop in settings:
+        VideoReader.drop_unneeded = drop  # before the workers fork: they inherit it
         cfg = dataset_cfg(data_root, on_device)
         loader = build_loader(build_dataset(cfg.data, "train"), args.batch, args.workers, shuffle=True,
                               drop_last=True, seed=0)

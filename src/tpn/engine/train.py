@@ -201,7 +201,8 @@ def make_forwards(run: Run) -> None:
     d, mean, std = run.d, run.cfg.data.mean, run.cfg.data.std
     if d.enabled:
         ids = [d.device.index] if d.device.type == "cuda" else None
-        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+        # gradients live in the all-reduce buckets: no copy in or out (measured: benchmarks/bench_ddp_step.py)
+        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids, gradient_as_bucket_view=True)
     run.forward = make_forward(run.net, mean, std, run.ex, with_labels=True)
     run.eval_forward = make_forward(run.model, mean, std, replace(run.ex, compile=False))
 
