@@ -23,16 +23,17 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
             m.running_mean.normal_(0, 0.1)
     ckpt = tmp_path / "toy.pth"
     save_atomic({"format": "tpn", "state_dict": model.state_dict()}, ckpt)
-    r = run_test(cfg, ckpt, tmp_path / "test", views="2x3", device="cpu", progress=False)
+    r = run_test(cfg, ckpt, tmp_path / "test", views="2x3", device="cpu", progress=False, view_scores="mmaction2")
     ds = build_dataset(cfg.data, "test")
-    probs, labels = [], []
+    probs, labels, per_view = [], [], []
     mean, std = torch.tensor(cfg.data.mean).view(3, 1, 1, 1), torch.tensor(cfg.data.std).view(3, 1, 1, 1)
     with torch.no_grad():
         for i in range(len(ds)):
             views, label, _, ok = ds[i]
             assert views.shape == (6, 3, 4, 48, 48) and ok  # 2 clips x 3 crops of 48 px
-            p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views]).mean(0)
-            probs.append(p.numpy())
+            p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views])
+            per_view.append(p.numpy())
+            probs.append(p.mean(0).numpy())
             labels.append(label)
     probs, labels = np.stack(probs), np.array(labels)
     m = r["metrics"]
@@ -50,6 +51,14 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     assert np.allclose([v["top5"][0]["score"] for v in per_video], probs.max(1), atol=1e-4)
     saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert saved["videos"] == 8 and set(saved["per_class_accuracy"]) == set(ds.label_names)
+    # per-view scores in mmaction2's view order (crop-major: left, right, middle); averages unchanged
+    views = np.load(tmp_path / "test" / "view_scores.npy")
+    assert views.shape == (8, 6, 4) and r["paths"]["view_scores"].endswith("view_scores.npy")
+    assert np.allclose(views, np.stack(per_view)[:, [0, 3, 2, 5, 1, 4]], atol=1e-5)
+    assert np.allclose(views.mean(1), probs, atol=1e-5)
+    plain = run_test(cfg, ckpt, tmp_path / "plain", views="2x3", device="cpu", progress=False)
+    assert "view_scores" not in plain["paths"] and plain["metrics"] == m
+    assert (tmp_path / "plain" / "predictions.json").read_text() == json.dumps(per_video, indent=1)
 
 
 def test_user_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811

@@ -30,7 +30,7 @@ def _cmd_test(args) -> int:
     from tpn.engine.distributed import teardown
 
     try:
-        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device)
+        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device, view_scores=args.view_scores)
     finally:
         teardown()
     m = r["metrics"]
@@ -82,6 +82,9 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 10x3 (default: the config's)")
     p.add_argument("--work-dir", default=None, help="report folder (default work_dirs/<config>/test)")
+    p.add_argument("--view-scores", default=None, choices=["tpn", "mmaction2"], metavar="ORDER",
+                   help="also write view_scores.npy (softmax per view), views in tpn's order (clip-major) "
+                        "or mmaction2's (crop-major: left, right, middle)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     add_set(p)
     p.set_defaults(func=_cmd_test)
