@@ -14,6 +14,7 @@ import pytest
 import torch
 
 CONFIG = "tpn-slowonly_r50_8xb8-8x8x1-150e_kinetics400-rgb.py"
+CONFIG_TSM = "tpn-tsm_imagenet-pretrained-r50_8xb8-1x1x8-150e_sthv1-rgb.py"
 
 
 def require_mmaction2():
@@ -33,25 +34,44 @@ def _stub_broken_imports() -> None:
         sys.modules.setdefault(name, mod)
 
 
-def build_reference(flow: str = "cascade", temporal_scales=(8, 8)):
-    """mmaction2's TPN R50 8x8 recognizer built from its packaged config, eval mode.
-
-    Unequal `temporal_scales` (a, b), a < b, set the neck as the official release's R101
-    8x8 (scales (4, 8)): bottom-up max-pool and level-fusion pooling by b // a on level 0.
-    """
+def _packaged_config(name: str):
+    """mmaction2's packaged config `name` (no network), with its registry ready."""
     require_mmaction2()
     _stub_broken_imports()
     import glob
 
     import mmaction
     from mmengine.config import Config
-    from mmaction.registry import MODELS
     from mmaction.utils import register_all_modules
 
     register_all_modules()
     root = os.path.dirname(mmaction.__file__)
-    path = glob.glob(os.path.join(root, ".mim", "configs", "recognition", "tpn", CONFIG))[0]
-    cfg = Config.fromfile(path)
+    return Config.fromfile(glob.glob(os.path.join(root, ".mim", "configs", "recognition", "tpn", name))[0])
+
+
+def build_reference_tsm(depth: int = 50, backbone_only: bool = False):
+    """mmaction2's TPN-TSM recognizer (Recognizer2D + ResNetTSM) from its packaged sthv1 config, eval
+    mode; or only its backbone."""
+    from mmaction.registry import MODELS
+
+    cfg = _packaged_config(CONFIG_TSM)
+    cfg.model.backbone.pretrained = None
+    cfg.model.backbone.pretrained2d = False  # no torchvision download: weights are set by `randomize`
+    cfg.model.backbone.depth = depth
+    model = MODELS.build(cfg.model.backbone if backbone_only else cfg.model)
+    model.eval()  # mmaction2's ResNet.train returns None, so no chaining
+    return model
+
+
+def build_reference(flow: str = "cascade", temporal_scales=(8, 8)):
+    """mmaction2's TPN R50 8x8 recognizer built from its packaged config, eval mode.
+
+    Unequal `temporal_scales` (a, b), a < b, set the neck as the official release's R101
+    8x8 (scales (4, 8)): bottom-up max-pool and level-fusion pooling by b // a on level 0.
+    """
+    cfg = _packaged_config(CONFIG)
+    from mmaction.registry import MODELS
+
     cfg.model.backbone.pretrained = None
     cfg.model.neck.flow_type = flow
     a, b = temporal_scales
@@ -74,7 +94,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 0.8 + 0.6)
             m.num_batches_tracked.fill_(1234)
-        elif isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)):
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
             fan_in = m.weight[0].numel()
             m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
             if m.bias is not None:
@@ -93,3 +113,20 @@ def reference_logits(model, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def reference_aux_logits(model, x: torch.Tensor) -> torch.Tensor:
     return model.neck.aux_head(model.backbone(x)[-2])
+
+
+@torch.no_grad()
+def reference_logits_2d(model, x: torch.Tensor) -> torch.Tensor:
+    """mmaction2's Recognizer2D test path (fcn_test) on tpn's (N, 3, T, H, W) clips: its input
+    layout is (N, T, 3, H, W)."""
+    model.cls_head.new_cls = None
+    scores, _ = model.extract_feat(x.transpose(1, 2).contiguous(), stage="head", test_mode=True)
+    return scores
+
+
+@torch.no_grad()
+def reference_aux_logits_2d(model, x: torch.Tensor) -> torch.Tensor:
+    feats, _ = model.extract_feat(x.transpose(1, 2).contiguous(), stage="backbone", test_mode=True)
+    t = x.shape[2]
+    res4 = feats[-2].reshape((-1, t) + feats[-2].shape[1:]).transpose(1, 2)
+    return model.neck.aux_head(res4)

@@ -15,6 +15,7 @@ from tpn.data.datasets import AnnotationError, build_dataset, read_annotations, 
 from tpn.data.loader import build_loader
 from tpn.data.synthetic import class_names
 from tpn.data.video import read_all_frames
+from tpn.errors import TpnError
 
 
 # ---------------------------------------------------------------- annotations
@@ -259,3 +260,47 @@ def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
     assert ok and got_label == label and clip.shape == video_clip.shape
     assert (clip.float() - video_clip.float()).abs().mean() < 3  # JPEG round trip
     assert ds[1][3] is False and "frames/none" in (tmp_path / "r.jsonl").read_text()
+
+
+# ---------------------------------------------------------------- clips per decode
+@pytest.mark.parametrize("on_device", [False, True])
+def test_clips_per_decode_takes_k_clips_from_one_read(synth_dataset, monkeypatch, on_device):
+    """k clips per item, each exactly what the one-clip path makes from the same draws (starts
+    drawn one after another, then each clip's crop/flip/jitter), from a single read of the video."""
+    from tpn.data import datasets, transforms as T, video
+
+    kw = dict(train_crop="random_resized", color_jitter=True, augment_on_device=on_device)
+    ds = build_dataset(_cfg(synth_dataset, clips_per_decode=3, **kw), "train", seed=5)
+    reads = []
+    monkeypatch.setattr(datasets, "read_clip", lambda *a, **k: reads.append(a[0]) or video.read_clip(*a, **k))
+    item = ds[4]
+    assert len(reads) == 1  # one open and one decoding pass for the three clips
+    clips, labels = item[0], item[1]
+    assert clips.shape == (3, 3, 4, 56, 56) and labels.tolist() == [ds.samples[4][1]] * 3
+    rng = ds._rng(4)
+    frames = read_all_frames(ds.samples[4][0])
+    picks = [sampling.train_indices(len(frames), 4, 2, rng) for _ in range(3)]
+    assert len({tuple(p) for p in picks}) > 1  # independent starts
+    for j in range(3):
+        clip, aug = ds._train_transform(T.to_clip(frames[picks[j]]), rng)
+        assert torch.equal(clips[j], clip), j
+        if on_device:
+            assert torch.equal(item[2][j], aug)
+    # k = 1 (the default) is the one-clip recipe: one start, then that clip's draws
+    one = build_dataset(_cfg(synth_dataset, **kw), "train", seed=5)[4]
+    rng = ds._rng(4)
+    clip, _ = ds._train_transform(T.to_clip(frames[sampling.train_indices(len(frames), 4, 2, rng)]), rng)
+    assert torch.equal(one[0], clip) and one[1] == ds.samples[4][1]
+
+
+def test_clips_per_decode_batches_hold_batch_size_clips(synth_dataset):
+    ds = build_dataset(_cfg(synth_dataset, clips_per_decode=2), "train", seed=1)
+    for workers in (0, 2):
+        x, y = next(iter(build_loader(ds, batch_size=4, num_workers=workers, persistent_workers=False)))
+        assert x.shape == (4, 3, 4, 56, 56) and x.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(x, torch.cat([ds[i][0] for i in range(2)])) and torch.equal(y, torch.cat([ds[i][1] for i in range(2)]))
+    with pytest.raises(TpnError, match="batch size 3 is not a multiple of data.clips_per_decode \\(2\\)"):
+        build_loader(ds, batch_size=3, num_workers=0)
+    with pytest.raises(TpnError, match="data.clips_per_decode must be at least 1, got 0"):
+        build_dataset(_cfg(synth_dataset, clips_per_decode=0), "train")
+    assert build_dataset(_cfg(synth_dataset, clips_per_decode=2), "val").clips_per_item == 1

@@ -76,3 +76,84 @@ def test_rawframe_folder(tmp_path):
     assert np.array_equal(got, frames[[0, 5, 2, 5]])
     with pytest.raises(VideoError, match="img_00007.png: frame file not found"):
         read_rawframes(tmp_path, [6], template="img_{:05d}.png")
+
+
+# ------------------------------------------------------------------ skipping unneeded frames
+@pytest.fixture(scope="module")
+def skip_videos(tmp_path_factory):
+    """x264 default (medium: 3 B-frames, b-pyramid) long and short GOP, a `tpn data prepare`d
+    copy, and HEVC (x265 defaults: open GOP, B-frames, sub-layer non-reference pictures)."""
+    from tpn.data.prepare import reencode
+
+    d = tmp_path_factory.mktemp("skip")
+    frames = render("down_right_fast", (64, 48), 120, np.random.default_rng(3))
+    out = {"x264": d / "x264.mp4", "x264_gop12": d / "x264_gop12.mp4", "prepared": d / "prepared.mp4",
+           "hevc": d / "hevc.mp4", "hevc_gop24": d / "hevc_gop24.mp4"}
+    write_mp4(out["x264"], frames, preset="medium")
+    write_mp4(out["x264_gop12"], frames, preset="medium", gop=12)
+    reencode(out["x264"], out["prepared"], short_side=48, gop=4)
+    write_mp4(out["hevc"], frames, preset="medium", codec="hevc")
+    write_mp4(out["hevc_gop24"], frames, preset="medium", codec="hevc", gop=24)
+    return out
+
+
+def _index_sets(n: int) -> list:
+    from tpn.data import sampling
+
+    rng = np.random.default_rng(7)
+    sets = [sampling.train_indices(n, 8, 8, rng) for _ in range(12)]  # training clips
+    sets += [sampling.train_indices(n, 4, 2, rng) for _ in range(6)]
+    sets += [sampling.test_indices(n, 8, 8, 10).reshape(-1), sampling.test_indices(n, 4, 4, 3).reshape(-1)]
+    sets += [rng.integers(0, n, int(rng.integers(1, 10))) for _ in range(12)]  # any order, repeats
+    return sets + [[n - 1], [0], [1]]
+
+
+@pytest.mark.parametrize("name", ["x264", "x264_gop12", "prepared", "hevc", "hevc_gop24"])
+def test_frames_not_needed_are_not_decoded_and_frames_stay_exact(skip_videos, name):
+    path = skip_videos[name]
+    reference = read_all_frames(path)
+    decoded = {True: 0, False: 0}
+    for idx in _index_sets(len(reference)):
+        for min_skip in (None, 0):  # the default seeking policy, and seeking at every chance
+            for drop in (True, False):
+                with VideoReader(path) as r:
+                    r.drop_unneeded = drop
+                    if min_skip is not None:
+                        r.min_skip = min_skip
+                    assert np.array_equal(r.get_frames(idx), reference[idx]), (name, list(idx), min_skip, drop)
+                    decoded[drop] += r.frames_decoded
+                    assert r.packets_dropped == 0 or drop
+    if name == "prepared":  # no B-frames: every frame is a reference, nothing to drop
+        assert decoded[True] == decoded[False]
+    else:
+        assert decoded[True] < 0.8 * decoded[False], decoded
+
+
+def test_x264_default_has_reference_b_frames_and_drops_only_the_others(skip_videos):
+    import av
+
+    from tpn.data.nal import nonref_test
+
+    path = skip_videos["x264"]
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        nonref = nonref_test(s.codec_context.name, s.codec_context.extradata)
+        flags = [nonref(memoryview(p)) for p in c.demux(s) if p.size]
+    with av.open(str(path)) as c:
+        b_frames = sum(f.pict_type == av.video.frame.PictureType.B for f in c.decode(video=0))
+    assert 0 < sum(flags) < b_frames  # b-pyramid: some B-frames are references
+
+
+@pytest.mark.parametrize("name", ["x264", "hevc"])
+def test_decoding_stops_at_the_last_needed_packet(skip_videos, name):
+    """One frame of a long GOP: every packet up to its own in decode order goes to the decoder
+    (minus dropped ones), none after it (the decoder is drained for B-frame reordering)."""
+    path = skip_videos[name]
+    reference = read_all_frames(path)
+    for w in (5, 37, 62, 100):
+        for drop in (True, False):
+            with VideoReader(path) as r:
+                r.drop_unneeded = drop
+                assert np.array_equal(r.get_frames([w]), reference[[w]])
+                assert r.frames_decoded + r.packets_dropped == r._decode_pos[w] + 1
+                assert (r.packets_dropped > 0) == drop

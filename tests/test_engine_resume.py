@@ -55,3 +55,22 @@ def test_exact_resume_after_sigkill_mid_epoch(tempo_data, tmp_path):  # noqa: F8
     for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(s_a["momentum_buffer"], s_b["momentum_buffer"])
     assert not list(work.glob("iter_0*.pth"))  # in-epoch checkpoints are dropped once the epoch is saved
+
+
+def test_clips_per_decode_epoch_and_exact_resume(tempo_data, tmp_path):  # noqa: F811
+    """data.clips_per_decode=2: an epoch visits every video once (2 clips each), batches keep
+    train.batch_size clips, and a run resumed from a mid-epoch checkpoint ends identical."""
+    from tests.test_engine_common import tiny_cfg
+    from tpn.engine.train import train
+
+    cfg = tiny_cfg(tempo_data, ["data.clips_per_decode=2", "train.batch_size=4", "train.lr_batch_size=4",
+                                "train.epochs=1", "train.val_interval=0", "data.num_workers=0",
+                                "train.ckpt_interval_iters=3", "train.log_interval=1"])
+    full = train(cfg, tmp_path / "full", device="cpu")
+    recs = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["iter"] for r in recs if r["kind"] == "train") == 32 * 2 // 4  # 32 videos x 2 clips / 4
+    train(cfg, tmp_path / "cut", device="cpu", max_iters=4)  # stops after the checkpoint of iteration 3
+    resumed = train(cfg, tmp_path / "cut", device="cpu", resume=str(tmp_path / "cut" / "iter_00000003.pth"))
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

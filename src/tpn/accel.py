@@ -18,7 +18,14 @@ from tpn.models.resnet3d import ConvBN
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    return model.to(memory_format=torch.channels_last_3d)
+    """Channels-last weights: channels_last_3d for 3D convs, channels_last for the 2D convs
+    of a frame backbone (TSM), whose features reach the 3D neck already channels_last_3d."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            m.to(memory_format=torch.channels_last_3d)
+        elif isinstance(m, nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+    return model
 
 
 def make_forward(model: nn.Module, cfg: Config, amp: bool, channels_last: bool, compile_model: bool | str,

@@ -28,6 +28,8 @@ class ConfigError(TpnError):
 # --------------------------------------------------------------------------- schema
 @dataclass
 class BackboneConfig:
+    # resnet3d: the slow-only 3D ResNet; resnet_tsm: a 2D ResNet with temporal shift (TSM)
+    type: Literal["resnet3d", "resnet_tsm"] = "resnet3d"
     depth: Literal[50, 101] = 50
     base_channels: int = 64  # width of the stem; stage i has base_channels * 2**i planes
     stage_blocks: tuple[int, ...] | None = None  # None: the standard blocks of `depth`
@@ -41,7 +43,9 @@ class BackboneConfig:
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
-    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate
+    pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate (resnet_tsm: to copy)
+    num_segments: int = 8  # resnet_tsm: frames per clip (the input's T), the span of the shift
+    shift_div: int = 8  # resnet_tsm: 1/shift_div of the channels shift each way
 
 
 @dataclass
@@ -81,6 +85,9 @@ class DataConfig:
     val_list: str = ""
     test_list: str = ""
     label_map: str = ""  # one class name per line (line number = label)
+    # clips: clip_len frames frame_interval apart (3D models); segments: the video in clip_len
+    # equal segments, one frame each (TSN/TSM; frame_interval unused; test_clips 1 or 2)
+    sampling: Literal["clips", "segments"] = "clips"
     clip_len: int = 8
     frame_interval: int = 8
     test_clips: int = 10
@@ -90,6 +97,8 @@ class DataConfig:
     test_crop_size: int = 256
     train_crop: Literal["random", "random_resized"] = "random"
     flip: float = 0.5
+    flip_label_pairs: tuple[tuple[int, int], ...] = ()  # labels a horizontal flip swaps (left/right classes)
+    filename_tmpl: str = "img_{:05d}.jpg"  # mmaction_rawframes: frame file names, numbered from 1
     color_jitter: bool = False
     augment_on_device: bool = False  # draw flip/jitter in the loader, apply them on the GPU (CPU time)
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -98,6 +107,8 @@ class DataConfig:
     # training on a video shorter than one clip's span: "skip" reports it and uses another
     # sample; "loop" wraps its indices around (mmaction2). Val/test always loop.
     short_videos: Literal["skip", "loop"] = "skip"
+    # training clips drawn from one decode of a video (a recipe change, see docs/data.md); 1 = mmaction2
+    clips_per_decode: int = 1
 
 
 @dataclass

@@ -121,8 +121,23 @@ def fit_to_model(model: nn.Module, sd: dict) -> list[str]:
     return notes
 
 
+def _check_family(model: nn.Module, sd: dict, source: str) -> None:
+    """One line instead of hundreds of mis-shaped tensors when a TSM (2D) checkpoint meets a
+    3D model or the reverse: the stem's kernel rank tells the families apart."""
+    key = "backbone.conv1.conv.weight"
+    own = model.state_dict().get(key)
+    if own is None or key not in sd or sd[key].dim() == own.dim():
+        return
+    if sd[key].dim() == 4:
+        raise CheckpointError(f"{source}: holds a TSM (2D) backbone but the config builds a 3D one: "
+                              "pass a TSM config, e.g. --config tpn_tsm_r50_1x1x8_sthv1")
+    raise CheckpointError(f"{source}: holds a 3D backbone but the config builds a TSM (2D) one: "
+                          "pass a 3D config, e.g. --config tpn_r50_8x8_k400")
+
+
 def load_weights(model: nn.Module, path: str | Path, fmt: str = "auto") -> dict:
     sd, fmt, info = read_state_dict(path, fmt)
+    _check_family(model, sd, str(path))
     info["notes"] = fit_to_model(model, sd)
     load_state_dict_strict(model, sd, str(path))
     info["format"] = fmt

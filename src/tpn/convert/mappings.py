@@ -12,6 +12,8 @@ import re
 MMACTION2 = [
     # fcn_test's lazily created copy of fc_cls (may be stale): not a model weight
     (r"^cls_head\.new_cls\.", None),
+    # TSM backbones wrap the first conv of a shifted block in a TemporalShift module (`.net`)
+    (r"^backbone\.(layer\d+\.\d+\.conv1\.conv)\.net\.", r"backbone.\1."),
     (r"^backbone\.", "backbone."),
     (r"^neck\.spatial_modulation\.spatial_modulation\.", "neck.spatial."),
     (r"^neck\.temporal_modulation_ops\.", "neck.temporal."),

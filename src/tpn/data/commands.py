@@ -30,10 +30,10 @@ def _cmd_synth(args) -> int:
     if not 0 <= args.distractors <= 20:
         raise TpnError(f"--distractors {args.distractors}: must be between 0 and 20")
     s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),
-                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True,
+                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True, layout=args.layout,
                          tempo_ratio=args.tempo_ratio, distractors=args.distractors)
     print(f"wrote {s['train']} train + {s['val']} val videos of {len(s['classes'])} classes to {args.out} "
-          f"(train.txt, val.txt, labels.txt)")
+          f"(train.txt, val.txt, labels.txt; layout {args.layout}; flip label pairs {s['flip_label_pairs']})")
     return 0
 
 
@@ -55,9 +55,9 @@ def _cmd_bench_data(args) -> int:
 
     from tpn.data.bench import run
 
-    if args.videos < 1 or args.clips < 1:
-        raise TpnError("--videos and --clips must be at least 1")
-    result = run(args.videos_dir, videos=args.videos, clips=args.clips)
+    if args.videos < 1 or args.clips < 1 or (args.test_videos is not None and args.test_videos < 1):
+        raise TpnError("--videos, --clips and --test-videos must be at least 1")
+    result = run(args.videos_dir, videos=args.videos, clips=args.clips, test_videos=args.test_videos)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -97,6 +97,8 @@ def add_data_commands(sub, add_set):
     p.add_argument("--frames", type=int, default=48, help="frames per video (default 48, 30 fps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--layout", default="mp4", choices=["mp4", "sthv1", "sthv2"],
+                   help="mp4 (H.264), or Something-Something's sthv1 (jpg frame folders) / sthv2 (VP9 webm)")
     p.add_argument("--tempo-ratio", type=float, default=None,
                    help="speed ratio of neighbouring tempos (default: the original 2.2; above 1.35, e.g. 1.5 is harder)")
     p.add_argument("--distractors", type=int, default=0,
@@ -134,6 +136,8 @@ def add_data_commands(sub, add_set):
     p.add_argument("--videos-dir", default="work_dirs/bench_videos", help="where the test videos are generated (kept)")
     p.add_argument("--videos", type=int, default=3, help="videos per (size, encoding) (default 3)")
     p.add_argument("--clips", type=int, default=30, help="training clips timed per cell (default 30)")
+    p.add_argument("--test-videos", type=int, default=None,
+                   help="30-view test samples timed per cell (default: --videos)")
     p.add_argument("--out", default="benchmarks/results/data_cpu.json", help="JSON results file")
     p.set_defaults(func=_cmd_bench_data)
     bench_subparsers = bench

@@ -10,7 +10,9 @@ A bad line is a one-line error naming the file and line number.
 
 Items (uint8, channels first; see the README's "Batch layouts"):
 - train: `(clip [3, T, crop, crop], label)`. A broken video is replaced by another sample
-  chosen from (index, attempt), logged, and appended to the report file.
+  chosen from (index, attempt), logged, and appended to the report file. With
+  `data.clips_per_decode: k > 1`: `(clips [k, 3, T, crop, crop], labels [k])`, k clips of one
+  video decoded together (`tpn.data.loader` flattens them into the batch).
 - val:   `(clip [3, T, crop, crop], label, index, ok)`: one centred clip, centre crop.
 - test:  `(views [V, 3, T, S, S], label, index, ok)`, V = test_clips x test_crops, clip-major.
 val/test never replace a broken video: it comes back with ok=False (zeros) and is reported.
@@ -132,6 +134,17 @@ def write_report_line(report_path: str | Path | None, record: dict) -> None:
         os.close(fd)
 
 
+def flip_label_map(pairs) -> dict[int, int]:
+    """{a: b, b: a} for each pair of data.flip_label_pairs; a label in two pairs is an error."""
+    out: dict[int, int] = {}
+    for a, b in pairs:
+        for x in (a, b):
+            if x in out or a == b:
+                raise AnnotationError(f"data.flip_label_pairs: label {x} appears more than once")
+        out[a], out[b] = b, a
+    return out
+
+
 class VideoDataset(Dataset):
     def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int, int]],
                  label_names: list[str] | None, report_path=None, seed: int = 0):
@@ -144,11 +157,23 @@ class VideoDataset(Dataset):
         self.samples = [(str(self.root / p), label) for p, label, _ in samples]
         self.label_names = label_names
         self.report_path = report_path
+        if cfg.clips_per_decode < 1:
+            raise TpnError(f"data.clips_per_decode must be at least 1, got {cfg.clips_per_decode}")
+        self.segments = cfg.sampling == "segments"
+        self.flip_labels = flip_label_map(cfg.flip_label_pairs)
+        if self.segments and cfg.test_clips not in (1, 2):
+            raise AnnotationError(f"data.test_clips must be 1 or 2 with data.sampling segments (segment centres, "
+                                  f"then also segment starts), got {cfg.test_clips}")
         # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def clips_per_item(self) -> int:
+        """Clips in one training item (`data.clips_per_decode`); 1 for val and test."""
+        return self.cfg.clips_per_decode if self.split == "train" else 1
 
     @property
     def epoch(self) -> int:
@@ -164,20 +189,35 @@ class VideoDataset(Dataset):
         """(3, len(indices), H, W) uint8 for the indices `picker(num_frames)` chooses."""
         path, _ = self.samples[index]
         if self.rawframes:
-            n = self.items[index][2] if self.items[index][2] > 0 else count_rawframes(path)
+            n = self.items[index][2] if self.items[index][2] > 0 else count_rawframes(path, self.cfg.filename_tmpl)
             if n < 1:
                 raise VideoError(f"{path}: no frames")
-            frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1))
+            frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1), self.cfg.filename_tmpl)
         else:
             frames, _ = read_clip(path, picker)
         return T.to_clip(frames)
 
     def _train_pick(self, index: int, n: int, rng: np.random.Generator) -> np.ndarray:
         c = self.cfg
-        if c.short_videos == "skip" and n < sampling.span(c.clip_len, c.frame_interval):
+        need = c.clip_len if self.segments else sampling.span(c.clip_len, c.frame_interval)
+        if c.short_videos == "skip" and n < need:
             raise VideoError(f"{self.samples[index][0]}: too short: {n} frames, one clip spans "
-                             f"{sampling.span(c.clip_len, c.frame_interval)} (data.short_videos=loop keeps it)")
+                             f"{need} (data.short_videos=loop keeps it)")
+        if self.segments:
+            return sampling.segment_train_indices(n, c.clip_len, rng)
         return sampling.train_indices(n, c.clip_len, c.frame_interval, rng)
+
+    def _val_pick(self, n: int) -> np.ndarray:
+        c = self.cfg
+        if self.segments:
+            return sampling.segment_test_indices(n, c.clip_len, 1)[0]
+        return sampling.val_indices(n, c.clip_len, c.frame_interval)
+
+    def _test_pick(self, n: int) -> np.ndarray:
+        c = self.cfg
+        if self.segments:
+            return sampling.segment_test_indices(n, c.clip_len, c.test_clips)
+        return sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips)
 
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
@@ -195,10 +235,7 @@ class VideoDataset(Dataset):
             for attempt in range(10):
                 rng = self._rng(index, attempt)
                 try:
-                    clip = self._read(index, lambda n: self._train_pick(index, n, rng))
-                    clip, aug = self._train_transform(clip, rng)
-                    label = self.samples[index][1]
-                    return (clip, label, aug) if aug is not None else (clip, label)
+                    return self._train_item(index, rng)
                 except VideoError as e:
                     self._report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
@@ -207,9 +244,9 @@ class VideoDataset(Dataset):
         label = self.samples[index][1]
         try:
             if self.split == "val":
-                clip = self._read(index, lambda n: sampling.val_indices(n, c.clip_len, c.frame_interval))
+                clip = self._read(index, self._val_pick)
                 return self._val_transform(clip), label, index, True
-            clip = self._read(index, lambda n: sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips))
+            clip = self._read(index, self._test_pick)
             return self._test_transform(clip), label, index, True
         except VideoError as e:
             self._report(index, e)
@@ -219,8 +256,23 @@ class VideoDataset(Dataset):
             s = c.test_crop_size
             return torch.zeros(v, 3, c.clip_len, s, s, dtype=torch.uint8), label, index, False
 
+    def _train_item(self, index: int, rng: np.random.Generator) -> tuple:
+        """`clips_per_item` clips of one video: their starts drawn independently (each as in
+        mmaction2), their frames decoded in one pass, each with its own crop/flip/jitter draw.
+        A flipped clip of a left/right class takes its twin's label (data.flip_label_pairs)."""
+        k = self.clips_per_item
+        clips = self._read(index, lambda n: np.stack([self._train_pick(index, n, rng) for _ in range(k)]))
+        label, t = self.samples[index][1], clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
+        parts = [self._train_transform(clips[:, j * t:(j + 1) * t], rng) for j in range(k)]
+        labels = [self.flip_labels.get(label, label) if aug[0] > 0 else label for _, aug in parts]
+        if k == 1:
+            (clip, aug), = parts
+            return (clip, labels[0], aug) if self.cfg.augment_on_device else (clip, labels[0])
+        item = (T.stack_frames_last([clip for clip, _ in parts]), torch.tensor(labels, dtype=torch.int64))
+        return (*item, torch.stack([aug for _, aug in parts])) if self.cfg.augment_on_device else item
+
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
-        """(clip, None), or with data.augment_on_device (cropped clip, flip/jitter draw for the device)."""
+        """(clip, flip/jitter draw): applied to the clip, or with data.augment_on_device left for the device."""
         c = self.cfg
         if c.train_crop == "random_resized":
             clip = T.random_resized_crop(clip, c.crop_size, rng)
@@ -229,7 +281,7 @@ class VideoDataset(Dataset):
         aug = T.draw_augment(rng, c.flip, c.color_jitter)
         if c.augment_on_device:  # flip and jitter are applied by the engine on the device
             return T.frames_last(clip), aug
-        return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), None
+        return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), aug
 
     def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
         return T.frames_last(T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size))

@@ -9,6 +9,15 @@ A clip is `clip_len` frames spaced `frame_interval` apart. The three protocols:
 - test:  `num_clips` clips whose starts run evenly from 0 to `n - span` (first clip at the
   start, last one ending on the last frame), rounded half-to-even; a single clip is centred.
 
+Segment sampling (`data.sampling: segments`, TSN/TSM, mmaction2's `clip_len=1, num_clips=K`): the
+video is cut into K equal segments and a clip is one frame from each:
+
+- train: a uniformly random frame of each segment (segments of `n // K` frames; a video with fewer
+  than K frames takes K evenly spaced, rounded indices).
+- val:   the centre frame of each segment.
+- test:  the centres, and with two samplings also the first frame of each segment (mmaction2's
+  `twice_sample`): two clips of K frames.
+
 Short videos loop: an index past the end wraps around modulo the frame count (mmaction2's
 `out_of_bound_opt='loop'`), so a 20-frame video gives a full 8x8 clip
 `[0, 8, 16, 4, 12, 0, 8, 16]` rather than a clip of repeated last frames. Start 0 is used
@@ -53,3 +62,26 @@ def test_indices(num_frames: int, clip_len: int, frame_interval: int, num_clips:
 
 
 test_indices.__test__ = False  # not a pytest test despite the name
+
+
+def segment_train_indices(num_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
+    """One random frame per segment (one draw of `num_segments` integers from `rng`)."""
+    if num_frames < 1:
+        raise ValueError("a video with no frames has no clips")
+    seg = num_frames // num_segments
+    if seg > 0:
+        return np.arange(num_segments, dtype=np.int64) * seg + rng.integers(seg, size=num_segments)
+    # fewer frames than segments: evenly spaced, rounded half to even, looped past the end
+    return np.around(np.arange(num_segments) * (num_frames / num_segments)).astype(np.int64) % num_frames
+
+
+def segment_test_indices(num_frames: int, num_segments: int, samplings: int = 1) -> np.ndarray:
+    """Segment centres (and, for `samplings=2`, segment starts); shape (samplings, num_segments)."""
+    if num_frames < 1:
+        raise ValueError("a video with no frames has no clips")
+    if samplings not in (1, 2):
+        raise ValueError(f"segment sampling tests 1 or 2 samplings per video, got {samplings}")
+    seg = num_frames / num_segments
+    starts = np.arange(num_segments) * seg
+    rows = [starts + seg / 2, starts][:samplings]
+    return np.stack([np.mod(r, num_frames).astype(np.int64) for r in rows])  # truncation, as mmaction2

@@ -142,24 +142,30 @@ def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generat
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = None, crf: int = 23,
-              preset: str = "ultrafast", faststart: bool = False) -> None:
-    """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2.
+              preset: str = "ultrafast", faststart: bool = False, codec: str = "h264") -> None:
+    """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2; `codec="hevc"`: libx265.
 
     `preset="ultrafast"` has no B-frames; "veryfast" and slower use them (as Kinetics files
-    do). `gop=None` keeps x264's default keyframe interval (250); `faststart` puts the index
-    (moov atom) first, as web videos have it.
+    do); "medium" is x264's default (3 B-frames, b-pyramid normal: some B-frames are
+    references). `gop=None` keeps the encoder's default keyframe interval (250); `faststart`
+    puts the index (moov atom) first, as web videos have it.
     """
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if codec == "hevc":
+        if "libx265" not in av.codecs_available:
+            raise RuntimeError("this PyAV build has no libx265 encoder")
+        codec, opts = "libx265", {"preset": preset, "crf": str(crf), "x265-params": "log-level=error"}
+    else:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        opts = {"preset": preset, "crf": str(crf)} if codec == "libx264" else {}
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=options) as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
-        opts = {"preset": preset, "crf": str(crf)} if codec == "libx264" else {}
         if gop:
             opts["g"] = str(gop)
             stream.codec_context.gop_size = gop
@@ -172,23 +178,84 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = N
             container.mux(packet)
 
 
+def write_webm(path: Path, frames: np.ndarray, fps: int = 12) -> None:
+    """VP9 in WebM (libvpx-vp9), the codec and container of Something-Something V2."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=fps)
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}
+        stream.codec_context.thread_count = 1
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_jpgs(folder: Path, frames: np.ndarray, template: str = "{:05}.jpg") -> None:
+    """One JPEG per frame, numbered from 1 (Something-Something V1's raw frames), by FFmpeg's
+    MJPEG encoder through PyAV: no imaging library needed to write them."""
+    from fractions import Fraction
+
+    import av
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        codec = av.CodecContext.create("mjpeg", "w")
+        codec.width, codec.height, codec.pix_fmt = f.shape[1], f.shape[0], "yuvj444p"
+        codec.time_base = Fraction(1, 25)
+        codec.qmin = codec.qmax = 2  # high quality (FFmpeg's -q:v 2)
+        image = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuvj444p")
+        (folder / template.format(i + 1)).write_bytes(b"".join(bytes(p) for p in codec.encode(image) + codec.encode()))
+
+
+def mirror_pairs(names: list[str]) -> list[tuple[int, int]]:
+    """Label pairs that a horizontal flip swaps (a 'right' class and its 'left' twin): the
+    dataset's `data.flip_label_pairs`."""
+    index = {n: i for i, n in enumerate(names)}
+    pairs = []
+    for i, n in enumerate(names):
+        twin = n.replace("right", "#").replace("left", "right").replace("#", "left")
+        if twin != n and index.get(twin, -1) > i:
+            pairs.append((i, index[twin]))
+    return pairs
+
+
 def _make_one(job: tuple) -> None:
-    path, name, size, frames, fps, seed, gop, preset, tempo_ratio, distractors = job
+    path, name, size, frames, fps, seed, gop, preset, layout, tempo_ratio, distractors = job
     rng = np.random.default_rng(seed)
-    write_mp4(Path(path), render(name, size, frames, rng, tempo_ratio, distractors), fps, gop, preset=preset)
+    video = render(name, size, frames, rng, tempo_ratio, distractors)
+    if layout == "sthv1":
+        write_jpgs(Path(path), video)
+    elif layout == "sthv2":
+        write_webm(Path(path), video, fps)
+    else:
+        write_mp4(Path(path), video, fps, gop, preset=preset)
 
 
 def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, size: tuple[int, int] = (160, 128),
                      seed: int = 0, frames: int = 48, fps: int = 30, val_fraction: float = 0.2,
                      workers: int = 2, gop: int | None = None, progress: bool = False,
-                     preset: str = "ultrafast", tempo_ratio: float | None = None, distractors: int = 0) -> dict:
-    """Write `classes` x `videos_per_class` mp4s plus train.txt, val.txt, labels.txt under out_dir.
+                     preset: str = "ultrafast", layout: str = "mp4", tempo_ratio: float | None = None,
+                     distractors: int = 0) -> dict:
+    """Write `classes` x `videos_per_class` videos plus train.txt, val.txt, labels.txt under out_dir.
 
-    Lists use the seed's format (`relative/path.mp4 label_index`). Validation videos are
-    drawn from their own seeds, so their jitter is unseen in training. `preset` is libx264's
-    ("veryfast" writes B-frames, as real downloads have); `tempo_ratio` and `distractors` make
-    the harder variant (module docstring). Returns a summary.
+    `layout`: "mp4" (H.264; lists `relative/path.mp4 label_index`), or Something-Something's
+    "sthv1" (folders of `00001.jpg`...; lists `folder num_frames label`, data.format
+    mmaction_rawframes) or "sthv2" (VP9 webm; lists `relative/path.webm label`).
+    Validation videos are drawn from their own seeds, so their jitter is unseen in training.
+    `preset` is libx264's ("veryfast" writes B-frames, as real downloads have); `tempo_ratio`
+    and `distractors` make the harder variant (module docstring). Returns a summary, with the
+    label pairs a horizontal flip swaps (`flip_label_pairs`).
     """
+    if layout not in ("mp4", "sthv1", "sthv2"):
+        raise ValueError(f"layout must be mp4, sthv1 or sthv2, got {layout!r}")
     out = Path(out_dir)
     names = class_names(classes)
     tempo_speeds(tempo_ratio)  # a bad ratio fails here, not in a worker
@@ -197,12 +264,13 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
     for c, name in enumerate(names):
         for v in range(videos_per_class):
             split = "val" if v < n_val else "train"
-            rel = f"videos/{name}/{name}_{v:04d}.mp4"
+            rel = {"mp4": f"videos/{name}/{name}_{v:04d}.mp4", "sthv1": f"rawframes/{name}_{v:04d}",
+                   "sthv2": f"videos/{name}_{v:04d}.webm"}[layout]
             video_seed = [seed, c, v]
             jobs.append((str(out / rel), name, tuple(size), frames, fps,
-                         int(np.random.default_rng(video_seed).integers(2**31)), gop, preset, tempo_ratio,
-                         distractors))
-            (val if split == "val" else train).append(f"{rel} {c}")
+                         int(np.random.default_rng(video_seed).integers(2**31)), gop, preset, layout,
+                         tempo_ratio, distractors))
+            (val if split == "val" else train).append(f"{rel} {frames} {c}" if layout == "sthv1" else f"{rel} {c}")
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -220,6 +288,7 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
     (out / "val.txt").write_text("\n".join(val) + "\n")
     (out / "labels.txt").write_text("\n".join(names) + "\n")
     summary = dict(root=str(out), classes=names, train=len(train), val=len(val), size=list(size),
-                   frames=frames, fps=fps, seed=seed, tempo_speeds=tempo_speeds(tempo_ratio), distractors=distractors)
+                   frames=frames, fps=fps, seed=seed, layout=layout, flip_label_pairs=mirror_pairs(names),
+                   tempo_speeds=tempo_speeds(tempo_ratio), distractors=distractors)
     (out / "synth.json").write_text(json.dumps(summary, indent=1))
     return summary

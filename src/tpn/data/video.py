@@ -12,7 +12,15 @@ keyframe lies beyond the frame the decoder would produce next; otherwise it deco
 forward. So a long-GOP video (keyframes every 250 frames) is decoded once from the
 start, a short-GOP one only around the wanted frames. Videos written by `tpn data prepare`
 carry a tag (constant rate, no B-frames, keyframe every `gop` frames) and get the same index
-from their header without the demux pass. Only wanted frames are converted to RGB, through
+from their header without the demux pass.
+
+Frames nobody needs are not decoded: between the keyframe and the last wanted frame, the
+packet of an unwanted frame that no other frame refers to (H.264 nal_ref_idc 0, HEVC
+sub-layer non-reference; `tpn.data.nal`) is not sent to the decoder, and after the packet
+of the last wanted frame in decode order the decoder is drained instead of fed. With x264's
+default B-pyramid about half the packets are such frames. Other codecs drop nothing.
+
+Only wanted frames are converted to RGB, through
 one swscale context per video. One decoder thread per call: data-loader workers give the
 parallelism (decoder threads measured slower per core, /work/shared/reference/decoders.md).
 
@@ -27,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from tpn.data.nal import nonref_test
 from tpn.errors import TpnError
 
 
@@ -59,9 +68,15 @@ PREPARED_TAG = "tpn-prepare gop="
 
 
 class VideoReader:
-    """One open video file. Use as a context manager; `num_frames` is exact (demuxed)."""
+    """One open video file. Use as a context manager; `num_frames` is exact (demuxed).
+
+    `frames_decoded` (packets sent to the decoder) and `packets_dropped` (frames not decoded
+    because nothing needed them) count the work since opening;
+    `drop_unneeded = False` (class or instance) sends every packet to the decoder.
+    """
 
     min_skip = SEEK_MIN_SKIP
+    drop_unneeded = True
 
     def __init__(self, path: str | Path):
         import av
@@ -85,6 +100,10 @@ class VideoReader:
         self._to_rgb = VideoReformatter()
         self.stream.thread_type = "SLICE"
         self.stream.codec_context.thread_count = 1
+        self._nonref = nonref_test(self.stream.codec_context.name, self.stream.codec_context.extradata)
+        self.frames_decoded = self.packets_dropped = 0
+        self._decode_pos = None  # decode position of each frame; None: decode order is presentation order
+        self._pts_index: dict[int, int] = {}
         try:
             self.fast_index = self._index_from_tag()
             if not self.fast_index:
@@ -111,6 +130,7 @@ class VideoReader:
         self.num_frames = len(pts)
         self.timestamps = None  # None: no usable timestamps, count frames sequentially instead
         self.keyframes = np.zeros(1, np.int64)
+        self._decode_pos, self._pts_index = None, {}
         if pts and None not in pts:
             decode_order = np.asarray(pts, dtype=np.int64)
             if np.all(np.diff(decode_order) > 0) and self.min_skip == SEEK_MIN_SKIP:
@@ -122,6 +142,8 @@ class VideoReader:
                 rank = np.empty_like(order)
                 rank[order] = np.arange(len(order))
                 self.keyframes = np.sort(rank[np.asarray(keys, dtype=bool)])
+                self._decode_pos = order.tolist()
+                self._pts_index = dict(zip(ts.tolist(), range(len(ts))))
         self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
 
     def _index_from_tag(self) -> bool:
@@ -145,6 +167,7 @@ class VideoReader:
         self.num_frames = n
         self.timestamps = (s.start_time or 0) + np.arange(n, dtype=np.int64) * int(step)
         self.keyframes = np.arange(0, n, gop, dtype=np.int64)
+        self._pts_index = dict(zip(self.timestamps.tolist(), range(n)))
         self.min_skip = SEEK_MIN_SKIP_NO_REORDER
         return True
 
@@ -186,7 +209,7 @@ class VideoReader:
             self._index()
             return self._get_frames(indices, seek)
 
-    def _get_frames(self, indices, seek: bool) -> np.ndarray:
+    def _get_frames(self, indices, seek: bool, drop: bool = True) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) == 0:
             raise ValueError("no frame indices requested")
@@ -195,42 +218,77 @@ class VideoReader:
             bad = wanted[0] if wanted[0] < 0 else wanted[-1]
             raise VideoError(f"{self.path}: frame {bad} requested, the video has {self.num_frames} frames")
         seek = seek and self.timestamps is not None
-        todo = set(int(i) for i in wanted)
+        drop = drop and self.drop_unneeded and self._nonref is not None and self.timestamps is not None
         got: dict[int, np.ndarray] = {}
-        frames = None  # the decode iterator; None: must (re)start
-        pos = 0  # index of the frame the iterator yields next
-        counter = 0  # frames yielded since the last (re)start, for videos without timestamps
         try:
-            for w in (int(i) for i in wanted):
-                if w in got:
-                    continue
-                key = int(self.keyframes[max(int(np.searchsorted(self.keyframes, w, side="right")) - 1, 0)])
-                if frames is None or (seek and key - pos > self.min_skip):
-                    start = key if seek else 0
-                    self.container.seek(int(self.timestamps[start]) if seek else 0, stream=self.stream,
-                                        backward=True, any_frame=False)
-                    frames, pos, counter = self.container.decode(self.stream), start, 0
-                while w not in got:
-                    frame = next(frames, None)
-                    if frame is None:
-                        raise VideoError(f"{self.path}: video ends before frame {w} "
-                                         f"(announced {self.num_frames} frames)")
-                    idx = self._frame_index(frame, counter)
-                    counter += 1
-                    if idx < 0:
-                        continue
-                    if idx > w:
-                        if seek:  # the demuxer landed past the keyframe: fall back to a plain decode
-                            return self._get_frames(indices, seek=False)
-                        raise VideoError(f"{self.path}: frame {w} missing from the decoded stream")
-                    pos = idx + 1
-                    if idx in todo and idx not in got:
-                        got[idx] = self._to_rgb.reformat(frame, format="rgb24").to_ndarray()
+            for start, targets in self._runs(wanted.tolist(), seek):
+                missing = self._decode_run(start, targets, got, seek, drop)
+                if missing is not None:
+                    if seek or drop:  # the demuxer landed past the keyframe: a plain full decode
+                        return self._get_frames(indices, seek=False, drop=False)
+                    raise VideoError(f"{self.path}: frame {missing} missing from the decoded stream")
         except VideoError:
             raise
         except Exception as e:
             raise VideoError(f"{self.path}: decoding failed ({_why(e)})") from None
         return np.stack([got[int(i)] for i in indices])
+
+    def _runs(self, wanted: list[int], seek: bool) -> list[tuple[int, list[int]]]:
+        """[(first frame to decode from, sorted frames of the run)]: a new run (a seek) starts
+        when the keyframe before a wanted frame lies over `min_skip` frames beyond the last one."""
+        runs: list[tuple[int, list[int]]] = []
+        for w in wanted:
+            key = int(self.keyframes[max(int(np.searchsorted(self.keyframes, w, side="right")) - 1, 0)])
+            if not runs or (seek and key - (runs[-1][1][-1] + 1) > self.min_skip):
+                runs.append((key if seek else 0, []))
+            runs[-1][1].append(w)
+        return runs
+
+    def _take(self, frame, counter: int, todo: set, got: dict) -> int:
+        """Keep a decoded frame in `got` when wanted; 1 if it was kept."""
+        idx = self._frame_index(frame, counter)
+        if idx not in todo or idx in got:
+            return 0
+        got[idx] = self._to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        return 1
+
+    def _decode_run(self, start: int, targets: list[int], got: dict, seek: bool, drop: bool) -> int | None:
+        """Decode from frame `start` until every frame of `targets` is in `got`; returns a
+        frame that did not come out (None when all did). With `drop`, packets of unwanted
+        frames that no frame refers to are not sent to the decoder. With timestamps, feeding
+        stops at the packet of the target last in decode order and the decoder is drained:
+        later packets would only push reordered frames out."""
+        self.container.seek(int(self.timestamps[start]) if seek else 0, stream=self.stream,
+                            backward=True, any_frame=False)
+        todo = set(targets)
+        end_pts = None
+        if self.timestamps is not None:
+            last = max(targets, key=self._decode_pos.__getitem__) if self._decode_pos is not None else targets[-1]
+            end_pts = int(self.timestamps[last])
+        counter = 0  # frames since the start, for videos without timestamps
+        left = len(todo)
+        for packet in self.container.demux(self.stream):
+            pts = packet.pts
+            if drop and packet.size and not packet.is_keyframe:
+                idx = self._pts_index.get(pts)
+                if idx is not None and idx not in todo and self._nonref(memoryview(packet)):
+                    self.packets_dropped += 1
+                    continue
+            self.frames_decoded += packet.size > 0
+            for frame in self.stream.decode(packet):
+                left -= self._take(frame, counter, todo, got)
+                counter += 1
+            if left == 0:
+                return None
+            if pts is not None and pts == end_pts:  # drain: nothing after this packet is needed
+                for frame in self.stream.decode(None):
+                    left -= self._take(frame, counter, todo, got)
+                    counter += 1
+                break
+            if packet.size == 0:  # the demuxer's end-of-stream packet: the decoder is drained
+                w = next(t for t in targets if t not in got)
+                raise VideoError(f"{self.path}: video ends before frame {w} (announced {self.num_frames} frames)")
+        return next((t for t in targets if t not in got), None)
 
 
 def probe_video(path: str | Path) -> VideoInfo:

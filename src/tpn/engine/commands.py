@@ -64,7 +64,7 @@ def _cmd_predict(args) -> int:
 def _cmd_demo(args) -> int:
     from tpn.engine.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device)
+    run_demo(args.out, quick=args.quick, device=args.device, model=args.model)
     return 0
 
 
@@ -104,4 +104,6 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--out", default="work_dirs/demo")
     p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--model", default="tpn", choices=["tpn", "tsm"],
+                   help="tpn: the 3D TPN on mp4 videos; tsm: TPN on a TSM ResNet, on jpg frames (default tpn)")
     p.set_defaults(func=_cmd_demo)

@@ -1,8 +1,9 @@
 """`tpn demo`: the whole workflow on a synthetic tempo dataset, small enough for a CPU.
 
 Four classes (right/left x slow/fast) whose single frames look alike: a model has to see
-motion and its tempo. The full demo trains `tpn_tiny_synth` for a few CPU minutes, well above
-chance; `--quick` is a smoke run (under a minute) that only shows the workflow.
+motion and its tempo. The full demo trains `tpn_tiny_synth` (or with `--model tsm`
+`tpn_tsm_tiny_synth`, on the same videos written as raw jpg frames) for a few CPU minutes;
+`--quick` is a smoke run (under a minute) that only shows the workflow.
 """
 from __future__ import annotations
 
@@ -12,26 +13,34 @@ from pathlib import Path
 from tpn.config import load_config
 
 
-def run_demo(out: str | Path, quick: bool = False, device: str = "auto") -> dict:
+# per demo model: its config, the layout its synthetic data is written in, and what that is
+MODELS = {"tpn": ("tpn_tiny_synth", "mp4", "mp4 videos"),
+          "tsm": ("tpn_tsm_tiny_synth", "sthv1", "videos as Something-Something V1 jpg frames")}
+
+
+def run_demo(out: str | Path, quick: bool = False, device: str = "auto", model: str = "tpn") -> dict:
     from tpn.data.synthetic import generate_dataset
     from tpn.engine.evaluate import run_test
     from tpn.engine.train import train
 
     t0 = time.time()
     out = Path(out)
+    config, layout, what = MODELS[model]
     classes, per_class = (4, 10) if quick else (4, 50)
-    data = out / ("data_quick" if quick else "data")
+    data = out / (("data_quick" if quick else "data") + ("" if layout == "mp4" else f"_{layout}"))
     if not (data / "labels.txt").exists() or len((data / "labels.txt").read_text().split()) != classes:
-        print(f"[1/3] writing {classes} classes x {per_class} synthetic mp4 videos to {data}", flush=True)
-        generate_dataset(data, classes=classes, videos_per_class=per_class, size=(96, 72), seed=0, workers=2)
+        print(f"[1/3] writing {classes} classes x {per_class} synthetic {what} to {data}", flush=True)
+        generate_dataset(data, classes=classes, videos_per_class=per_class, size=(96, 72), seed=0, workers=2,
+                         layout=layout)
     overrides = [f"data.root={data}", f"data.train_list={data}/train.txt", f"data.val_list={data}/val.txt",
                  f"data.test_list={data}/val.txt", f"data.label_map={data}/labels.txt",
                  f"model.head.num_classes={classes}"]
     if quick:
         overrides += ["train.epochs=2", "train.warmup_epochs=0", "data.num_workers=1", "data.test_clips=2",
                       "train.log_interval=2"]
-    cfg = load_config("tpn_tiny_synth", overrides)
-    run = out / ("train_quick" if quick else "train")
+    cfg = load_config(config, overrides)
+    suffix = "" if model == "tpn" else f"_{model}"
+    run = out / (("train_quick" if quick else "train") + suffix)
     print(f"[2/3] training {cfg.name} for {cfg.train.epochs} epochs ({'quick' if quick else 'full'} demo) "
           f"in {run}", flush=True)
     s = train(cfg, run, device=device)
@@ -39,7 +48,7 @@ def run_demo(out: str | Path, quick: bool = False, device: str = "auto") -> dict
     if not ckpt.exists():
         ckpt = sorted(run.glob("epoch_*.pth"))[-1]
     print(f"[3/3] {cfg.data.test_clips}x{cfg.data.test_crops}-view test of {ckpt}", flush=True)
-    r = run_test(cfg, ckpt, out / ("test_quick" if quick else "test"), device=device, progress=False)
+    r = run_test(cfg, ckpt, out / (("test_quick" if quick else "test") + suffix), device=device, progress=False)
     m = r["metrics"]
     print(f"\ndemo result: top-1 {100 * m['top1']:.1f}% (chance {100 / classes:.0f}%), top-5 {100 * m['top5']:.1f}%, "
           f"mean class accuracy {100 * m['mean_class_accuracy']:.1f}% on {m['videos']} held-out videos "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tpn.accel import compile_arg, make_forward
+from tpn.accel import compile_arg, make_forward, to_channels_last
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.data.datasets import build_dataset
@@ -220,10 +220,12 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     # generator, not the global RNG, and augmentation from (seed, epoch, index): exact resume
     loader = build_loader(train_set, t.batch_size, workers, sampler=sampler, pin_memory=cuda, drop_last=True,
                           persistent_workers=True, seed=t.seed, prefetch_factor=4)
-    iters_per_epoch = len(sampler) // t.batch_size // t.accum_steps
+    # the sampler counts videos; a batch of t.batch_size clips holds clips_per_decode per video
+    videos_per_batch = t.batch_size // train_set.clips_per_item
+    iters_per_epoch = len(sampler) // videos_per_batch // t.accum_steps
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
-                       f"({t.batch_size} x {d.world} processes x {t.accum_steps} accumulation steps)")
+                       f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
 
     model = build_model(cfg).to(d.device)
     if t.sync_bn and d.enabled and cuda:
@@ -232,7 +234,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
         log.warning("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU BN statistics stay per process")
     channels_last = t.channels_last and cuda
     if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        model = to_channels_last(model)
     groups = param_groups(model, cfg)
     lr0 = base_lr(cfg, d.world)
     opt = torch.optim.SGD(groups, lr=lr0, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
@@ -282,7 +284,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
                      "scaler": scaler.state_dict(),
                      "scheduler": {"schedule": t.schedule, "base_lr": lr0, "global_iter": global_iter},
                      "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
-                                 iter_in_epoch * t.batch_size * t.accum_steps},
+                                 iter_in_epoch * videos_per_batch * t.accum_steps},
                      "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": global_iter,
                      "iters_per_epoch": iters_per_epoch, "best_top1": best, "rng": rngs,
                      "config": to_dict(cfg), "label_names": label_names, "world_size": d.world}, path)
@@ -294,7 +296,7 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     for epoch in range(start_epoch, t.epochs):
         train_set.set_epoch(epoch)
         first = start_iter if epoch == start_epoch else 0
-        sampler.set_epoch(epoch, start=first * t.batch_size * t.accum_steps)
+        sampler.set_epoch(epoch, start=first * videos_per_batch * t.accum_steps)
         model.train()
         t_epoch, clips = time.time(), 0
         t_window, clips_window = t_epoch, 0  # throughput since the last log line (steady state)

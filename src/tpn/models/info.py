@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tpn.config import Config
 from tpn.models.build import build_model
+from tpn.models.recognizer import Recognizer2D
 
 
 def count_params(module: torch.nn.Module | None) -> int:
@@ -23,9 +24,12 @@ def measure(cfg: Config, clip_len: int | None = None, size: int = 224) -> dict:
     def record(name):
         return lambda _m, _i, out: shapes.append((name, tuple(out.shape)))
 
-    hooks.append(model.backbone.maxpool.register_forward_hook(record("backbone.stem")))
+    # a 2D backbone sees the clip's frames as a batch: (N * T, C, H, W)
+    per_frame = " (frames)" if isinstance(model, Recognizer2D) else ""
+    hooks.append(model.backbone.maxpool.register_forward_hook(record("backbone.stem" + per_frame)))
     for i in range(model.backbone.num_stages):
-        hooks.append(getattr(model.backbone, f"layer{i + 1}").register_forward_hook(record(f"backbone.layer{i + 1}")))
+        name = f"backbone.layer{i + 1}{per_frame}"
+        hooks.append(getattr(model.backbone, f"layer{i + 1}").register_forward_hook(record(name)))
     if model.neck is not None:
         hooks.append(model.neck.register_forward_hook(record("neck")))
     hooks.append(model.head.register_forward_hook(record("head (logits)")))
@@ -35,7 +39,7 @@ def measure(cfg: Config, clip_len: int | None = None, size: int = 224) -> dict:
     for h in hooks:
         h.remove()
     by_module = counter.get_flop_counts()
-    head_flops = sum(by_module.get("Recognizer.head", {}).values())
+    head_flops = sum(by_module.get(f"{type(model).__name__}.head", {}).values())
     total = counter.get_total_flops()
     parts = {
         "backbone": count_params(model.backbone),

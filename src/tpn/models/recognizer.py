@@ -23,7 +23,7 @@ class Recognizer(nn.Module):
         self.aux_weight = aux_weight
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
-        feats = self.backbone(x)
+        feats = self.features(x)
         feat = self.neck(feats) if self.neck is not None else feats[-1]
         logits = self.head(feat)
         if labels is None or not self.training:
@@ -35,6 +35,27 @@ class Recognizer(nn.Module):
         losses["logits"] = logits
         return losses
 
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The backbone's (N, C, T, H, W) feature maps."""
+        return self.backbone(x)
+
     def forward_aux(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the auxiliary head (for tests and analysis)."""
-        return self.aux_head(self.backbone(x)[-2])
+        return self.aux_head(self.features(x)[-2])
+
+
+class Recognizer2D(Recognizer):
+    """A recognizer around a 2D (frame) backbone such as TSM: the same (N, 3, T, H, W) input.
+
+    The T frames of each clip go through the backbone as a batch of N * T images (frames of
+    one clip adjacent, as the temporal shift expects) and its features come back as
+    (N, C, T, H, W) for the TPN neck and the heads.
+    """
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n, c, t, h, w = x.shape
+        if t != self.backbone.num_segments:
+            raise ValueError(f"this model takes clips of {self.backbone.num_segments} frames "
+                             f"(model.backbone.num_segments), got {t}")
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)
+        return tuple(f.view(n, t, *f.shape[1:]).transpose(1, 2) for f in self.backbone(frames))
