@@ -100,7 +100,7 @@ def add_data_commands(sub, add_set):
     p.add_argument("--layout", default="mp4", choices=["mp4", "sthv1", "sthv2"],
                    help="mp4 (H.264), or Something-Something's sthv1 (jpg frame folders) / sthv2 (VP9 webm)")
     p.add_argument("--tempo-ratio", type=float, default=None,
-                   help="speed ratio of neighbouring tempos (default: the original 2.2; above 1.35, e.g. 1.5 is harder)")
+                   help="speed ratio of neighbouring tempos (default 2.2; above 1.35; 1.5 is harder)")
     p.add_argument("--distractors", type=int, default=0,
                    help="objects moving their own way, unrelated to the class (default 0)")
     p.set_defaults(func=_cmd_synth)

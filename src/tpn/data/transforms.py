@@ -54,8 +54,8 @@ def resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     mmaction2 resizes with OpenCV (mmcv.imresize, bilinear), whose uint8 path rounds the weights
     to 11-bit fixed point; released checkpoints were scored through that arithmetic, so this is
-    the same call, bit for bit (torch's bilinear is up to one grey level off). On one core it is
-    also as fast as torch's uint8 kernel (benchmarks/bench_resize.py). The result is frames-last.
+    the same call, bit for bit (torch's bilinear is up to one grey level off); per loader item it
+    is not slower than torch's uint8 kernel (benchmarks/bench_resize.py). The result is frames-last.
     """
     h, w = size
     if tuple(clip.shape[-2:]) == (h, w):
