@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from tpn.accel import make_forward
+from tpn.accel import Execution, make_forward
 from tpn.config import load_config
 from tpn.models.build import build_model
 
@@ -48,7 +48,7 @@ def main() -> None:
     net = nn.parallel.DistributedDataParallel(model, device_ids=[local], bucket_cap_mb=args.bucket_mb,
                                               gradient_as_bucket_view=bool(args.bucket_view),
                                               static_graph=bool(args.static_graph)) if world > 1 else model
-    fwd = make_forward(net, cfg, amp=True, channels_last=True, compile_model=True, with_labels=True)
+    fwd = make_forward(net, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), with_labels=True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, fused=True)
     t, s = cfg.data.clip_len, cfg.data.crop_size

@@ -11,7 +11,8 @@ augmentation (random resized crop, flip, colour jitter), measures:
       e2e     clips/s of the step fed by the loader (after `workers` warm-up batches);
       loader  clips/s of the loader alone, timed after its prefetch queue was drained,
               so it is the workers' production rate.
-Settings: original + augmentation in the workers; original + data.augment_on_device;
+Settings: original + augmentation in the workers; original + data.augment_on_device, with and
+without the reader's skipping of unneeded non-reference frames (VideoReader.drop_unneeded);
 prepared (one rewrite per `--gops` keyframe interval) + data.augment_on_device.
 `--scaling 1,4,8,15` instead times the loader alone (prepared data, augment_on_device) at
 those worker counts, with the CPU quota of the machine, to show how decoding scales.
@@ -30,14 +31,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tpn.accel import make_train_step  # noqa: E402
+from tpn.accel import Execution  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.loader import build_loader  # noqa: E402
 from tpn.data.prepare import prepare_list  # noqa: E402
 from tpn.data.synthetic import generate_dataset  # noqa: E402
 from tpn.data.transforms import apply_augment  # noqa: E402
+from tpn.data.video import VideoReader  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 
 def dataset_cfg(root: Path, on_device: bool):
@@ -83,7 +86,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     cfg = dataset_cfg(root, False)
     model = build_model(cfg).cuda().train()
-    step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=True)
+    step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), cfg.train)
     n_train = len((root / "train.txt").read_text().splitlines())
     res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cpu_workers=args.workers,
                cpu_count=os.cpu_count(), batch=args.batch, train_videos=n_train,
@@ -106,16 +109,18 @@ def main() -> None:
     print(json.dumps(res), flush=True)
 
     def feed(batch):
-        x, y, *aug = batch
-        x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
-        if aug:
-            x = apply_augment(x, aug[0])
+        x, y = batch.clip.cuda(non_blocking=True), batch.label.cuda(non_blocking=True)
+        if batch.aug is not None:
+            x = apply_augment(x, batch.aug)  # a CPU tensor: no device sync
         return step(x, y)
 
     res["settings"] = []
-    settings = [("original, augmentation in workers", root, False), ("original, data.augment_on_device", root, True)]
-    settings += [(f"prepared gop {g}, data.augment_on_device", d, True) for g, d in prepared.items()]
-    for name, data_root, on_device in settings:
+    settings = [("original, augmentation in workers", root, False, True),
+                ("original, data.augment_on_device, every packet decoded", root, True, False),
+                ("original, data.augment_on_device", root, True, True)]
+    settings += [(f"prepared gop {g}, data.augment_on_device", d, True, True) for g, d in prepared.items()]
+    for name, data_root, on_device, drop in settings:
+        VideoReader.drop_unneeded = drop  # before the workers fork: they inherit it
         cfg = dataset_cfg(data_root, on_device)
         loader = build_loader(build_dataset(cfg.data, "train"), args.batch, args.workers, shuffle=True,
                               drop_last=True, seed=0)

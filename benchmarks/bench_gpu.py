@@ -24,9 +24,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tpn.config import load_config  # noqa: E402
-from tpn.accel import make_eval_forward, make_train_step  # noqa: E402
+from tpn.accel import Execution, make_eval_forward  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
 from tpn.models.info import measure  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -54,36 +55,44 @@ def timed(fn, steps: int, warmup: int) -> tuple[float, float]:
     return time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**30
 
 
-def compile_arg(mode: str) -> bool | str:
+def execution(mode: str) -> Execution:
     """Mode names: fp32 | bf16, +cl (channels_last_3d), +compile, +cg (compile with CUDA graphs),
     +cp1 (activation checkpointing of stage 1), +fold (BN folded into convs, test only; the folded
-    weights held in bf16 unless +fp32w)."""
-    return "reduce-overhead" if "cg" in mode else ("compile" in mode)
+    weights held in bf16 unless +fp32w), +pad4/+pad8 (model.backbone.stem_pad_channels), +s2d
+    (model.backbone.stem_2d)."""
+    return Execution(torch.bfloat16 if "bf16" in mode else None, "cl" in mode,
+                     "reduce-overhead" if "cg" in mode else ("compile" in mode))
+
+
+def model_overrides(mode: str) -> list[str]:
+    sets = ["model.backbone.with_cp=[1]"] if "cp1" in mode else []
+    sets += [f"model.backbone.stem_pad_channels={c}" for c in (4, 8) if f"pad{c}" in mode]
+    return sets + (["model.backbone.stem_2d=true"] if "s2d" in mode else [])
 
 
 def tpn_train(batch: int, mode: str, steps: int) -> dict:
     torch.manual_seed(0)
-    cfg = load_config("tpn_r50_8x8_k400", ["model.backbone.with_cp=[1]"] if "cp1" in mode else [])
+    cfg = load_config("tpn_r50_8x8_k400", model_overrides(mode))
     model = build_model(cfg).cuda().train()
-    amp, cl, comp = "bf16" in mode, "cl" in mode, compile_arg(mode)
-    step = make_train_step(model, cfg, amp=amp, channels_last=cl, compile_model=comp, lr=0.01)
+    ex = execution(mode)
+    step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train, lr=0.01)
     x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
     labels = torch.arange(batch, device="cuda") % 400
     t0 = time.perf_counter()
     step(x8, labels)
     sync()
     first = time.perf_counter() - t0
-    dt, mem = timed(lambda: step(x8, labels), steps, warmup=3 if comp else 2)
+    dt, mem = timed(lambda: step(x8, labels), steps, warmup=3 if ex.compile else 2)
     return dict(clips_per_s=batch * steps / dt, step_ms=1000 * dt / steps, peak_mem_gb=mem,
                 mem_per_clip_gb=mem / batch, first_step_s=first)
 
 
 @torch.no_grad()
 def tpn_test(videos: int, mode: str, reps: int) -> dict:
-    cfg = load_config("tpn_r50_8x8_k400")
+    cfg = load_config("tpn_r50_8x8_k400", model_overrides(mode))
     model = build_model(cfg).cuda().eval()
-    fwd = make_eval_forward(model, cfg, amp="bf16" in mode, channels_last="cl" in mode,
-                            compile_model=compile_arg(mode), fold_bn="fold" in mode, bf16_weights="fp32w" not in mode)
+    fwd = make_eval_forward(model, cfg.data.mean, cfg.data.std, execution(mode), fold_bn="fold" in mode,
+                            low_precision_weights="fp32w" not in mode)
     x8 = torch.randint(0, 255, (videos, 30, 3, 8, 256, 256), dtype=torch.uint8, device="cuda")
 
     def run():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tpn.config import DataConfig
-from tpn.data import transforms as T
-from tpn.data.bench import TRAIN_MODES, machine_info, make_videos
-from tpn.data.datasets import VideoDataset
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
+
+from bench_data import TRAIN_MODES, machine_info, make_videos  # noqa: E402
+from tpn.config import DataConfig  # noqa: E402
+from tpn.data import transforms as T  # noqa: E402
+from tpn.data.datasets import VideoDataset  # noqa: E402
 
 
 def torch_bilinear(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

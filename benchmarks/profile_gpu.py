@@ -25,9 +25,10 @@ import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tpn.accel import make_train_step  # noqa: E402
+from tpn.accel import Execution  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
+from train_step import make_train_step  # noqa: E402
 
 
 def category(name: str) -> str:
@@ -63,13 +64,13 @@ def profile_test(videos: int, variant: str = "fold_bf16w") -> dict:
     """The 30-view test forward (BN folded, bf16 autocast, channels_last_3d, compiled): videos/s
     and kernels. Variants: fold (fp32 weights cast by autocast), fold_bf16w (weights held in
     bf16), fold_bf16w_cg (+ CUDA graphs)."""
-    from tpn.accel import make_eval_forward
+    from tpn.accel import Execution, make_eval_forward
 
     cfg = load_config("tpn_r50_8x8_k400")
     model = build_model(cfg).cuda().eval()
-    fwd = make_eval_forward(model, cfg, amp=True, channels_last=True,
-                            compile_model="reduce-overhead" if variant.endswith("_cg") else True,
-                            fold_bn=True, bf16_weights="bf16w" in variant)
+    ex = Execution(torch.bfloat16, True, "reduce-overhead" if variant.endswith("_cg") else True)
+    fwd = make_eval_forward(model, cfg.data.mean, cfg.data.std, ex, fold_bn=True,
+                            low_precision_weights="bf16w" in variant)
     x8 = torch.randint(0, 255, (videos * 30, 3, 8, 256, 256), dtype=torch.uint8, device="cuda")
     for _ in range(3):
         fwd(x8)
@@ -95,7 +96,7 @@ def run_variant(variant: str, batch: int, steps: int, profile: bool) -> dict:
         model = build_model(cfg).cuda().train()
         mode = {"cudagraphs": "reduce-overhead", "cdtcg": "reduce-overhead",
                 "mat": "max-autotune-no-cudagraphs"}.get(variant, True)
-        step = make_train_step(model, cfg, amp=True, channels_last=True, compile_model=mode)
+        step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, mode), cfg.train)
         x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
         labels = torch.arange(batch, device="cuda") % 400
         for _ in range(4):

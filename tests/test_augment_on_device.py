@@ -13,10 +13,11 @@ def test_device_augmentation_equals_loader_augmentation(tempo_data):  # noqa: F8
     on_cpu = build_dataset(cfg.data, "train")
     deferred = build_dataset(replace(cfg.data, augment_on_device=True), "train")
     items = [deferred[i] for i in range(8)]
-    assert all(len(item) == 3 and item[2].shape == (7,) for item in items)
-    flips = [bool(item[2][0]) for item in items]
+    assert all(item.aug.shape == (7,) and item.ok for item in items)
+    assert all(on_cpu[i].aug is None for i in range(2))
+    flips = [bool(item.aug[0]) for item in items]
     assert any(flips) and not all(flips)  # both branches are exercised
-    batch = apply_augment(torch.stack([c for c, _, _ in items]), torch.stack([a for _, _, a in items]))
+    batch = apply_augment(torch.stack([it.clip for it in items]), torch.stack([it.aug for it in items]))
     reference = torch.stack([on_cpu[i][0] for i in range(8)])
     diff = (batch.int() - reference.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # equal but for float rounding at .5

@@ -7,7 +7,7 @@ import torch
 
 from tpn.checkpoint import CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import load_config
-from tpn.convert import convert_checkpoint, fit_to_model, load_weights, rename
+from tpn.convert.weights import convert_checkpoint, fit_to_model, load_weights, rename
 from tpn.models.build import build_model
 
 KEYS = Path(__file__).parent / "data" / "keys_tpn_r50_8x8_k400.tsv"

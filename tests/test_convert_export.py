@@ -6,7 +6,7 @@ import torch
 
 from tpn.cli import main
 from tpn.config import load_config
-from tpn.convert import load_model
+from tpn.convert.weights import load_model
 from tpn.models.build import build_model
 
 TINY_YAML = ("model:\n  backbone: {base_channels: 8, stage_blocks: [1, 1, 1, 1]}\n"

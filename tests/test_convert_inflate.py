@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tests.test_engine_common import tempo_data, tiny_cfg  # noqa: F401
 from tpn.checkpoint import CheckpointError
 from tpn.config import load_config
 from tpn.convert.inflate import inflate_2d_into
@@ -128,12 +129,32 @@ def test_torchvision_layout_inflates_to_the_2d_network(tmp_path):
     check_matches_2d(backbone, net2d)
 
 
-def test_timm_style_checkpoint_wrapper_and_config_option(tmp_path):
+def test_timm_style_checkpoint_wrapper(tmp_path):
     net2d = random_2d(1)
     path = tmp_path / "timm_resnet.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in net2d.state_dict().items()}, "epoch": 3}, path)
-    model = build_model(load_config("tpn_r50_8x8_k400", TINY + [f"model.backbone.pretrained2d={path}"])).eval()
-    check_matches_2d(model.backbone, net2d)
+    model = build_model(load_config("tpn_r50_8x8_k400", TINY))
+    inflate_2d_into(model.backbone, path)
+    check_matches_2d(model.eval().backbone, net2d)
+
+
+def test_config_option_inflates_when_training_starts_from_scratch_only(tempo_data, tmp_path):  # noqa: F811
+    from tpn.engine.train import train
+
+    net2d = random_2d(1)
+    path = tmp_path / "resnet2d.pth"
+    torch.save(net2d.state_dict(), path)
+    cfg = tiny_cfg(tempo_data, ["model.backbone.base_channels=8", f"model.backbone.pretrained2d={path}",
+                                "train.lr=0", "train.epochs=1", "train.val_interval=0", "data.num_workers=0",
+                                "train.batch_size=8"])
+    assert not torch.equal(build_model(cfg).backbone.layer1[0].conv2.bn.weight, net2d.layer1[0].bn2.weight)
+    backbone = train(cfg, tmp_path / "run", device="cpu")["model"].backbone  # lr 0: the initial weights
+    for t in range(3):
+        torch.testing.assert_close(backbone.layer3[0].conv1.conv.weight[:, :, t], net2d.layer3[0].conv1.weight / 3)
+    assert torch.equal(backbone.layer1[0].conv2.bn.weight, net2d.layer1[0].bn2.weight)
+    path.unlink()  # building a model (test, predict, export) and resuming never read the 2D file
+    build_model(cfg)
+    assert train(cfg, tmp_path / "run", resume="auto", device="cpu")["model"] is not None
 
 
 def write_pdparams(path, arrays: dict, protocol=2):
@@ -160,7 +181,7 @@ def test_paddle_tsn_pdparams_and_persistables_inflate_the_same(tmp_path):
 
 
 def test_paddle_resnet101_block_names():
-    from tpn.convert import rename
+    from tpn.convert.weights import rename
 
     renamed, _ = rename({"res4b22_branch2c_weights": torch.zeros(1), "bn4b1_branch2b_offset": torch.zeros(1),
                          "res4a_branch1_weights": torch.zeros(1), "bn5c_branch2a_mean": torch.zeros(1)},

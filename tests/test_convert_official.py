@@ -5,8 +5,7 @@ import torch
 from tpn.checkpoint import CheckpointError
 from tpn.cli import main
 from tpn.config import load_config
-from tpn.convert import load_weights
-from tpn.convert import load_model
+from tpn.convert.weights import load_model, load_weights
 from tpn.models.build import build_model
 
 TINY_YAML = ("model:\n  backbone: {base_channels: 8, stage_blocks: [1, 1, 1, 1]}\n"
@@ -134,7 +133,7 @@ def test_full_size_r50_names_map_strictly():
     """Every tensor of the full R50 8x8 model round-trips through the official and seed Paddle names."""
     from tests.test_convert_paddle import tpn_to_paddle_names
     from tpn.checkpoint import load_state_dict_strict
-    from tpn.convert import fit_to_model, rename
+    from tpn.convert.weights import fit_to_model, rename
 
     model = build_model(load_config("tpn_r50_8x8_k400"))
     own = model.state_dict()
@@ -151,7 +150,7 @@ def test_full_size_r50_names_map_strictly():
 
 def test_full_size_r101_official_names_map_strictly():
     """The release's r101f8s8 (res4 blocks b1..b22 in Paddle, 23 blocks here) fits tpn_r101_8x8_k400."""
-    from tpn.convert import rename
+    from tpn.convert.weights import rename
 
     model = build_model(load_config("tpn_r101_8x8_k400"))
     own = model.state_dict()

@@ -9,9 +9,8 @@ import torch
 
 from tpn.checkpoint import CheckpointError
 from tpn.config import load_config
-from tpn.convert import convert_checkpoint, load_weights
+from tpn.convert.weights import convert_checkpoint, load_model, load_weights
 from tpn.convert.paddle import parse_lod_tensor, read_pdparams, read_persistables
-from tpn.convert import load_model
 from tpn.models.build import build_model
 
 TINY_YAML = ("model:\n  backbone: {base_channels: 8, stage_blocks: [1, 1, 1, 1]}\n"

@@ -11,7 +11,7 @@ import torch
 
 from tpn.config import DataConfig
 from tpn.data import sampling
-from tpn.data.datasets import AnnotationError, build_dataset, read_annotations, read_label_names
+from tpn.data.datasets import AnnotationError, Batch, build_dataset, read_annotations, read_label_names
 from tpn.data.loader import build_loader
 from tpn.data.synthetic import class_names
 from tpn.data.video import read_all_frames
@@ -64,11 +64,12 @@ def _cfg(root, **kw):
 def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
     cfg = _cfg(synth_dataset)
     train = build_dataset(cfg, "train")
-    clip, label = train[0]
+    clip, label, index, ok, aug = train[0]
+    assert index == 0 and ok and aug is None
     assert clip.dtype == torch.uint8 and clip.shape == (3, 4, 56, 56) and 0 <= label < 4
     assert train.label_names == class_names(4) and len(train) == len(train.samples) == 12
     val = build_dataset(cfg, "val")
-    clip, label, index, ok = val[1]
+    clip, label, index, ok, _ = val[1]
     assert clip.shape == (3, 4, 56, 56) and index == 1 and ok and label == val.samples[1][1]
     # val = the centre clip of the video, short side 64 (80 -> 64: 96 -> 77), centre crop 56
     frames = read_all_frames(val.samples[1][0])
@@ -76,7 +77,7 @@ def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
     from tpn.data import transforms as T
     expect = T.center_crop(T.resize_short_side(T.to_clip(frames[idx]), 64), 56)
     assert torch.equal(clip, expect)
-    views, label, index, ok = build_dataset(cfg, "test")[0]
+    views, label, index, ok, _ = build_dataset(cfg, "test")[0]
     assert views.shape == (9, 3, 4, 64, 64) and ok  # 3 clips x 3 crops, clip-major
     full = T.resize_short_side(T.to_clip(frames if index == 1 else read_all_frames(val.samples[0][0])), 64)
     tidx = sampling.test_indices(full.shape[1], 4, 2, 3)
@@ -154,7 +155,7 @@ def test_persistent_workers_see_set_epoch(synth_dataset):
     epochs = []
     for epoch in range(2):
         ds.set_epoch(epoch)
-        x, y = next(iter(loader))
+        x, y = next(iter(loader))[:2]
         assert x.dtype == torch.uint8 and x.shape == (4, 3, 4, 56, 56) and y.shape == (4,)
         epochs.append(x)
     assert not torch.equal(epochs[0], epochs[1])
@@ -179,9 +180,9 @@ def test_broken_videos_are_replaced_in_training_and_reported(synth_broken_datase
     ds = build_dataset(_cfg(root, train_list=str(root / "mixed.txt")), "train", report_path=report)
     with caplog.at_level(logging.WARNING, logger="tpn.data"):
         clips = [ds[i] for i in range(len(ds))]
-    assert all(c.shape == (3, 4, 56, 56) and c.dtype == torch.uint8 for c, _ in clips)
+    assert all(c.shape == (3, 4, 56, 56) and c.dtype == torch.uint8 for c, *_ in clips)
     again = [ds[i][0] for i in range(len(ds))]
-    assert all(torch.equal(a, b) for (a, _), b in zip(clips, again))  # deterministic replacement
+    assert all(torch.equal(a.clip, b) for a, b in zip(clips, again))  # deterministic replacement
     lines = [json.loads(x) for x in report.read_text().splitlines()]
     reported = {x["path"].split("/")[-1]: x["error"] for x in lines}
     assert set(bad) <= set(reported)
@@ -199,7 +200,7 @@ def test_report_lines_from_many_workers(synth_broken_dataset, tmp_path):
     report = tmp_path / "r.jsonl"
     ds = build_dataset(_cfg(root, train_list=str(root / "mixed.txt")), "train", report_path=report)
     loader = build_loader(ds, batch_size=3, num_workers=2, persistent_workers=False)
-    assert sum(len(y) for _, y in loader) == 9
+    assert sum(len(b.label) for b in loader) == 9
     lines = [json.loads(x) for x in report.read_text().splitlines()]  # every line whole JSON
     assert {x["path"].split("/")[-1] for x in lines} >= set(bad)
 
@@ -209,11 +210,11 @@ def test_broken_videos_in_val_and_test_come_back_not_ok(synth_broken_dataset, tm
     report = tmp_path / "r.jsonl"
     cfg = _cfg(root, val_list=str(root / "mixed.txt"), test_list=str(root / "mixed.txt"))
     ds = build_dataset(cfg, "val", report_path=report)
-    oks = [ds[i][3] for i in range(len(ds))]
+    oks = [ds[i].ok for i in range(len(ds))]
     assert oks == [True] * 4 + [False] * 4 + [True]  # the short video loops in val
-    clip, _, index, ok = ds[5]
+    clip, _, index, ok, _ = ds[5]
     assert clip.shape == (3, 4, 56, 56) and not clip.any() and index == 5 and not ok
-    views, _, _, ok = build_dataset(cfg, "test", report_path=report)[6]
+    views, _, _, ok, _ = build_dataset(cfg, "test", report_path=report)[6]
     assert views.shape == (9, 3, 4, 64, 64) and not ok
     splits = [json.loads(x)["split"] for x in report.read_text().splitlines()]
     assert splits.count("val") == 5 and splits.count("test") == 1  # ds[5] was read twice
@@ -228,24 +229,31 @@ def test_batches_are_frames_last_and_equal_to_the_items(synth_broken_dataset):
     root, _ = synth_broken_dataset
     cfg = _cfg(root, test_list=str(root / "mixed.txt"))
     train = build_dataset(cfg, "train", seed=2)
-    x, y = next(iter(build_loader(train, batch_size=4, num_workers=2, persistent_workers=False)))
-    assert x.is_contiguous(memory_format=torch.channels_last_3d)
-    assert torch.equal(x, torch.stack([train[i][0] for i in range(4)]))
+    batch = next(iter(build_loader(train, batch_size=4, num_workers=2, persistent_workers=False)))
+    assert isinstance(batch, Batch) and batch._fields == ("clip", "label", "index", "ok", "aug")
+    assert batch.clip.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(batch.clip, torch.stack([train[i].clip for i in range(4)]))
+    assert batch.label.dtype == torch.int64 and batch.ok.all() and batch.aug is None
+    deferred = build_dataset(replace(cfg, augment_on_device=True), "train", seed=2)
+    batch = next(iter(build_loader(deferred, batch_size=4, num_workers=0)))
+    assert isinstance(batch, Batch) and batch.aug.shape == (4, 7)
+    assert torch.equal(batch.aug, torch.stack([deferred[i].aug for i in range(4)]))
     test = build_dataset(cfg, "test")
     for workers in (0, 2):
         batches = list(make_eval_loader(test, setup("cpu"), 3, workers))
-        views = torch.cat([b[0] for b in batches])
+        views = torch.cat([b.clip for b in batches])
         assert views.shape == (9, 9, 3, 4, 64, 64)
-        assert all(b[0].permute(0, 1, 3, 4, 5, 2).is_contiguous() for b in batches)  # frames-last memory
+        assert all(b.clip.permute(0, 1, 3, 4, 5, 2).is_contiguous() for b in batches)  # frames-last memory
         assert torch.equal(views, torch.stack([test[i][0] for i in range(9)]))
-        assert [bool(o) for b in batches for o in b[3]] == [test[i][3] for i in range(9)]
+        assert [bool(o) for b in batches for o in b.ok] == [test[i].ok for i in range(9)]
+        assert [int(i) for b in batches for i in b.index] == list(range(9))
 
 
 def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
     from PIL import Image
 
     cfg = _cfg(synth_dataset)
-    path, label = build_dataset(cfg, "val").samples[0]
+    path, label, _ = build_dataset(cfg, "val").samples[0]
     frames = read_all_frames(path)
     folder = tmp_path / "frames" / "v0"
     folder.mkdir(parents=True)
@@ -255,11 +263,11 @@ def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
     rcfg = _cfg(tmp_path, format="mmaction_rawframes", val_list=str(tmp_path / "raw.txt"),
                 label_map=str(synth_dataset / "labels.txt"))
     ds = build_dataset(rcfg, "val", report_path=tmp_path / "r.jsonl")
-    clip, got_label, _, ok = ds[0]
+    clip, got_label, _, ok, _ = ds[0]
     video_clip = build_dataset(cfg, "val")[0][0]
     assert ok and got_label == label and clip.shape == video_clip.shape
     assert (clip.float() - video_clip.float()).abs().mean() < 3  # JPEG round trip
-    assert ds[1][3] is False and "frames/none" in (tmp_path / "r.jsonl").read_text()
+    assert ds[1].ok is False and "frames/none" in (tmp_path / "r.jsonl").read_text()
 
 
 # ---------------------------------------------------------------- clips per decode
@@ -275,8 +283,9 @@ def test_clips_per_decode_takes_k_clips_from_one_read(synth_dataset, monkeypatch
     monkeypatch.setattr(datasets, "read_clip", lambda *a, **k: reads.append(a[0]) or video.read_clip(*a, **k))
     item = ds[4]
     assert len(reads) == 1  # one open and one decoding pass for the three clips
-    clips, labels = item[0], item[1]
+    clips, labels = item.clip, item.label
     assert clips.shape == (3, 3, 4, 56, 56) and labels.tolist() == [ds.samples[4][1]] * 3
+    assert item.index.tolist() == [4] * 3 and item.ok.tolist() == [True] * 3
     rng = ds._rng(4)
     frames = read_all_frames(ds.samples[4][0])
     picks = [sampling.train_indices(len(frames), 4, 2, rng) for _ in range(3)]
@@ -285,20 +294,23 @@ def test_clips_per_decode_takes_k_clips_from_one_read(synth_dataset, monkeypatch
         clip, aug = ds._train_transform(T.to_clip(frames[picks[j]]), rng)
         assert torch.equal(clips[j], clip), j
         if on_device:
-            assert torch.equal(item[2][j], aug)
+            assert torch.equal(item.aug[j], aug)
     # k = 1 (the default) is the one-clip recipe: one start, then that clip's draws
     one = build_dataset(_cfg(synth_dataset, **kw), "train", seed=5)[4]
     rng = ds._rng(4)
     clip, _ = ds._train_transform(T.to_clip(frames[sampling.train_indices(len(frames), 4, 2, rng)]), rng)
-    assert torch.equal(one[0], clip) and one[1] == ds.samples[4][1]
+    assert torch.equal(one.clip, clip) and one.label == ds.samples[4][1] and one.index == 4
 
 
 def test_clips_per_decode_batches_hold_batch_size_clips(synth_dataset):
     ds = build_dataset(_cfg(synth_dataset, clips_per_decode=2), "train", seed=1)
     for workers in (0, 2):
-        x, y = next(iter(build_loader(ds, batch_size=4, num_workers=workers, persistent_workers=False)))
+        b = next(iter(build_loader(ds, batch_size=4, num_workers=workers, persistent_workers=False)))
+        x = b.clip
         assert x.shape == (4, 3, 4, 56, 56) and x.is_contiguous(memory_format=torch.channels_last_3d)
-        assert torch.equal(x, torch.cat([ds[i][0] for i in range(2)])) and torch.equal(y, torch.cat([ds[i][1] for i in range(2)]))
+        assert torch.equal(x, torch.cat([ds[i].clip for i in range(2)]))
+        assert torch.equal(b.label, torch.cat([ds[i].label for i in range(2)]))
+        assert b.index.tolist() == [0, 0, 1, 1] and b.ok.tolist() == [True] * 4 and b.aug is None
     with pytest.raises(TpnError, match="batch size 3 is not a multiple of data.clips_per_decode \\(2\\)"):
         build_loader(ds, batch_size=3, num_workers=0)
     with pytest.raises(TpnError, match="data.clips_per_decode must be at least 1, got 0"):

@@ -48,23 +48,6 @@ def test_prepare_reencodes_with_short_gop(tmp_path):
     assert np.abs(got - ref).max() < 6
 
 
-def test_bench_data_runs_on_original_and_prepared(tmp_path):
-    """`tpn bench data` end to end at a tiny size: both encodings, every mode, positive rates."""
-    from tpn.data.bench import TRAIN_MODES, run
-
-    res = run(tmp_path, videos=1, clips=2, test_videos=1, log=lambda *_: None, sizes=((128, 96),), seconds=3)
-    assert [r["encoding"] for r in res["results"]] == ["original", "prepared"]
-    for r in res["results"]:
-        assert all(r[f"{m}_clips_per_cpu_s"] > 0 for m in TRAIN_MODES) and r["test30_videos_per_cpu_s"] > 0
-    assert set(res["prepared_over_original"]) == {"128x96"}
-    assert all(r[f"{m}_clips_per_cpu_s_decode_all"] > 0 for m in TRAIN_MODES for r in res["results"])
-    assert set(res["results"][0]["skip_over_decode_all"]) == {*TRAIN_MODES, "test30"}
-    assert all(v > 0 for r in res["results"] for v in r["train_recipe_dev_clips_per_decode"].values())
-    orig, prep = (r["frames_decoded_per_train_clip"] for r in res["results"])
-    assert orig["skip"] < orig["decode_all"] and prep["skip"] == prep["decode_all"]  # prepared: no B-frames
-    assert keyframes(tmp_path / "x264_medium" / "prepared_gop2" / "128x96_0.mp4")[:3] == [0, 2, 4]
-
-
 def test_prepared_fast_index_is_exact_and_falls_back(tmp_path):
     """The header-only index of a prepared video gives exactly the frames of a sequential
     decode; an index that does not hold (here: corrupted) falls back to demuxing, same frames."""

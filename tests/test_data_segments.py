@@ -87,7 +87,7 @@ def test_test_views_are_two_segment_samplings_by_three_crops(sth, layout):
     root = sth[layout]
     cfg = _cfg(root, layout)
     ds = build_dataset(cfg, "test")
-    views, label, index, ok = ds[0]
+    views, label, index, ok, _ = ds[0]
     assert ok and views.shape == (6, 3, 8, 64, 64)  # 2 samplings x 3 crops, clip-major
     path = ds.samples[0][0]
     frames = read_rawframes(path, range(24), "{:05}.jpg") if layout == "sthv1" else read_all_frames(path)
@@ -99,7 +99,7 @@ def test_test_views_are_two_segment_samplings_by_three_crops(sth, layout):
         crops = T.three_crop(full[:, idx[k]], 64)
         for j in range(3):
             assert torch.equal(views[3 * k + j], crops[j])
-    val_clip, _, _, ok = build_dataset(cfg, "val")[0]
+    val_clip, _, _, ok, _ = build_dataset(cfg, "val")[0]
     assert ok and torch.equal(val_clip, T.center_crop(full[:, idx[0]], 56))  # val: the centres
     if layout == "sthv2":
         import av
@@ -112,7 +112,7 @@ def test_training_clips_take_one_frame_per_segment(sth):
     cfg = _cfg(sth["sthv1"], "sthv1", crop_size=64, train_crop="random")
     ds = build_dataset(cfg, "train")
     ds.set_epoch(0)
-    clip, label = ds[1]
+    clip, label, *_ = ds[1]
     frames = T.resize_short_side(T.to_clip(read_rawframes(ds.samples[1][0], range(24), "{:05}.jpg")), 64)
     rng = ds._rng(1)
     idx = sampling.segment_train_indices(24, 8, rng)
@@ -128,14 +128,14 @@ def test_flip_label_map_swaps_left_and_right_classes(sth):
     plain = build_dataset(_cfg(root, "sthv2", crop_size=64), "train")
     flipped = build_dataset(_cfg(root, "sthv2", crop_size=64, flip=1.0, flip_label_pairs=((0, 2), (1, 3))), "train")
     no_map = build_dataset(_cfg(root, "sthv2", crop_size=64, flip=1.0), "train")
-    for i, (_, label) in enumerate(plain.samples):
-        clip, new_label = flipped[i]
+    for i, (_, label, _) in enumerate(plain.samples):
+        clip, new_label, *_ = flipped[i]
         assert new_label == {0: 2, 2: 0, 1: 3, 3: 1}[label]  # a 'right' video seen mirrored moves left
         assert no_map[i][1] == label
         assert torch.equal(clip, plain[i][0].flip(-1))  # the same draw, mirrored
     on_device = build_dataset(_cfg(root, "sthv2", crop_size=64, flip=1.0, flip_label_pairs=((0, 2), (1, 3)),
                                    augment_on_device=True), "train")
-    clip, label, aug = on_device[0]
+    clip, label, _, _, aug = on_device[0]
     assert aug[0] == 1 and label == flipped[0][1]  # the loader swaps the label, the device flips
     with pytest.raises(AnnotationError, match="label 2 appears more than once"):
         build_dataset(_cfg(root, "sthv2", flip_label_pairs=((0, 2), (2, 3))), "train")

@@ -29,9 +29,9 @@ def test_loss_falls_and_accuracy_beats_chance(tempo_data, tmp_path):  # noqa: F8
 
     ds = build_dataset(cfg.data, "val")
     train_set = build_dataset(cfg.data, "train")
-    ds.items, ds.samples = train_set.items, train_set.samples
+    ds.samples = train_set.samples
     model = s["model"].eval()
-    forward = make_eval_forward(model, cfg, amp=False, channels_last=False)
+    forward = make_eval_forward(model, cfg.data.mean, cfg.data.std)
     res = predict_probs(forward, make_eval_loader(ds, Dist(), 8, 0), Dist())
     assert metrics(res, 4)["top1"] >= 0.5
     run = tmp_path / "run"

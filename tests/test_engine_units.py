@@ -7,9 +7,10 @@ import torch
 
 from tpn.checkpoint import CheckpointError, save_atomic
 from tpn.config import load_config
+from tpn.engine.checkpoint import find_resume, rng_state, set_rng_state
 from tpn.engine.distributed import ShardedSampler
 from tpn.engine.evaluate import metrics, parse_views
-from tpn.engine.train import base_lr, find_resume, lr_at, param_groups, rng_state, set_rng_state
+from tpn.engine.train import base_lr, lr_at, param_groups
 from tpn.errors import TpnError
 from tpn.models.build import build_model
 
@@ -104,3 +105,19 @@ def test_views_argument():
     for bad in ["10", "10x2", "ax3"]:
         with pytest.raises(TpnError, match="--views"):
             parse_views(bad)
+
+
+def test_execution_policy_lives_in_one_place():
+    from tpn.accel import Execution, execution
+
+    cfg = load_config("tpn_tiny_synth", ["train.compile=true"])
+    cuda = torch.device("cuda")  # a device name only: nothing runs
+    assert execution(cfg.train, torch.device("cpu")) == Execution()  # fp32, no layout change, eager
+    assert execution(cfg.train, cuda) == Execution(torch.bfloat16, True, True)
+    assert not execution(cfg.train, cuda).loss_scaling
+    fp16 = load_config("tpn_tiny_synth", ["train.amp_dtype=float16", "train.compile_mode=reduce-overhead",
+                                          "train.compile=true", "train.channels_last=false"])
+    assert execution(fp16.train, cuda) == Execution(torch.float16, False, "reduce-overhead")
+    assert execution(fp16.train, cuda).loss_scaling
+    assert execution(fp16.train, cuda, compile_model=False).compile is False
+    assert execution(load_config("tpn_tiny_synth", ["train.amp=false"]).train, cuda).amp is None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tpn
-from tpn.convert import convert_checkpoint
+from tpn.convert.weights import convert_checkpoint
 from tests.mmaction2_ref import build_reference, randomize, reference_aux_logits, reference_logits
 
 TOL = 1e-4

@@ -6,7 +6,7 @@ import torch
 
 import tpn
 from tpn.checkpoint import CheckpointError
-from tpn.convert import convert_checkpoint
+from tpn.convert.weights import convert_checkpoint
 from tests.mmaction2_ref import (build_reference_tsm, randomize, reference_aux_logits_2d,
                                  reference_logits_2d)
 
@@ -86,7 +86,7 @@ def test_tsm_checkpoint_refused_by_3d_config(mm_tsm):
 
 def test_tsm_r101_backbone_matches_mmaction2():
     """ResNet-101 shifts every other block (mmaction2's rule for deep networks)."""
-    from tpn.convert import rename
+    from tpn.convert.weights import rename
     from tpn.models.resnet_tsm import ResNetTSM
 
     ref = build_reference_tsm(depth=101, backbone_only=True)

@@ -7,7 +7,7 @@ to bf16 rounding.
 import pytest
 import torch
 
-from tpn.accel import make_eval_forward, make_forward
+from tpn.accel import Execution, make_eval_forward, make_forward
 from tpn.config import load_config
 from tpn.data.transforms import apply_augment, draw_augment
 from tpn.models.build import build_model
@@ -38,8 +38,9 @@ def test_test_forward_matches_fp32(compile_mode):
     x8 = torch.randint(0, 255, (6, 3, 8, 128, 128), dtype=torch.uint8, device="cuda",
                        generator=torch.Generator("cuda").manual_seed(0))
     with torch.no_grad():
-        ref = make_eval_forward(model, cfg, amp=False, channels_last=False)(x8)
-        fast = make_eval_forward(model, cfg, amp=True, channels_last=True, compile_model=compile_mode, fold_bn=True)
+        ref = make_eval_forward(model, cfg.data.mean, cfg.data.std)(x8)
+        fast = make_eval_forward(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, compile_mode),
+                                 fold_bn=True)
         got = fast(x8)
         got = fast(x8)  # second call: the compiled (and, with CUDA graphs, replayed) path
     assert got.shape == ref.shape
@@ -53,8 +54,8 @@ def train_logits(cfg, x8, amp, channels_last, compile_model):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()
-    fwd = make_forward(model, cfg, amp=amp, channels_last=channels_last, compile_model=compile_model,
-                       with_labels=False)
+    ex = Execution(torch.bfloat16 if amp else None, channels_last, compile_model)
+    fwd = make_forward(model, cfg.data.mean, cfg.data.std, ex)
     out = fwd(x8).float()
     torch._dynamo.reset()
     return out

@@ -142,7 +142,7 @@ def test_load_model_public_interface(tmp_path):
 
 def test_folded_batchnorm_matches_eval_model():
     from tests.mmaction2_ref import randomize
-    from tpn.accel import fold_batchnorm
+    from tpn.models.layers import fold_batchnorm
 
     model = tiny().eval()
     randomize(model, seed=2)  # non-trivial BN statistics

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tpn.config import ConfigError, load_config
+from tpn.convert.inflate import inflate_2d_into
 from tpn.models.build import build_model
 from tpn.models.resnet_tsm import ResNetTSM, temporal_shift
 from tests.test_convert_inflate import random_2d
@@ -77,7 +78,9 @@ def test_imagenet_resnet_loads_without_inflation(tmp_path):
     net2d = random_2d()
     path = tmp_path / "resnet50_imagenet.pth"
     torch.save(net2d.state_dict(), path)
-    model = tiny([f"model.backbone.pretrained2d={path}"]).eval()
+    model = tiny()
+    inflate_2d_into(model.backbone, path)  # what `tpn train` does with model.backbone.pretrained2d
+    model.eval()
     torch.testing.assert_close(model.backbone.layer3[0].conv2.conv.weight, net2d.layer3[0].conv2.weight, rtol=0, atol=0)
     torch.testing.assert_close(model.backbone.layer2[0].downsample.bn.running_var,
                                net2d.layer2[0].downsample[1].running_var, rtol=0, atol=0)

@@ -12,7 +12,7 @@ def load_model(config, checkpoint=None):
     (e.g. an mmaction2 TPN checkpoint). Returns a `torch.nn.Module` in eval mode whose
     `forward(x)` maps (N, 3, T, H, W) normalised float clips to (N, num_classes) logits.
     """
-    from tpn.convert import load_model as _load_model
+    from tpn.convert.weights import load_model as _load_model
 
     return _load_model(config, checkpoint)
 

@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses with defaults, YAML files, dotted overrides.
 
 The dataclass defaults below *are* the mmaction2-equivalent TPN R50 8x8 Kinetics-400
-model and the seed's data protocol; a YAML file only states what differs. A config is
+model and the Paddle reproduction's data protocol; a YAML file only states what differs. A config is
 loaded with `load_config(name_or_path, overrides)`; unknown keys and wrong types are a
 one-line `ConfigError` that names the key, the file and what is allowed.
 """
@@ -43,6 +43,8 @@ class BackboneConfig:
     frozen_stages: int = -1  # -1: none; 0: stem; k: stem and stages 1..k
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
+    stem_pad_channels: Literal[0, 4, 8] = 0  # 3D stem: input channels padded with zeros to 4 or 8 (same sums, other GPU kernels)
+    stem_2d: bool = False  # 3D stem: the (1,k,k) conv and (1,3,3) max-pool as 2D ops over frames (same numbers)
     pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate (resnet_tsm: to copy)
     num_segments: int = 8  # resnet_tsm: frames per clip (the input's T), the span of the shift
     shift_div: int = 8  # resnet_tsm: 1/shift_div of the channels shift each way
@@ -133,7 +135,7 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
-    # reduce-overhead adds CUDA graphs (+4% at batch 32 on an H100, benchmarks/results/gpu_h100_*.json)
+    # reduce-overhead adds CUDA graphs (measured gain: docs/training.md)
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     seed: int = 0

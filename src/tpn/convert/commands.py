@@ -1,26 +1,12 @@
 """`tpn convert` and `tpn export` sub-commands."""
-from pathlib import Path
-
-from tpn.errors import TpnError
-
-
-def _read_labels(path: str | None) -> list[str] | None:
-    if not path:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise TpnError(f"{p}: label file not found (one class name per line)")
-    names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    if not names:
-        raise TpnError(f"{p}: label file is empty (one class name per line)")
-    return names
 
 
 def _cmd_convert(args) -> int:
-    from tpn.convert import convert_checkpoint
+    from tpn.convert.weights import convert_checkpoint
+    from tpn.data.datasets import read_label_names
 
     print(convert_checkpoint(args.src, args.dst, config=args.config, fmt=args.format,
-                             label_names=_read_labels(args.labels)))
+                             label_names=read_label_names(args.labels) if args.labels else None))
     return 0
 
 

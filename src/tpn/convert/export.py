@@ -21,7 +21,7 @@ class ExportError(TpnError):
 def export_onnx(config, checkpoint, out: str | Path, frames: int | None = None, size: int | None = None,
                 opset: int = 17, overrides=(), check: bool = True) -> str:
     from tpn.config import load_config
-    from tpn.convert import load_model
+    from tpn.convert.weights import load_model
 
     cfg = load_config(config, overrides) if not hasattr(config, "model") else config
     model = load_model(cfg, checkpoint).eval()

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from tpn.checkpoint import CheckpointError, misfit_error
+from tpn.convert.weights import read_raw, rename
 
 
 def inflate_weight(w2d: torch.Tensor, kt: int) -> torch.Tensor:
@@ -35,8 +36,6 @@ def detect_2d_layout(state_dict: dict) -> str:
 
 def read_2d_state_dict(path: str | Path) -> tuple[dict, list[str]]:
     """A 2D ResNet's tensors in tpn backbone names. Returns (state_dict, ignored keys)."""
-    from tpn.convert import read_raw, rename
-
     sd, _info = read_raw(path)
     for prefix in ("backbone.", "model."):  # wrappers some training scripts add
         if sd and all(k.startswith(prefix) for k in sd):

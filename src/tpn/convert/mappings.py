@@ -93,7 +93,7 @@ TPN_OFFICIAL = [
 
 # --------------------------------------------------------------------------- PaddlePaddle
 # Paddle 1.x static-graph names. The TSN ResNet (PaddleCV video models, `tsn_res_model.py`)
-# and the seed's 3D backbone share them: `conv1_weights`, `bn_conv1_{scale,offset,mean,
+# and the Paddle reproduction's 3D backbone share them: `conv1_weights`, `bn_conv1_{scale,offset,mean,
 # variance}`, `res{2..5}{a,b,..}_branch{2a,2b,2c,1}_weights`, `bn{2..5}{..}_branch.._*`;
 # ResNet-101 names res4 blocks `res4a, res4b1 .. res4b22`. Paddle's fc weight is [in, out].
 _BN_FIELDS = {"scale": "weight", "offset": "bias", "mean": "running_mean", "variance": "running_var"}
@@ -126,7 +126,7 @@ PADDLE_TSN2D = PADDLE_OPTIMIZER_STATE + [
      lambda m: f"{_paddle_block(m[1], m[2])}.{_BRANCHES[m[3]]}.bn.{_BN_FIELDS[m[4]]}"),
 ]
 
-# The seed's TPN (Paddle 1.7 static graph, model/TSN3D.py + TPN.py + backbone.py): the
+# The Paddle reproduction's TPN (Paddle 1.7 static graph, model/TSN3D.py + TPN.py + backbone.py): the
 # backbone uses the TSN names above, in 3D; the neck and heads name their parameters
 # explicitly. Its level fusion is the cascade flow (bottom-up starts from the top-down sum).
 PADDLE_TPN = PADDLE_OPTIMIZER_STATE + _prefixed(

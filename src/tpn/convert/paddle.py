@@ -2,8 +2,8 @@
 
 Two layouts, both as Paddle writes them:
 - `.pdparams`: a pickle of {variable name: numpy array} (`fluid.save` / `paddle.save`).
-  It is read by an unpickler that can only rebuild numpy arrays and plain containers, so
-  a hostile file cannot run code.
+  It is read by an unpickler that can only rebuild numeric numpy arrays (by np.frombuffer,
+  never numpy's own `__setstate__`) and plain containers, so a hostile file cannot run code.
 - Paddle 1.x persistables (`fluid.io.save_persistables` / `save_params` without a
   `filename`): a folder with one file per variable, named after it, each a serialised
   LoDTensor:
@@ -18,7 +18,11 @@ read without Paddle's program description; it is reported as such.
 """
 from __future__ import annotations
 
+import codecs
+import collections
+import math
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -36,27 +40,89 @@ _SKIPPED_FILES = {"__model__", "__params__"}
 
 
 # --------------------------------------------------------------------------- .pdparams
+class _Dtype:
+    """`numpy.dtype(...)` as a pickle calls it, kept inert: numpy's own dtype `__setstate__`
+    trusts the flags it is handed, so a forged dtype could make raw bytes be read as object
+    pointers (a crash or worse). Only a plain numeric type name becomes a real dtype."""
+
+    def __init__(self, name, *_args):
+        self.name, self.byteorder = name, "="
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+            self.byteorder = state[1]
+
+    def resolve(self) -> np.dtype:
+        if not (isinstance(self.name, str) and re.fullmatch(r"[biuf][1248]", self.name)):
+            raise pickle.UnpicklingError(f"numpy dtype {self.name!r} is not allowed in a .pdparams file")
+        return np.dtype(self.name).newbyteorder(self.byteorder)
+
+
+class _Array:
+    """What `_reconstruct(ndarray, ...)` + `__setstate__` would build, made by np.frombuffer
+    from a checked dtype, shape and byte count instead of numpy's own `__setstate__`."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("unexpected numpy array state in a .pdparams file")
+        _version, shape, dtype, fortran, raw = state
+        self.array = _from_bytes(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _from_bytes(raw, dtype, shape, order="C") -> np.ndarray:
+    if not isinstance(dtype, _Dtype) or not isinstance(raw, (bytes, bytearray, str)):
+        raise pickle.UnpicklingError("only numeric numpy arrays are allowed in a .pdparams file")
+    dt = dtype.resolve()
+    raw = raw.encode("latin1") if isinstance(raw, str) else bytes(raw)  # Python 2 str read as latin1
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if not all(isinstance(n, int) and n >= 0 for n in shape) or len(raw) != math.prod(shape) * dt.itemsize:
+        raise pickle.UnpicklingError(f"a numpy array's {len(raw)} bytes do not fill its shape {shape}")
+    return np.frombuffer(raw, dt).reshape(shape, order=order).astype(dt.newbyteorder("="))  # a native copy
+
+
+def _reconstruct(subtype, _shape, _typecode):
+    if subtype is not _Array:
+        raise pickle.UnpicklingError("only numpy arrays are allowed in a .pdparams file")
+    return _Array()
+
+
+def _scalar(dtype, raw):
+    return _from_bytes(raw, dtype, ())[()]
+
+
+def _frombuffer(buf, dtype, shape, order):  # protocol 5
+    arr = _Array()
+    arr.array = _from_bytes(buf, dtype, shape, order)
+    return arr
+
+
 def _eval_data_only(expr, namespace=None):
     """Paddle 2.x pickles a LoDTensor as `eval('data', {'data': array})`: allow exactly that."""
-    if expr != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), np.ndarray):
+    if expr != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), _Array):
         raise pickle.UnpicklingError("refusing to evaluate code from a .pdparams file")
     return namespace["data"]
 
 
+_NUMPY_FUNCTIONS = {(f"{core}.{module}", name): fn for core in ("numpy.core", "numpy._core")  # numpy 1.x, 2.x
+                    for module, name, fn in (("multiarray", "_reconstruct", _reconstruct),
+                                             ("multiarray", "scalar", _scalar), ("numeric", "_frombuffer", _frombuffer))}
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds numeric numpy arrays (as `_Array`) and plain containers; refuses anything else.
+    No numpy function is handed to the pickle: each name maps to a checked stand-in."""
+
     _ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy.core.multiarray", "scalar"): np._core.multiarray.scalar,
-        ("numpy._core.multiarray", "scalar"): np._core.multiarray.scalar,
-        ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
-        ("_codecs", "encode"): __import__("_codecs").encode,  # bytes in protocol-2 pickles
+        ("numpy", "ndarray"): _Array,
+        ("numpy", "dtype"): _Dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles
+        ("builtins", "bytes"): bytes,  # empty bytes in protocol-2 pickles
         ("builtins", "tuple"): tuple,  # Paddle 2.x: a dygraph tensor is (name, array)
-        ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+        ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "eval"): _eval_data_only,
+        **_NUMPY_FUNCTIONS,
     }
 
     def find_class(self, module: str, name: str):
@@ -81,14 +147,17 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
     big = obj.pop("UnpackBigParamInfor@@", None)  # arrays over 4 GB are saved in slices
     out = {}
     for name, value in obj.items():
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], _Array):
             value = value[1]
-        if isinstance(value, np.ndarray):
-            out[str(name)] = torch.tensor(value)
+        if isinstance(value, _Array) and value.array is not None:
+            out[str(name)] = torch.tensor(value.array)
     if isinstance(big, dict):
-        for name, info in big.items():
-            parts = [out.pop(s).flatten() for s in info["slices"]]
-            out[name] = torch.cat(parts).reshape(tuple(info["OriginShape"]))
+        try:
+            for name, info in big.items():
+                parts = [out.pop(s).flatten() for s in info["slices"]]
+                out[name] = torch.cat(parts).reshape(tuple(info["OriginShape"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: a big array's slices do not add up ({type(e).__name__}: {e})") from None
     if not out:
         raise CheckpointError(f"{path}: no arrays found in this .pdparams file")
     return out

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tpn.data.datasets import AnnotationError, iter_annotations, read_label_names
+from tpn.data.pool import map_in_processes
 from tpn.data.sampling import span
 from tpn.data.video import VideoError, VideoReader, count_rawframes, read_rawframes
 
@@ -47,13 +47,7 @@ def check_list(list_file, root: str = "", fmt: str = "list", label_map: str = ""
             lines.append((n, line, entry))
     need = span(clip_len, frame_interval)
     jobs = [(str(Path(root) / rel), fmt == "mmaction_rawframes", need) for _, _, (rel, _, _) in lines]
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(check_video, jobs, chunksize=4)
-        if progress:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(jobs), desc="checking", unit="video")
-        results = list(results)
+    results = map_in_processes(check_video, jobs, workers, chunksize=4, desc="checking" if progress else None)
     problems = [
         {"line": n, "path": job[0], "status": status, "detail": detail}
         for (n, _, _), job, (status, detail) in zip(lines, jobs, results) if status != "ok"

@@ -1,16 +1,12 @@
-"""`tpn data ...` and `tpn bench data` sub-commands."""
+"""`tpn data ...` sub-commands."""
 from __future__ import annotations
 
 from tpn.errors import TpnError
-
-bench_subparsers = None  # the `tpn bench` sub-parsers, set by add_data_commands
+from tpn.options import parse_pair
 
 
 def _size(text: str, flag: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise TpnError(f"{flag} {text!r}: expected WIDTHxHEIGHT, e.g. 160x128") from None
+    w, h = parse_pair(text, flag, "WIDTHxHEIGHT", "160x128")
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise TpnError(f"{flag} {text!r}: width and height must be even and at least 16 (H.264 4:2:0)")
     return w, h
@@ -49,24 +45,6 @@ def _cmd_check(args) -> int:
     return 0 if not report["problems"] and not report["bad_lines"] else 1
 
 
-def _cmd_bench_data(args) -> int:
-    import json
-    from pathlib import Path
-
-    from tpn.data.bench import run
-
-    if args.videos < 1 or args.clips < 1 or (args.test_videos is not None and args.test_videos < 1):
-        raise TpnError("--videos, --clips and --test-videos must be at least 1")
-    result = run(args.videos_dir, videos=args.videos, clips=args.clips, test_videos=args.test_videos)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    for size, gains in result["prepared_over_original"].items():
-        print(f"{size}: prepared / original per CPU second: " + ", ".join(f"{k} x{v}" for k, v in gains.items()))
-    print(f"results: {out}")
-    return 0
-
-
 def _cmd_prepare(args) -> int:
     from tpn.data.prepare import prepare_list
 
@@ -79,13 +57,7 @@ def _cmd_prepare(args) -> int:
     return 0 if not r["failed"] else 1
 
 
-def add_data_commands(sub, add_set):
-    """Add `tpn data` and `tpn bench`; returns the `tpn bench` sub-parsers object.
-
-    Other benchmarks join the group with `bench.add_parser("gpu", ...)` on the returned object
-    (also kept as `tpn.data.commands.bench_subparsers` after the parser is built).
-    """
-    global bench_subparsers
+def add_data_commands(sub, add_set) -> None:
     data = sub.add_parser("data", help="prepare and check video datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
 
@@ -129,16 +101,3 @@ def add_data_commands(sub, add_set):
     p.add_argument("--report", default=None, help="JSON report path (default LIST.check.json)")
     p.add_argument("--write-clean", default=None, metavar="OUT", help="write the list without unusable lines")
     p.set_defaults(func=_cmd_check)
-
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True,
-                                                                        metavar="BENCH_COMMAND")
-    p = bench.add_parser("data", help="loader throughput per worker on generated Kinetics-like videos")
-    p.add_argument("--videos-dir", default="work_dirs/bench_videos", help="where the test videos are generated (kept)")
-    p.add_argument("--videos", type=int, default=3, help="videos per (size, encoding) (default 3)")
-    p.add_argument("--clips", type=int, default=30, help="training clips timed per cell (default 30)")
-    p.add_argument("--test-videos", type=int, default=None,
-                   help="30-view test samples timed per cell (default: --videos)")
-    p.add_argument("--out", default="benchmarks/results/data_cpu.json", help="JSON results file")
-    p.set_defaults(func=_cmd_bench_data)
-    bench_subparsers = bench
-    return bench

@@ -1,21 +1,26 @@
 """Annotation lists and the video dataset.
 
 Formats (`data.format`):
-- `list` / `mmaction_video`: `relative/path.mp4 LABEL` per line (the seed's and mmaction2's
-  video lists); LABEL is an integer or, with a label map, a class name.
+- `list` / `mmaction_video`: `relative/path.mp4 LABEL` per line (the Paddle reproduction's and
+  mmaction2's video lists); LABEL is an integer or, with a label map, a class name.
 - `mmaction_rawframes`: `relative/frame_dir TOTAL_FRAMES LABEL` (frames `img_00001.jpg`, ...).
 - `kinetics_csv`: the Kinetics CSV (`label,youtube_id,time_start,time_end,split`); videos are
   `ROOT/LABEL/YOUTUBEID_START_END.mp4` with 6-digit zero-padded times, labels by name.
 A bad line is a one-line error naming the file and line number.
 
-Items (uint8, channels first; see the README's "Batch layouts"):
-- train: `(clip [3, T, crop, crop], label)`. A broken video is replaced by another sample
-  chosen from (index, attempt), logged, and appended to the report file. With
-  `data.clips_per_decode: k > 1`: `(clips [k, 3, T, crop, crop], labels [k])`, k clips of one
-  video decoded together (`tpn.data.loader` flattens them into the batch).
-- val:   `(clip [3, T, crop, crop], label, index, ok)`: one centred clip, centre crop.
-- test:  `(views [V, 3, T, S, S], label, index, ok)`, V = test_clips x test_crops, clip-major.
-val/test never replace a broken video: it comes back with ok=False (zeros) and is reported.
+Items are `Batch`es of one video (uint8, channels first; see docs/data.md, "Batch layouts"),
+the same five fields in every split; `tpn.data.loader.collate` stacks them into a `Batch`:
+- clip: train/val `[3, T, crop, crop]`; test `[V, 3, T, S, S]`, V = test_clips x test_crops,
+  clip-major.
+- label, index (train: the video actually read), ok (False: unreadable, zeros in its place).
+- aug: with `data.augment_on_device`, the flip/jitter draw (`transforms.draw_augment`) the
+  device applies; None otherwise.
+Train: a broken video is replaced by another sample chosen from (index, attempt), logged,
+and appended to the report file. With `data.clips_per_decode: k > 1` a train item holds k
+clips of one video decoded together: clip `[k, 3, T, crop, crop]`, and label, index, ok
+(aug `[k, 7]`) one per clip (`tpn.data.loader.collate_clips` flattens them into the batch).
+Val: one centred clip, centre crop. val/test never replace a broken video: it comes back
+with ok=False (zeros) and is reported.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import logging
 import os
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,11 +48,23 @@ class AnnotationError(TpnError):
     pass
 
 
+class Batch(NamedTuple):
+    """One video's item, or (collated, N first) a batch of them."""
+    clip: torch.Tensor  # uint8 (3, T, H, W) or (V, 3, T, S, S) test views
+    label: int | torch.Tensor
+    index: int | torch.Tensor  # position in the dataset's list
+    ok: bool | torch.Tensor  # False: unreadable video, zeros in its place (val/test)
+    aug: torch.Tensor | None = None  # data.augment_on_device: the draw the device applies
+
+
 def read_label_names(path: str | Path) -> list[str]:
+    """Class names, one per line (a label map, or `tpn convert --labels`)."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"{path}: label map not found")
+        raise AnnotationError(f"{path}: label file not found (one class name per line)")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise AnnotationError(f"{path}: label file is empty (one class name per line)")
     if len(set(names)) != len(names):
         raise AnnotationError(f"{path}: duplicate class names in the label map")
     return names
@@ -153,8 +171,8 @@ class VideoDataset(Dataset):
         self.cfg, self.split, self.seed = cfg, split, seed
         self.root = Path(cfg.root)
         self.rawframes = cfg.format == "mmaction_rawframes"
-        self.items = samples
-        self.samples = [(str(self.root / p), label) for p, label, _ in samples]
+        # (path under data.root, label, total frames or -1) per list entry
+        self.samples = [(str(self.root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
         self.report_path = report_path
         if cfg.clips_per_decode < 1:
@@ -169,6 +187,9 @@ class VideoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def path(self, index: int) -> str:
+        return self.samples[index][0]
 
     @property
     def clips_per_item(self) -> int:
@@ -187,9 +208,9 @@ class VideoDataset(Dataset):
     # -- reading -----------------------------------------------------------------
     def _read(self, index: int, picker) -> torch.Tensor:
         """(3, len(indices), H, W) uint8 for the indices `picker(num_frames)` chooses."""
-        path, _ = self.samples[index]
+        path, _, total = self.samples[index]
         if self.rawframes:
-            n = self.items[index][2] if self.items[index][2] > 0 else count_rawframes(path, self.cfg.filename_tmpl)
+            n = total if total > 0 else count_rawframes(path, self.cfg.filename_tmpl)
             if n < 1:
                 raise VideoError(f"{path}: no frames")
             frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1), self.cfg.filename_tmpl)
@@ -245,18 +266,18 @@ class VideoDataset(Dataset):
         try:
             if self.split == "val":
                 clip = self._read(index, self._val_pick)
-                return self._val_transform(clip), label, index, True
+                return Batch(self._val_transform(clip), label, index, True)
             clip = self._read(index, self._test_pick)
-            return self._test_transform(clip), label, index, True
+            return Batch(self._test_transform(clip), label, index, True)
         except VideoError as e:
             self._report(index, e)
             if self.split == "val":
-                return torch.zeros(3, c.clip_len, c.crop_size, c.crop_size, dtype=torch.uint8), label, index, False
-            v = c.test_clips * c.test_crops
-            s = c.test_crop_size
-            return torch.zeros(v, 3, c.clip_len, s, s, dtype=torch.uint8), label, index, False
+                shape = (3, c.clip_len, c.crop_size, c.crop_size)
+            else:
+                shape = (c.test_clips * c.test_crops, 3, c.clip_len, c.test_crop_size, c.test_crop_size)
+            return Batch(torch.zeros(shape, dtype=torch.uint8), label, index, False)
 
-    def _train_item(self, index: int, rng: np.random.Generator) -> tuple:
+    def _train_item(self, index: int, rng: np.random.Generator) -> Batch:
         """`clips_per_item` clips of one video: their starts drawn independently (each as in
         mmaction2), their frames decoded in one pass, each with its own crop/flip/jitter draw.
         A flipped clip of a left/right class takes its twin's label (data.flip_label_pairs)."""
@@ -265,11 +286,13 @@ class VideoDataset(Dataset):
         label, t = self.samples[index][1], clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
         parts = [self._train_transform(clips[:, j * t:(j + 1) * t], rng) for j in range(k)]
         labels = [self.flip_labels.get(label, label) if aug[0] > 0 else label for _, aug in parts]
+        on_device = self.cfg.augment_on_device
         if k == 1:
             (clip, aug), = parts
-            return (clip, labels[0], aug) if self.cfg.augment_on_device else (clip, labels[0])
-        item = (T.stack_frames_last([clip for clip, _ in parts]), torch.tensor(labels, dtype=torch.int64))
-        return (*item, torch.stack([aug for _, aug in parts])) if self.cfg.augment_on_device else item
+            return Batch(clip, labels[0], index, True, aug if on_device else None)
+        aug = torch.stack([aug for _, aug in parts]) if on_device else None
+        return Batch(T.stack_frames_last([clip for clip, _ in parts]), torch.tensor(labels, dtype=torch.int64),
+                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool), aug)
 
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
         """(clip, flip/jitter draw): applied to the clip, or with data.augment_on_device left for the device."""

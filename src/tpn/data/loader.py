@@ -1,14 +1,16 @@
-"""DataLoader settings for the video datasets.
+"""DataLoader settings for the video datasets, and the collate that makes a `Batch`.
 
-Batch layouts (uint8 on the host; `tpn.data.transforms.normalize` on the device):
-- train: `clips [N, 3, T, H, W]`, `labels [N]` (int64).
-- val:   `clips [N, 3, T, H, W]`, `labels [N]`, `indices [N]`, `ok [N]` (bool; False = unreadable
-  video, zeros in its place, listed in the report).
-- test:  `views [N, V, 3, T, S, S]`, `labels`, `indices`, `ok`, with V = test_clips x test_crops,
+Batch layouts (`tpn.data.datasets.Batch`, uint8 on the host; `tpn.data.transforms.normalize`
+on the device), the same fields for every split:
+- clip: train/val `[N, 3, T, H, W]`; test `[N, V, 3, T, S, S]` with V = test_clips x test_crops,
   clip-major: view v is clip v // test_crops, crop v % test_crops (crops: start, centre, end of
   the long side). Reshape to `[N * V, 3, T, S, S]` for the model and average the V scores.
-With `data.clips_per_decode: k`, a train batch still holds N clips, from N / k videos (k
-consecutive clips per video). Clips are laid out frames-last in memory (channels_last_3d for a batch; `collate`), as decoded
+- label `[N]` (int64), index `[N]` (int64), ok `[N]` (bool; False = unreadable video, zeros in
+  its place, listed in the report).
+- aug `[N, 7]` with `data.augment_on_device` (`transforms.apply_augment` on the device), else None.
+With `data.clips_per_decode: k`, a train batch still holds N clips (every field N rows), from
+N / k videos (k consecutive clips per video; `collate_clips`).
+Clips are laid out frames-last in memory (channels_last_3d for a batch; `collate`), as decoded
 and as the GPU model runs: the shapes above are the logical ones.
 """
 from __future__ import annotations
@@ -17,9 +19,10 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from tpn.data.transforms import frames_last_perms, stack_frames_last
+from tpn.data.datasets import Batch
+from tpn.data.transforms import stack_frames_last
 from tpn.errors import TpnError
 
 
@@ -34,52 +37,39 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _stack_frames_last(items: list[torch.Tensor]) -> torch.Tensor:
-    """Stack uint8 clips/views frames-last (tpn.data.transforms.frames_last): a row copy per item,
-    and a batch already in the channels_last_3d layout of the GPU model."""
-    x = items[0]
-    out = None
-    if get_worker_info() is not None:  # in a worker: straight into shared memory, as default_collate does
-        perm, _ = frames_last_perms(x.dim())
-        shape = (len(items), *(x.shape[p] for p in perm))
-        out = x.new(x._typed_storage()._new_shared(len(items) * x.numel(), device=x.device)).resize_(shape)
-    return stack_frames_last(items, out)
+def collate(items: list[Batch]) -> Batch:
+    """Dataset items -> one `Batch`. Clips are stacked frames-last (`transforms.frames_last`):
+    a row copy per item, and a batch already in the channels_last_3d layout of the GPU model;
+    `default_collate` does the stacking, so in a worker the batch is written straight into
+    shared memory. The other fields as `default_collate`; an absent `aug` stays None."""
+    rest = [default_collate(list(f)) if f[0] is not None else None for f in list(zip(*items))[1:]]
+    return Batch(stack_frames_last([b.clip for b in items], stack=default_collate), *rest)
 
 
-def collate(batch):
-    """`default_collate`, except that uint8 clips (..., 3, T, H, W) are stacked frames-last."""
-    def field(items):
-        x = items[0]
-        if (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() in (4, 5)
-                and all(t.shape == x.shape for t in items)):
-            return _stack_frames_last(items)
-        return default_collate(items)
-
-    if isinstance(batch[0], (tuple, list)):
-        return [field(list(f)) for f in zip(*batch)]
-    return field(batch)
-
-
-def collate_clips(batch):
+def collate_clips(items: list[Batch]) -> Batch:
     """`collate` for training items of k clips each (`data.clips_per_decode`): clips
-    [N, k, 3, T, H, W] -> [N * k, 3, T, H, W] (a view, still frames-last), labels and
-    augmentation draws likewise, so the engine sees an ordinary batch of N * k clips."""
-    return [f.flatten(0, 1) for f in collate(batch)]
+    [N, k, 3, T, H, W] -> [N * k, 3, T, H, W] (a view, still frames-last), labels, indices,
+    ok flags and augmentation draws likewise, so the engine sees an ordinary batch of N * k clips."""
+    return Batch(*(f.flatten(0, 1) if f is not None else None for f in collate(items)))
 
 
 def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
                  sampler: Sampler | None = None, pin_memory: bool | None = None, drop_last: bool = False,
-                 persistent_workers: bool = True, seed: int = 0, prefetch_factor: int = 2) -> DataLoader:
+                 persistent_workers: bool = True, seed: int | None = 0, prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader with persistent workers, pinned memory (when CUDA is there) and seeded workers.
 
+    `seed`: the loader's own generator (shuffling, worker seeds); None draws them from the
+    global torch RNG, as a plain DataLoader does.
     `batch_size` counts clips: a dataset whose items hold k clips (`clips_per_item`, from
     `data.clips_per_decode`) gets batches of `batch_size // k` items, flattened by `collate_clips`.
     """
     k = getattr(dataset, "clips_per_item", 1)
     if batch_size % k:
         raise TpnError(f"batch size {batch_size} is not a multiple of data.clips_per_decode ({k})")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     workers = max(0, num_workers)

@@ -7,24 +7,21 @@ decodes from near the start. The rewrite uses H.264 with
   - no B-frames, so a seek costs no reordering delay (the reader then seeks even for short skips);
   - x264's `fastdecode` tuning (CAVLC instead of CABAC, no deblocking filter): cheaper per frame;
   - the short side at the training size (256).
-Measured on an H100 machine's 15 loader workers (benchmarks/results/e2e_h100_2026-11-25.json),
-the recipe's training clips (random resized crop, flip, colour jitter) come at 115 clips/s
-from the originals (GOP 250, B-frames), 277 from a GOP-8 rewrite and 349 from the GOP-2
-default, both with `data.augment_on_device`; the files were 2.5x (GOP 8) and 5x (GOP 2) the
-originals' size (synthetic videos, which compress unusually well as originals).
+The measured gain in clips per CPU second and file size: README.md, "Benchmarks", and
+docs/data.md, "Data-loading benchmark".
 Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
 cannot be read are skipped and listed; the rewritten list holds only the written videos.
 """
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
+from tpn.data.pool import map_in_processes
 from tpn.data.video import PREPARED_TAG
 
-DEFAULT_GOP = 2  # keyframe interval of the rewrite; 8 halves the disk space for ~20% fewer clips/s
+DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
 
 
 def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int = DEFAULT_GOP, crf: int = 23,
@@ -104,13 +101,7 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
             rel, _, _ = parse_line(line, fmt, names, f"{list_file}:{n}")
             lines.append((line, rel))
     jobs = [(str(Path(root) / rel), str(out_dir / rel), short_side, gop, crf) for _, rel in lines]
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(_job, jobs, chunksize=2)
-        if progress:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(jobs), desc="prepare", unit="video")
-        results = list(results)
+    results = map_in_processes(_job, jobs, workers, chunksize=2, desc="prepare" if progress else None)
     failed = [{"path": src, "error": err} for src, err in results if err]
     kept = [line for (line, _), (_, err) in zip(lines, results) if not err]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from tpn.data.pool import map_in_processes
 
 DIRECTIONS = {  # unit vectors (dx, dy) in image coordinates
     "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
@@ -273,14 +274,7 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
             (val if split == "val" else train).append(f"{rel} {frames} {c}" if layout == "sthv1" else f"{rel} {c}")
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            it = pool.map(_make_one, jobs, chunksize=8)
-            if progress:
-                from tqdm import tqdm
-
-                it = tqdm(it, total=len(jobs), desc="synth", unit="video")
-            for _ in it:
-                pass
+        map_in_processes(_make_one, jobs, workers, chunksize=8, desc="synth" if progress else None)
     else:
         for job in jobs:
             _make_one(job)

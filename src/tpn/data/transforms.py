@@ -35,17 +35,17 @@ def frames_last(clip: torch.Tensor) -> torch.Tensor:
 
     Decoded frames come in that order and the GPU model runs in it (channels_last_3d), so
     clips stay frames-last from decoding to the device: crops and batches are row copies,
-    not channel transposes (building 30 test views: 24 instead of 35 ms of CPU).
+    not channel transposes (measured in docs/data.md, "Batch layouts").
     """
     perm, inv = frames_last_perms(clip.dim())
     return clip.permute(perm).contiguous().permute(inv)
 
 
-def stack_frames_last(items: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-    """`torch.stack(items)` (each (..., 3, T, H, W)) with a frames-last result, written into
-    `out` (shape (N, ..., T, H, W, 3)) when given: one row copy per item."""
+def stack_frames_last(items: list[torch.Tensor], stack=torch.stack) -> torch.Tensor:
+    """`torch.stack(items)` (each (..., 3, T, H, W)) with a frames-last result: one row copy per
+    item. `stack` stacks the frames-last views (the collate passes `default_collate`)."""
     perm, inv = frames_last_perms(items[0].dim())
-    stacked = torch.stack([t.permute(perm) for t in items], out=out)
+    stacked = stack([t.permute(perm) for t in items])
     return stacked.permute(0, *(i + 1 for i in inv))
 
 

@@ -4,8 +4,8 @@
 the frame indices and returns exactly those frames (0-based, presentation order; the
 same frames a sequential decode yields at those positions) as uint8 RGB (len, H, W, 3).
 
-How frames are found: the packets are demuxed once (no decoding, ~1 ms for a 10 s
-clip) to get every frame's timestamp and the keyframes. A frame's index is the rank of
+How frames are found: the packets are demuxed once (no decoding: cheap next to any
+decode) to get every frame's timestamp and the keyframes. A frame's index is the rank of
 its timestamp, so seeking never shifts indices, B-frames and odd time bases included.
 For each wanted frame the reader seeks to the keyframe at or before it only when that
 keyframe lies beyond the frame the decoder would produce next; otherwise it decodes
@@ -22,7 +22,7 @@ default B-pyramid about half the packets are such frames. Other codecs drop noth
 
 Only wanted frames are converted to RGB, through
 one swscale context per video. One decoder thread per call: data-loader workers give the
-parallelism (decoder threads measured slower per core, /work/shared/reference/decoders.md).
+parallelism (a second decoder thread in one process made PyAV slower; docs/data.md).
 
 A video that cannot give the frames raises `VideoError` (missing, zero bytes, not a
 video, truncated: fewer packets than its header announces, or a frame that does not decode).
@@ -57,9 +57,9 @@ class VideoInfo:
 
 
 # Seek only when it skips more than this many frames: a seek costs a decoder flush and a
-# restart (B-frame delay included), measured worth about 16-32 decoded frames at 340x256.
+# restart (B-frame delay included), which outweighs decoding a short run of frames forward.
 # Without B-frames (packets in presentation order, as `tpn data prepare` writes) the restart
-# is cheap: seeking past 4 frames already pays (gop 4: 10.5 vs 14.0 ms per training clip).
+# is cheap: seeking past a few frames already pays.
 SEEK_MIN_SKIP = 24
 SEEK_MIN_SKIP_NO_REORDER = 4
 # `tpn data prepare` tags its files (container comment): constant rate, no B-frames, a
@@ -96,7 +96,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
         # One colour converter for all frames of the video: a frame's own `to_ndarray(format=)`
-        # builds a new swscale context each time (2 ms vs 0.08 ms per 340x256 frame).
+        # builds a new swscale context each time, which costs more than the conversion itself.
         self._to_rgb = VideoReformatter()
         self.stream.thread_type = "SLICE"
         self.stream.codec_context.thread_count = 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from tpn.options import add_device_option
+
 
 def _cmd_train(args) -> int:
     from tpn.config import load_config
@@ -73,7 +75,7 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("config")
     p.add_argument("--work-dir", default=None, help="default work_dirs/<config name>")
     p.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint in the work dir) or a path")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_train)
 
@@ -85,7 +87,7 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--view-scores", default=None, choices=["tpn", "mmaction2"], metavar="ORDER",
                    help="also write view_scores.npy (softmax per view), views in tpn's order (clip-major) "
                         "or mmaction2's (crop-major: left, right, middle)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_test)
 
@@ -96,14 +98,14 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--views", default=None, help="CLIPSxCROPS (default: the config's test views)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="synthetic tempo dataset -> train a small TPN on CPU -> 30-view test")
     p.add_argument("--out", default="work_dirs/demo")
     p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    add_device_option(p)
     p.add_argument("--model", default="tpn", choices=["tpn", "tsm"],
                    help="tpn: the 3D TPN on mp4 videos; tsm: TPN on a TSM ResNet, on jpg frames (default tpn)")
     p.set_defaults(func=_cmd_demo)

@@ -17,21 +17,29 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from tpn.accel import compile_arg, make_eval_forward
-from tpn.convert import load_weights
+from tpn.accel import execution, make_eval_forward
+from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
-from tpn.data.loader import collate
+from tpn.data.loader import build_loader
 from tpn.data.transforms import view_order
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
+from tpn.engine.report import plot_confusion
 from tpn.errors import TpnError
 from tpn.models.build import build_model
+from tpn.options import parse_pair
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
+    """This rank's shard, in order, every video once (no padding).
+
+    The loader takes its one random draw (the workers' base seed) from the global RNG: a run
+    that validates between epochs then trains on the same random stream as one built on plain
+    DataLoaders, so its numbers stay comparable with earlier runs.
+    """
     sampler = ShardedSampler(len(dataset), d.rank, d.world, shuffle=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=d.device.type == "cuda", persistent_workers=False, collate_fn=collate)
+    return build_loader(dataset, batch_size, workers, sampler=sampler, pin_memory=d.device.type == "cuda",
+                        persistent_workers=False, seed=None)
 
 
 @torch.no_grad()
@@ -45,8 +53,8 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False,
         from tqdm import tqdm
 
         it = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
-    for x, labels, index, ok in it:
-        x = x.to(d.device, non_blocking=True)
+    for batch in it:
+        x, labels, index, ok = batch.clip.to(d.device, non_blocking=True), batch.label, batch.index, batch.ok
         views = x.shape[1] if x.dim() == 6 else 1
         flat = x.flatten(0, 1) if x.dim() == 6 else x
         logits = forward(flat).float()
@@ -97,17 +105,17 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
     summary = {k: v for k, v in m.items() if k != "confusion"}
     summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
-    summary["skipped_videos"] = [dataset.samples[i][0] for i, (_, _, ok) in sorted(results.items()) if not ok]
+    summary["skipped_videos"] = [dataset.path(i) for i, (_, _, ok) in sorted(results.items()) if not ok]
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     with (out_dir / "predictions.csv").open("w") as f:
         f.write("index,path,label,prediction,score,ok\n")
         for i, (p, label, ok) in sorted(results.items()):
             pred = int(np.argmax(p))
-            f.write(f"{i},{dataset.samples[i][0]},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
+            f.write(f"{i},{dataset.path(i)},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
     rows = []
     for i, (p, label, ok) in sorted(results.items()):
         top = np.argsort(-p)[:5]
-        rows.append({"index": i, "path": dataset.samples[i][0], "label": names[label], "ok": ok,
+        rows.append({"index": i, "path": dataset.path(i), "label": names[label], "ok": ok,
                      "top5": [{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top]})
     (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
     paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),
@@ -117,34 +125,8 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     return paths
 
 
-def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(names)
-    size = min(4 + 0.35 * k, 30)
-    fig, ax = plt.subplots(figsize=(size, size))
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if k <= 60:
-        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (rows normalised)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def parse_views(views: str) -> tuple[int, int]:
-    try:
-        clips, crops = (int(v) for v in views.lower().split("x"))
-    except ValueError:
-        raise TpnError(f"--views {views!r}: expected CLIPSxCROPS, e.g. 10x3") from None
+    clips, crops = parse_pair(views, "--views", "CLIPSxCROPS", "10x3")
     if clips < 1 or crops not in (1, 3):
         raise TpnError(f"--views {views!r}: clips must be >= 1 and crops 1 or 3")
     return clips, crops
@@ -160,13 +142,11 @@ def with_views(cfg, views: str | None):
 
 def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool = True):
     """(fn(x_uint8 views) -> logits, load info) for `checkpoint` on `device`, with the config's
-    GPU settings (bf16, channels_last_3d, compile) on CUDA and BatchNorm folded per `test.fold_bn`."""
+    GPU execution (`tpn.accel.execution`) and BatchNorm folded per `test.fold_bn`."""
     model = build_model(cfg)
     info = load_weights(model, checkpoint)
     model = model.to(device).eval()
-    cuda = device.type == "cuda"
-    forward = make_eval_forward(model, cfg, amp=cfg.train.amp and cuda, channels_last=cfg.train.channels_last and cuda,
-                                compile_model=compile_arg(cfg.train) if cuda and compile_model else False,
+    forward = make_eval_forward(model, cfg.data.mean, cfg.data.std, execution(cfg.train, device, compile_model),
                                 fold_bn=cfg.test.fold_bn)
     return forward, info
 

@@ -24,11 +24,11 @@ def predict_videos(cfg: Config, checkpoint, videos: list[str], topk: int = 5, vi
     dataset = VideoDataset(data, "test", [(str(Path(v)), 0, -1) for v in videos], names)
     out = []
     for i, path in enumerate(videos):
-        views_u8, _, _, ok = dataset[i]
-        if not ok:
+        item = dataset[i]
+        if not item.ok:
             out.append({"video": path, "error": "unreadable video (see the log)"})
             continue
-        probs = torch.softmax(forward(views_u8.to(dev)).float(), -1).mean(0).cpu().numpy()
+        probs = torch.softmax(forward(item.clip.to(dev)).float(), -1).mean(0).cpu().numpy()
         order = np.argsort(-probs)[:topk]
         out.append({"video": path, "top": [{"label": names[int(c)], "index": int(c), "score": float(probs[c])}
                                            for c in order]})

@@ -1,33 +1,39 @@
-"""The training loop: one function a person reads top to bottom.
+"""The training loop, read top to bottom in `train`: set-up, resume, epochs, validation.
 
 SGD (momentum, nesterov option, weight decay with optional BN/bias exemption), linear
 learning-rate scaling with the total batch, linear warm-up then step or cosine decay
 (a pure function of the iteration, so resuming needs no scheduler object), gradient
 accumulation and clipping, bf16 autocast + channels_last_3d (+ torch.compile) on CUDA,
 DDP under torchrun, validation every N epochs, atomic checkpoints with exact resume.
+Logs, metrics and plots: `tpn.engine.report`; resume and pruning: `tpn.engine.checkpoint`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 
-from tpn.accel import compile_arg, make_forward, to_channels_last
-from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
+from tpn.accel import Execution, execution, make_forward, to_channels_last
+from tpn.checkpoint import FORMAT, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
-from tpn.data.datasets import build_dataset
+from tpn.convert.inflate import inflate_2d_into
+from tpn.data.datasets import VideoDataset, build_dataset
 from tpn.data.loader import build_loader
 from tpn.data.transforms import apply_augment
 from tpn.engine import distributed as D
+from tpn.engine.checkpoint import find_resume, prune, prune_after_epoch, rng_state, set_rng_state
 from tpn.engine.evaluate import make_eval_loader, metrics, predict_probs
+from tpn.engine.report import MetricsLog, plot_curves, setup_logging
 from tpn.errors import TpnError
 from tpn.models.build import build_model
 
@@ -67,136 +73,48 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ------------------------------------------------------------------ checkpoints
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
-             "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# ------------------------------------------------------------------ what a run holds
+@dataclass
+class Data:
+    train_set: VideoDataset
+    val_set: VideoDataset | None
+    sampler: D.ShardedSampler
+    loader: DataLoader
+    iters_per_epoch: int
+    videos_per_batch: int  # the sampler counts videos: train.batch_size // data.clips_per_decode
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+@dataclass
+class Run:
+    cfg: Config
+    d: D.Dist
+    work_dir: Path
+    data: Data
+    model: nn.Module  # the bare model: checkpoints and validation
+    net: nn.Module  # the model DDP wraps (or the model itself in one process): training
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    params: list[torch.Tensor]
+    lr0: float
+    ex: Execution  # mixed precision, channels_last_3d, compile
+    forward: object = None  # fn(x_uint8, labels) -> losses
+    eval_forward: object = None  # fn(x_uint8) -> logits
+    mlog: MetricsLog | None = None
 
 
-def checkpoint_files(work_dir: Path) -> list[Path]:
-    return sorted(work_dir.glob("epoch_*.pth")) + sorted(work_dir.glob("iter_*.pth"))
+@dataclass
+class Progress:
+    """Where the run stands; with the config, the scheduler's and the sampler's whole state."""
+    epoch: int = 0  # the epoch to start at
+    iter_in_epoch: int = 0  # optimiser steps of that epoch already done
+    global_iter: int = 0
+    best: float = -1.0  # best validation top-1 so far
 
 
-def find_resume(work_dir: Path, resume: str | None) -> tuple[dict | None, Path | None]:
-    """`auto`: the newest readable training checkpoint in work_dir (a truncated one is skipped)."""
-    if not resume:
-        return None, None
-    if resume != "auto":
-        obj, _ = load_file(resume)
-        if not isinstance(obj, dict) or "optimizer" not in obj:
-            raise CheckpointError(f"{resume}: not a tpn training checkpoint (no optimiser state)")
-        return obj, Path(resume)
-    best = (None, None, -1)
-    for p in checkpoint_files(work_dir):
-        try:
-            obj, _ = load_file(p)
-        except CheckpointError as e:
-            log.warning("ignoring unreadable checkpoint %s (%s)", p, e)
-            continue
-        if isinstance(obj, dict) and obj.get("global_iter", -1) > best[2] and "optimizer" in obj:
-            best = (obj, p, obj["global_iter"])
-    return best[0], best[1]
-
-
-def prune(work_dir: Path, pattern: str, keep: int) -> None:
-    files = sorted(work_dir.glob(pattern), key=lambda p: p.stat().st_mtime)
-    for p in files[:-keep] if keep > 0 else []:
-        p.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------ logging
-class MetricsLog:
-    def __init__(self, work_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = work_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(work_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                log.info("tensorboard not installed: scalars go to metrics.jsonl only")
-
-    def write(self, rec: dict) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            step = rec.get("iter", 0)
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k not in ("iter", "epoch"):
-                    self.tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def plot_curves(metrics_path: Path, out: Path) -> Path | None:
-    if not metrics_path.exists():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-    tr = [r for r in recs if r.get("kind") == "train"]
-    va = [r for r in recs if r.get("kind") == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    if tr:
-        axes[0].plot([r["epoch_float"] for r in tr], [r["loss"] for r in tr], lw=1)
-        axes[2].plot([r["epoch_float"] for r in tr], [r["lr"] for r in tr], lw=1)
-    if va:
-        axes[1].plot([r["epoch"] for r in va], [100 * r["top1"] for r in va], "o-", label="val top-1")
-        axes[1].plot([r["epoch"] for r in va], [100 * r["top5"] for r in va], "s--", label="val top-5")
-        axes[1].legend()
-    for ax, title in zip(axes, ["train loss", "validation accuracy (%)", "learning rate"]):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def setup_logging(work_dir: Path | None, main: bool) -> None:
-    root = logging.getLogger("tpn")
-    root.setLevel(logging.INFO if main else logging.WARNING)
-    if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        root.addHandler(h)
-    if work_dir is not None and main:
-        fh = logging.FileHandler(work_dir / "train.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(fh)
-
-
-# ------------------------------------------------------------------ the loop
-def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: str = "auto",
-          max_iters: int | None = None) -> dict:
-    """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests)."""
+# ------------------------------------------------------------------ set-up
+def start(cfg: Config, work_dir: Path, device: str) -> D.Dist:
+    """Process group, work dir with config.yaml, logging, seeds."""
     d = D.setup(device)
-    work_dir = Path(work_dir)
     if d.main:
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.yaml").write_text(dump_config(cfg))
@@ -206,219 +124,281 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     torch.manual_seed(t.seed + d.rank)
     np.random.seed(t.seed + d.rank)
     random.seed(t.seed + d.rank)
-    cuda = d.device.type == "cuda"
-    if cuda:
+    if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
+    return d
 
-    ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
+
+def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
+    t = cfg.train
     report = work_dir / "bad_videos.jsonl"
     train_set = build_dataset(cfg.data, "train", report_path=report, seed=t.seed)
     val_set = build_dataset(cfg.data, "val", report_path=report) if t.val_interval > 0 and cfg.data.val_list else None
     sampler = D.ShardedSampler(len(train_set), d.rank, d.world, shuffle=True, seed=t.seed)
-    workers = cfg.data.num_workers
     # persistent workers (no re-spawn each epoch); their seeds come from the loader's own
     # generator, not the global RNG, and augmentation from (seed, epoch, index): exact resume
-    loader = build_loader(train_set, t.batch_size, workers, sampler=sampler, pin_memory=cuda, drop_last=True,
-                          persistent_workers=True, seed=t.seed, prefetch_factor=4)
+    loader = build_loader(train_set, t.batch_size, cfg.data.num_workers, sampler=sampler,
+                          pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=True, seed=t.seed,
+                          prefetch_factor=4)
     # the sampler counts videos; a batch of t.batch_size clips holds clips_per_decode per video
     videos_per_batch = t.batch_size // train_set.clips_per_item
     iters_per_epoch = len(sampler) // videos_per_batch // t.accum_steps
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
                        f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
+    return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch)
 
-    model = build_model(cfg).to(d.device)
+
+def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scratch: bool) -> Run:
+    """The model on its device, the optimiser and the loss scaler (forwards: `make_forwards`).
+
+    `from_scratch`: no checkpoint to resume, so `model.backbone.pretrained2d` (if set) is inflated
+    into the backbone; a resumed run never reads the 2D file.
+    """
+    t = cfg.train
+    cuda = d.device.type == "cuda"
+    model = build_model(cfg)
+    if from_scratch and cfg.model.backbone.pretrained2d:
+        r = inflate_2d_into(model.backbone, cfg.model.backbone.pretrained2d)
+        log.info("backbone initialised from the 2D ResNet %s (%d tensors inflated, %d copied)",
+                 cfg.model.backbone.pretrained2d, r["inflated"], r["copied"])
+    model = model.to(d.device)
     if t.sync_bn and d.enabled and cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif t.sync_bn and d.enabled:
         log.warning("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU BN statistics stay per process")
-    channels_last = t.channels_last and cuda
-    if channels_last:
+    ex = execution(t, d.device)
+    if ex.channels_last:  # before the optimiser and DDP see the parameters
         model = to_channels_last(model)
     groups = param_groups(model, cfg)
     lr0 = base_lr(cfg, d.world)
     opt = torch.optim.SGD(groups, lr=lr0, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
                           weight_decay=t.weight_decay, fused=cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=ex.loss_scaling)
     params = [p for g in groups for p in g["params"]]
+    return Run(cfg, d, work_dir, data, model, model, opt, scaler, params, lr0, ex)
 
-    amp = t.amp and cuda
-    fp16 = amp and t.amp_dtype == "float16"
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 and fp32 need no loss scaling
 
-    start_epoch, start_iter, global_iter, best = 0, 0, 0, -1.0
+def restore(run: Run, ckpt: dict, path: Path) -> Progress:
+    """Model, optimiser, scaler and RNG state from a training checkpoint; returns where it stopped."""
+    d, ipe = run.d, run.data.iters_per_epoch
+    load_state_dict_strict(run.model, ckpt["state_dict"], str(path))
+    run.opt.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    prog = Progress(ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["global_iter"], ckpt.get("best_top1", -1.0))
+    set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    saved_world = ckpt.get("world_size", d.world)
+    if saved_world != d.world or ckpt.get("iters_per_epoch", ipe) != ipe:
+        log.warning("resuming a run of %d processes with %d: training continues, but not bit-exactly "
+                    "(the data order and the learning-rate scaling change)", saved_world, d.world)
+    log.info("resumed from %s (epoch %d, iteration %d of %d)", path, prog.epoch + 1, prog.iter_in_epoch, ipe)
+    return prog
+
+
+def make_forwards(run: Run) -> None:
+    """DDP wrapping and the compiled training / plain evaluation forwards."""
+    d, mean, std = run.d, run.cfg.data.mean, run.cfg.data.std
+    if d.enabled:
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        # gradients live in the all-reduce buckets: no copy in or out (measured: benchmarks/bench_ddp_step.py)
+        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids, gradient_as_bucket_view=True)
+    run.forward = make_forward(run.net, mean, std, run.ex, with_labels=True)
+    run.eval_forward = make_forward(run.model, mean, std, replace(run.ex, compile=False))
+
+
+# ------------------------------------------------------------------ the loop
+def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: str = "auto",
+          max_iters: int | None = None) -> dict:
+    """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests)."""
+    work_dir = Path(work_dir)
+    d = start(cfg, work_dir, device)
+    t = cfg.train
+    ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
+    data = build_data(cfg, d, work_dir)
+    run = build_training(cfg, d, work_dir, data, from_scratch=ckpt is None)
+    prog = Progress()
     if ckpt is not None:
-        load_state_dict_strict(model, ckpt["state_dict"], str(ckpt_path))
-        opt.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_iter, global_iter = ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["global_iter"]
-        best = ckpt.get("best_top1", -1.0)
-        set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
-        saved_world = ckpt.get("world_size", d.world)
-        if saved_world != d.world or ckpt.get("iters_per_epoch", iters_per_epoch) != iters_per_epoch:
-            log.warning("resuming a run of %d processes with %d: training continues, but not bit-exactly "
-                        "(the data order and the learning-rate scaling change)", saved_world, d.world)
-        log.info("resumed from %s (epoch %d, iteration %d of %d)", ckpt_path, start_epoch + 1, start_iter,
-                 iters_per_epoch)
+        prog = restore(run, ckpt, ckpt_path)
     elif resume == "auto":
         log.info("no training checkpoint in %s: starting from scratch", work_dir)
-
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None) \
-        if d.enabled else model
-    forward = make_forward(net, cfg, amp=amp and not fp16, channels_last=channels_last,
-                           compile_model=compile_arg(t) if cuda else False, with_labels=True)
-    eval_forward = make_forward(model, cfg, amp=amp and not fp16, channels_last=channels_last,
-                                compile_model=False, with_labels=False)
-    if fp16:
-        forward, eval_forward = _autocast_fp16(forward), _autocast_fp16(eval_forward)
-    mlog = MetricsLog(work_dir, d.main)
-    label_names = train_set.label_names
-
-    def save(path: Path, epoch: int, iter_in_epoch: int) -> None:
-        rngs = D.gather_objects(rng_state(), d)
-        if not d.main:
-            return
-        # the learning rate is a pure function of global_iter and the data order of (seed, epoch,
-        # iter_in_epoch): these numbers are the scheduler's and the sampler's whole state
-        save_atomic({"format": FORMAT, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scaler": scaler.state_dict(),
-                     "scheduler": {"schedule": t.schedule, "base_lr": lr0, "global_iter": global_iter},
-                     "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
-                                 iter_in_epoch * videos_per_batch * t.accum_steps},
-                     "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": global_iter,
-                     "iters_per_epoch": iters_per_epoch, "best_top1": best, "rng": rngs,
-                     "config": to_dict(cfg), "label_names": label_names, "world_size": d.world}, path)
+    make_forwards(run)
+    run.mlog = MetricsLog(work_dir, d.main)
 
     summary = {"work_dir": str(work_dir), "epochs": []}
-    tty = sys.stderr.isatty() and d.main
-    stop = False
     t_start = time.time()
-    for epoch in range(start_epoch, t.epochs):
-        train_set.set_epoch(epoch)
-        first = start_iter if epoch == start_epoch else 0
-        sampler.set_epoch(epoch, start=first * videos_per_batch * t.accum_steps)
-        model.train()
-        t_epoch, clips = time.time(), 0
-        t_window, clips_window = t_epoch, 0  # throughput since the last log line (steady state)
-        loss_window, window_steps = torch.zeros((), device=d.device), 0  # mean loss since the last log line
-        bar = None
-        if tty:
-            from tqdm import tqdm
-
-            bar = tqdm(total=iters_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}", unit="it",
-                       dynamic_ncols=True)
-        batches = iter(loader)
-        for it in range(first, iters_per_epoch):
-            lr = lr_at(cfg, global_iter, iters_per_epoch, lr0)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_step = torch.zeros((), device=d.device)
-            for micro in range(t.accum_steps):
-                x, y, *aug = next(batches)
-                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-                if aug:  # data.augment_on_device: the loader drew flip/jitter, the device applies them
-                    x = apply_augment(x, aug[0])
-                sync = micro == t.accum_steps - 1 or not d.enabled
-                ctx = net.no_sync() if not sync else _null()
-                with ctx:
-                    out = forward(x, y)
-                    scaler.scale(out["loss"] / t.accum_steps).backward()
-                loss_step += out["loss"].detach() / t.accum_steps
-                clips += x.shape[0]
-            loss_window += loss_step
-            window_steps += 1
-            if t.clip_grad > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            global_iter += 1
-            last = it == iters_per_epoch - 1
-            if global_iter % t.log_interval == 0 or last:
-                loss = float(D.all_reduce_mean(loss_window, d)) / window_steps  # the only host sync
-                loss_window.zero_()
-                window_steps = 0
-                if not math.isfinite(loss):
-                    raise TpnError(f"loss is {loss} at epoch {epoch + 1} iteration {it + 1}: lower train.lr "
-                                   f"or check the data (work dir {work_dir})")
-                now = time.time()
-                rec = {"kind": "train", "epoch": epoch + 1, "iter": global_iter,
-                       "epoch_float": epoch + (it + 1) / iters_per_epoch, "loss": loss, "lr": lr,
-                       "clips_per_s": (clips - clips_window) * d.world / max(1e-9, now - t_window)}
-                t_window, clips_window = now, clips
-                mlog.write(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-                elif d.main:
-                    log.info("epoch %d iter %d/%d loss %.4f lr %.3e %.1f clips/s", epoch + 1, it + 1,
-                             iters_per_epoch, loss, lr, rec["clips_per_s"])
-            if bar is not None:
-                bar.update(1)
-            if t.ckpt_interval_iters and global_iter % t.ckpt_interval_iters == 0 and not last:
-                save(work_dir / f"iter_{global_iter:08d}.pth", epoch, it + 1)
-                if d.main:
-                    prune(work_dir, "iter_*.pth", 1)
-            if max_iters is not None and global_iter >= max_iters:
-                stop = True
-                break
-        if bar is not None:
-            bar.close()
-        if stop:
+    first_epoch, first_iter = prog.epoch, prog.iter_in_epoch
+    for epoch in range(first_epoch, t.epochs):
+        t_epoch = time.time()
+        clips, stopped = train_one_epoch(run, prog, epoch, first_iter if epoch == first_epoch else 0, max_iters)
+        if stopped:
             break
         epoch_time = time.time() - t_epoch
-        erec = {"kind": "epoch", "epoch": epoch + 1, "iter": global_iter, "time_s": epoch_time,
+        erec = {"kind": "epoch", "epoch": epoch + 1, "iter": prog.global_iter, "time_s": epoch_time,
                 "clips_per_s": clips * d.world / epoch_time}
-        if val_set is not None and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
-            model.eval()
-            vloader = make_eval_loader(val_set, d, t.batch_size, workers)
-            res = predict_probs(eval_forward, vloader, d)
-            m = metrics(res, cfg.model.head.num_classes)
-            vrec = {"kind": "val", "epoch": epoch + 1, "iter": global_iter, "top1": m["top1"], "top5": m["top5"],
-                    "mean_class_accuracy": m["mean_class_accuracy"], "videos": m["videos"]}
-            mlog.write(vrec)
-            erec.update(val_top1=m["top1"])
-            if d.main:
-                log.info("epoch %d validation (1 clip, centre crop): top-1 %.2f%% top-5 %.2f%% mean class %.2f%% "
-                         "on %d videos", epoch + 1, 100 * m["top1"], 100 * m["top5"],
-                         100 * m["mean_class_accuracy"], m["videos"])
-            if m["top1"] > best:
-                best = m["top1"]
-                save(work_dir / "best.pth", epoch + 1, 0)
-        mlog.write(erec)
+        if data.val_set is not None and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
+            top1 = validate(run, epoch, prog.global_iter)
+            erec.update(val_top1=top1)
+            if top1 > prog.best:
+                prog.best = top1
+                save_checkpoint(run, prog, work_dir / "best.pth", epoch + 1, 0)
+        run.mlog.write(erec)
         summary["epochs"].append(erec)
-        save(work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0)
+        save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0)
         if d.main:
-            prune(work_dir, "epoch_*.pth", t.keep_last)
-            for p in work_dir.glob("iter_*.pth"):
-                p.unlink(missing_ok=True)
+            prune_after_epoch(work_dir, t.keep_last)
             log.info("epoch %d done in %.1f s, %.1f clips/s", epoch + 1, epoch_time, erec["clips_per_s"])
-    mlog.close()
+    return finish(run, prog, summary, t_start)
+
+
+def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int, max_iters: int | None) -> tuple[int, bool]:
+    """Steps `first`..end of `epoch`; returns (clips seen by this process, stopped by `max_iters`)."""
+    cfg, d, t, data = run.cfg, run.d, run.cfg.train, run.data
+    data.train_set.set_epoch(epoch)
+    data.sampler.set_epoch(epoch, start=first * data.videos_per_batch * t.accum_steps)
+    run.model.train()
+    window = _Window(d.device)
+    bar = _progress_bar(run, epoch, first)
+    batches = iter(data.loader)
+    clips = 0
+    for it in range(first, data.iters_per_epoch):
+        lr = lr_at(cfg, prog.global_iter, data.iters_per_epoch, run.lr0)
+        for g in run.opt.param_groups:
+            g["lr"] = lr
+        loss_step, n = train_step(run, batches)
+        clips += n
+        window.loss += loss_step
+        window.steps += 1
+        prog.global_iter += 1
+        last = it == data.iters_per_epoch - 1
+        if prog.global_iter % t.log_interval == 0 or last:
+            _log_step(run, window, bar, epoch, it, prog.global_iter, lr, clips)
+        if bar is not None:
+            bar.update(1)
+        if t.ckpt_interval_iters and prog.global_iter % t.ckpt_interval_iters == 0 and not last:
+            save_checkpoint(run, prog, run.work_dir / f"iter_{prog.global_iter:08d}.pth", epoch, it + 1)
+            if d.main:
+                prune(run.work_dir, "iter_*.pth", 1)
+        if max_iters is not None and prog.global_iter >= max_iters:
+            if bar is not None:
+                bar.close()
+            return clips, True
+    if bar is not None:
+        bar.close()
+    return clips, False
+
+
+def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
+    """One optimiser step over `train.accum_steps` micro-batches: (mean loss on the device, clips)."""
+    t, d = run.cfg.train, run.d
+    loss_step = torch.zeros((), device=d.device)
+    clips = 0
+    for micro in range(t.accum_steps):
+        batch = next(batches)
+        x, y = batch.clip.to(d.device, non_blocking=True), batch.label.to(d.device, non_blocking=True)
+        if batch.aug is not None:  # data.augment_on_device: the loader drew flip/jitter, the device applies them
+            x = apply_augment(x, batch.aug)
+        sync = micro == t.accum_steps - 1 or not d.enabled  # DDP all-reduces on the last micro-batch only
+        with nullcontext() if sync else run.net.no_sync():
+            out = run.forward(x, y)
+            run.scaler.scale(out["loss"] / t.accum_steps).backward()
+        loss_step += out["loss"].detach() / t.accum_steps
+        clips += x.shape[0]
+    if t.clip_grad > 0:
+        run.scaler.unscale_(run.opt)
+        torch.nn.utils.clip_grad_norm_(run.params, t.clip_grad, foreach=True)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+    return loss_step, clips
+
+
+def validate(run: Run, epoch: int, global_iter: int) -> float:
+    """1 clip, centre crop on the validation list; logs and records the metrics, returns top-1."""
+    cfg, d = run.cfg, run.d
+    run.model.eval()
+    loader = make_eval_loader(run.data.val_set, d, cfg.train.batch_size, cfg.data.num_workers)
+    m = metrics(predict_probs(run.eval_forward, loader, d), cfg.model.head.num_classes)
+    run.mlog.write({"kind": "val", "epoch": epoch + 1, "iter": global_iter, "top1": m["top1"], "top5": m["top5"],
+                    "mean_class_accuracy": m["mean_class_accuracy"], "videos": m["videos"]})
+    if d.main:
+        log.info("epoch %d validation (1 clip, centre crop): top-1 %.2f%% top-5 %.2f%% mean class %.2f%% "
+                 "on %d videos", epoch + 1, 100 * m["top1"], 100 * m["top5"], 100 * m["mean_class_accuracy"],
+                 m["videos"])
+    return m["top1"]
+
+
+def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_epoch: int) -> None:
+    """Rank 0 writes; every rank contributes its RNG state."""
+    t, d = run.cfg.train, run.d
+    rngs = D.gather_objects(rng_state(), d)
+    if not d.main:
+        return
+    # the learning rate is a pure function of global_iter and the data order of (seed, epoch,
+    # iter_in_epoch): these numbers are the scheduler's and the sampler's whole state
+    save_atomic({"format": FORMAT, "state_dict": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+                 "scaler": run.scaler.state_dict(),
+                 "scheduler": {"schedule": t.schedule, "base_lr": run.lr0, "global_iter": prog.global_iter},
+                 "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
+                             iter_in_epoch * run.data.videos_per_batch * t.accum_steps},
+                 "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": prog.global_iter,
+                 "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best, "rng": rngs,
+                 "config": to_dict(run.cfg), "label_names": run.data.train_set.label_names, "world_size": d.world},
+                path)
+
+
+def finish(run: Run, prog: Progress, summary: dict, t_start: float) -> dict:
+    """Close the logs, plot the curves, log the summary line (rank 0); returns the summary."""
+    d, work_dir = run.d, run.work_dir
+    run.mlog.close()
     D.barrier(d)
     if d.main:
         curves = plot_curves(work_dir / "metrics.jsonl", work_dir / "training_curves.png")
-        summary.update(best_val_top1=best, curves=str(curves) if curves else None,
+        summary.update(best_val_top1=prog.best, curves=str(curves) if curves else None,
                        total_time_s=time.time() - t_start)
         if summary["epochs"]:
             e = summary["epochs"]
             log.info("finished: %d epochs, %.1f s per epoch, %.1f clips/s, best val top-1 %.2f%%; curves %s",
                      len(e), sum(r["time_s"] for r in e) / len(e), sum(r["clips_per_s"] for r in e) / len(e),
-                     100 * max(best, 0), curves)
-    summary["model"] = model
+                     100 * max(prog.best, 0), curves)
+    summary["model"] = run.model
     return summary
 
 
-def _autocast_fp16(fn):
-    def run(*args):
-        with torch.autocast("cuda", dtype=torch.float16):
-            return fn(*args)
+# ------------------------------------------------------------------ progress output
+class _Window:
+    """Mean loss and clips/s since the previous log line (steady-state throughput)."""
 
-    return run
+    def __init__(self, device: torch.device):
+        self.t, self.clips = time.time(), 0
+        self.loss, self.steps = torch.zeros((), device=device), 0
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _progress_bar(run: Run, epoch: int, first: int):
+    """A tqdm bar on a terminal (rank 0); None in a log file."""
+    if not (sys.stderr.isatty() and run.d.main):
+        return None
+    from tqdm import tqdm
 
-    def __exit__(self, *a):
-        return False
+    return tqdm(total=run.data.iters_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
+                unit="it", dynamic_ncols=True)
+
+
+def _log_step(run: Run, window: _Window, bar, epoch: int, it: int, global_iter: int, lr: float, clips: int) -> None:
+    d, ipe = run.d, run.data.iters_per_epoch
+    loss = float(D.all_reduce_mean(window.loss, d)) / window.steps  # the only host sync
+    window.loss.zero_()
+    window.steps = 0
+    if not math.isfinite(loss):
+        raise TpnError(f"loss is {loss} at epoch {epoch + 1} iteration {it + 1}: lower train.lr "
+                       f"or check the data (work dir {run.work_dir})")
+    now = time.time()
+    rec = {"kind": "train", "epoch": epoch + 1, "iter": global_iter, "epoch_float": epoch + (it + 1) / ipe,
+           "loss": loss, "lr": lr, "clips_per_s": (clips - window.clips) * d.world / max(1e-9, now - window.t)}
+    window.t, window.clips = now, clips
+    run.mlog.write(rec)
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+    elif d.main:
+        log.info("epoch %d iter %d/%d loss %.4f lr %.3e %.1f clips/s", epoch + 1, it + 1, ipe, loss, lr,
+                 rec["clips_per_s"])

@@ -1,4 +1,8 @@
-"""Build a model from a config (weights: `tpn.convert.load_model` / `tpn.load_model`)."""
+"""Build a model from a config: modules and their random initialisation, no file reads.
+
+Weights: `tpn.convert.weights.load_model` / `tpn.load_model`; the 2D-ResNet initialisation
+(`model.backbone.pretrained2d`) is applied by `tpn train` when it starts from scratch.
+"""
 from __future__ import annotations
 
 from tpn.config import BackboneConfig, Config, ConfigError, ModelConfig
@@ -9,7 +13,8 @@ from tpn.models.resnet_tsm import ResNetTSM
 from tpn.models.tpn_neck import TPNNeck
 
 # fields that describe only one backbone type: a config that sets them for the other is a mistake
-_ONLY_3D = ("conv1_kernel", "conv1_stride_t", "pool1_stride_t", "temporal_strides", "inflate")
+_ONLY_3D = ("conv1_kernel", "conv1_stride_t", "pool1_stride_t", "temporal_strides", "inflate", "stem_pad_channels",
+            "stem_2d")
 _ONLY_TSM = ("num_segments", "shift_div")
 
 
@@ -34,7 +39,7 @@ def build_backbone(b: BackboneConfig):
         return ResNetTSM(num_segments=b.num_segments, shift_div=b.shift_div, **common)
     return ResNet3dSlowOnly(conv1_kernel=b.conv1_kernel, conv1_stride_t=b.conv1_stride_t,
                             pool1_stride_t=b.pool1_stride_t, temporal_strides=b.temporal_strides,
-                            inflate=b.inflate, **common)
+                            inflate=b.inflate, stem_pad_channels=b.stem_pad_channels, stem_2d=b.stem_2d, **common)
 
 
 def build_model(cfg: ModelConfig | Config) -> Recognizer:
@@ -52,9 +57,4 @@ def build_model(cfg: ModelConfig | Config) -> Recognizer:
             raise ValueError("the auxiliary head needs two backbone outputs (model.backbone.out_indices)")
         aux = AuxHead(channels[-2], m.head.num_classes, m.head.init_std)
     recognizer = Recognizer2D if b.type == "resnet_tsm" else Recognizer
-    model = recognizer(backbone, neck, head, aux, m.aux_head.loss_weight)
-    if b.pretrained2d:
-        from tpn.convert.inflate import inflate_2d_into
-
-        inflate_2d_into(model.backbone, b.pretrained2d)
-    return model
+    return recognizer(backbone, neck, head, aux, m.aux_head.loss_weight)

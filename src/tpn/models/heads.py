@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from tpn.models.resnet3d import ConvBN
+from tpn.models.layers import ConvBN
 
 
 class ClsHead(nn.Module):

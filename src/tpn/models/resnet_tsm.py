@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
-from tpn.models.resnet3d import STAGE_BLOCKS, ConvBN
+from tpn.models.layers import ConvBN
+from tpn.models.resnet3d import STAGE_BLOCKS
 
 
 class ConvBN2d(ConvBN):

@@ -10,18 +10,20 @@ Given backbone features of several depths (e.g. res4, res5) it
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tpn.models.resnet3d import ConvBN
+from tpn.models.layers import ConvBN, conv3d
 
 
 class TemporalModulation(nn.Module):
     def __init__(self, cin: int, cout: int, scale: int, groups: int):
         super().__init__()
-        self.conv = ConvBN(cin, cout, (3, 1, 1), padding=(1, 0, 0), groups=groups, norm=False, act=False)
+        # a bare conv nested as mmaction2's ConvModule: checkpoints name it `conv.conv.weight`
+        self.conv = nn.Sequential(OrderedDict(conv=conv3d(cin, cout, (3, 1, 1), padding=(1, 0, 0), groups=groups)))
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

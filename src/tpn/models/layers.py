@@ -1,0 +1,51 @@
+"""Building blocks shared by the model files: a bias-free 3D conv, conv + BN (+ ReLU), and
+folding BatchNorm into the conv before it for inference."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+
+def triple(v) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv3d(cin: int, cout: int, kernel, stride=1, padding=0, groups: int = 1) -> nn.Conv3d:
+    """A Conv3d without bias (a BatchNorm after it has one, or the layer needs none)."""
+    return nn.Conv3d(cin, cout, triple(kernel), triple(stride), triple(padding), groups=groups, bias=False)
+
+
+class ConvBN(nn.Module):
+    """Conv3d (no bias) -> BatchNorm3d -> optional ReLU; names `conv`, `bn` as mmaction2's ConvModule."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = conv3d(cin, cout, kernel, stride, padding, groups)
+        self.bn = nn.BatchNorm3d(cout)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:  # None once folded into the conv (`fold_batchnorm`)
+            x = self.bn(x)
+        return torch.relu_(x) if self.act else x
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode model with every BatchNorm folded into the conv before it.
+
+    Inference only: conv(x) * s + b with s = gamma / sqrt(var + eps), b = beta - mean * s
+    becomes one conv with weight W * s and bias b, so no BN kernel runs at test time.
+    """
+    folded = copy.deepcopy(model).eval()
+    for m in folded.modules():
+        if isinstance(m, ConvBN) and m.bn is not None:
+            bn, conv = m.bn, m.conv
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+            conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+            m.bn = None
+    return folded

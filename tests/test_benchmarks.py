@@ -1,0 +1,38 @@
+"""The benchmark scripts' library parts, run small on the CPU: the data-loader benchmark end to
+end and the benchmarks' training step."""
+import torch
+
+from benchmarks.bench_data import TRAIN_MODES, run
+from benchmarks.train_step import make_train_step
+from tests.test_data_prepare import keyframes
+from tpn.accel import Execution
+from tpn.config import load_config
+from tpn.models.build import build_model
+
+
+def test_bench_data_runs_on_original_and_prepared(tmp_path):
+    """`benchmarks/bench_data.py` at a tiny size: both encodings, every mode with and without
+    skipping unneeded frames, clips per decode, frames decoded per clip, positive rates."""
+    res = run(tmp_path, videos=1, clips=2, test_videos=1, log=lambda *_: None, sizes=((128, 96),), seconds=3)
+    assert [r["encoding"] for r in res["results"]] == ["original", "prepared"]
+    for r in res["results"]:
+        assert all(r[f"{m}_clips_per_cpu_s"] > 0 for m in TRAIN_MODES) and r["test30_videos_per_cpu_s"] > 0
+    assert set(res["prepared_over_original"]) == {"128x96"}
+    assert all(r[f"{m}_clips_per_cpu_s_decode_all"] > 0 for m in TRAIN_MODES for r in res["results"])
+    assert set(res["results"][0]["skip_over_decode_all"]) == {*TRAIN_MODES, "test30"}
+    assert all(v > 0 for r in res["results"] for v in r["train_recipe_dev_clips_per_decode"].values())
+    orig, prep = (r["frames_decoded_per_train_clip"] for r in res["results"])
+    assert orig["skip"] < orig["decode_all"] and prep["skip"] == prep["decode_all"]  # prepared: no B-frames
+    assert keyframes(tmp_path / "x264_medium" / "prepared_gop2" / "128x96_0.mp4")[:3] == [0, 2, 4]
+
+
+def test_benchmark_train_step_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = load_config("tpn_tiny_synth", ["model.backbone.base_channels=4", "model.backbone.stage_blocks=[1,1,1,1]",
+                                         "model.neck.out_channels=16", "model.neck.groups=4", "model.head.dropout=0"])
+    model = build_model(cfg).train()
+    step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(), cfg.train, lr=0.05)
+    x8 = torch.randint(0, 255, (4, 3, 4, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3])
+    losses = [float(step(x8, labels)) for _ in range(8)]
+    assert losses[-1] < losses[0]
