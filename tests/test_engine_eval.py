@@ -1,5 +1,6 @@
 """`tpn test` numbers against a hand-computed view average, `tpn predict`, and one-line user errors."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,6 +60,16 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     plain = run_test(cfg, ckpt, tmp_path / "plain", views="2x3", device="cpu", progress=False)
     assert "view_scores" not in plain["paths"] and plain["metrics"] == m
     assert (tmp_path / "plain" / "predictions.json").read_text() == json.dumps(per_video, indent=1)
+    # the most confused pairs (true, predicted) by hand, and the command's line with a readable rate
+    conf = np.zeros((4, 4), int)
+    np.add.at(conf, (labels, probs.argmax(1)), 1)
+    pairs = sorted(((-conf[t, p], t, p) for t in range(4) for p in range(4) if t != p and conf[t, p]))
+    assert [(q["true"], q["predicted"], q["videos"]) for q in saved["most_confused"]] == [
+        (ds.label_names[t], ds.label_names[p], -n) for n, t, p in pairs]
+    out = cli("test", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--work-dir", str(tmp_path / "cli"), "--views",
+              "2x3", "--device", "cpu", *sets(TINY + data_overrides(tempo_data) + ["data.num_workers=0"]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"\(8 videos in \d+\.\d s, \d[\d.]* videos/s\)", out.stdout), out.stdout
 
 
 def test_user_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811

@@ -26,6 +26,7 @@ def _cmd_train(args) -> int:
 def _cmd_test(args) -> int:
     from tpn.config import load_config
     from tpn.engine.evaluate import run_test
+    from tpn.engine.report import rate_text
 
     cfg = load_config(args.config, args.overrides)
     out = args.work_dir or f"work_dirs/{cfg.name}/test"
@@ -39,7 +40,7 @@ def _cmd_test(args) -> int:
     if r["paths"]:
         print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "
               f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}% "
-              f"({r['videos_per_s']:.1f} videos/s)")
+              f"({rate_text(m['videos'] + m['skipped'], r['seconds'], 'videos')})")
         print("report: " + ", ".join(r["paths"].values()))
     return 0
 

@@ -24,7 +24,7 @@ from tpn.data.loader import build_loader
 from tpn.data.transforms import view_order
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
-from tpn.engine.report import plot_confusion
+from tpn.engine.report import most_confused, plot_confusion
 from tpn.errors import TpnError
 from tpn.models.build import build_model
 from tpn.options import parse_pair
@@ -106,6 +106,8 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     summary = {k: v for k, v in m.items() if k != "confusion"}
     summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
     summary["skipped_videos"] = [dataset.path(i) for i, (_, _, ok) in sorted(results.items()) if not ok]
+    if m.get("confusion"):
+        summary["most_confused"] = most_confused(np.array(m["confusion"]), names)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     with (out_dir / "predictions.csv").open("w") as f:
         f.write("index,path,label,prediction,score,ok\n")
@@ -181,5 +183,5 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     if d.main and view_scores:
         order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
         paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
-    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9),
+    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9), "seconds": elapsed,
             "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}
