@@ -61,7 +61,7 @@ def test_nan_loss_stops_with_a_clear_message(tempo_data, tmp_path):  # noqa: F81
         train(cfg, tmp_path / "nan", device="cpu", max_iters=5)
 
 
-def test_epoch_summary_keeps_warm_up_apart_and_says_when_there_was_no_validation(tempo_data, tmp_path, caplog):  # noqa: F811
+def test_epoch_summary_steady_rate_and_no_validation(tempo_data, tmp_path, caplog):  # noqa: F811
     cfg = tiny_cfg(tempo_data, ["train.val_interval=0", "data.num_workers=0", "train.epochs=2"])
     with caplog.at_level("INFO", logger="tpn"):
         s = train(cfg, tmp_path / "run", device="cpu")
