@@ -1,5 +1,6 @@
 """`tpn test` numbers against a hand-computed view average, `tpn predict`, and one-line user errors."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,16 +24,17 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
             m.running_mean.normal_(0, 0.1)
     ckpt = tmp_path / "toy.pth"
     save_atomic({"format": "tpn", "state_dict": model.state_dict()}, ckpt)
-    r = run_test(cfg, ckpt, tmp_path / "test", views="2x3", device="cpu", progress=False)
+    r = run_test(cfg, ckpt, tmp_path / "test", views="2x3", device="cpu", progress=False, view_scores="mmaction2")
     ds = build_dataset(cfg.data, "test")
-    probs, labels = [], []
+    probs, labels, per_view = [], [], []
     mean, std = torch.tensor(cfg.data.mean).view(3, 1, 1, 1), torch.tensor(cfg.data.std).view(3, 1, 1, 1)
     with torch.no_grad():
         for i in range(len(ds)):
             views, label, _, ok, _ = ds[i]
             assert views.shape == (6, 3, 4, 48, 48) and ok  # 2 clips x 3 crops of 48 px
-            p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views]).mean(0)
-            probs.append(p.numpy())
+            p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views])
+            per_view.append(p.numpy())
+            probs.append(p.mean(0).numpy())
             labels.append(label)
     probs, labels = np.stack(probs), np.array(labels)
     m = r["metrics"]
@@ -53,6 +55,24 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     assert np.allclose([v["top5"][0]["score"] for v in per_video], probs.max(1), atol=1e-4)
     saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert saved["videos"] == 8 and set(saved["per_class_accuracy"]) == set(ds.label_names)
+    # per-view scores in mmaction2's view order (crop-major: left, right, middle); averages unchanged
+    views = np.load(tmp_path / "test" / "view_scores.npy")
+    assert views.shape == (8, 6, 4) and r["paths"]["view_scores"].endswith("view_scores.npy")
+    assert np.allclose(views, np.stack(per_view)[:, [0, 3, 2, 5, 1, 4]], atol=1e-5)
+    assert np.allclose(views.mean(1), probs, atol=1e-5)
+    plain = run_test(cfg, ckpt, tmp_path / "plain", views="2x3", device="cpu", progress=False)
+    assert "view_scores" not in plain["paths"] and plain["metrics"] == m
+    assert (tmp_path / "plain" / "predictions.json").read_text() == json.dumps(per_video, indent=1)
+    # the most confused pairs (true, predicted) by hand, and the command's line with a readable rate
+    conf = np.zeros((4, 4), int)
+    np.add.at(conf, (labels, probs.argmax(1)), 1)
+    pairs = sorted(((-conf[t, p], t, p) for t in range(4) for p in range(4) if t != p and conf[t, p]))
+    assert [(q["true"], q["predicted"], q["videos"]) for q in saved["most_confused"]] == [
+        (ds.label_names[t], ds.label_names[p], -n) for n, t, p in pairs]
+    out = cli("test", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--work-dir", str(tmp_path / "cli"), "--views",
+              "2x3", "--device", "cpu", *sets(TINY + data_overrides(tempo_data) + ["data.num_workers=0"]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"\(8 videos in \d+\.\d s, \d[\d.]* videos/s\)", out.stdout), out.stdout
 
 
 def test_user_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811

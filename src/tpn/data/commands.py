@@ -15,15 +15,21 @@ def _size(text: str, flag: str) -> tuple[int, int]:
 
 
 def _cmd_synth(args) -> int:
-    from tpn.data.synthetic import generate_dataset
+    from tpn.data.synthetic import MIN_TEMPO_RATIO, SPEED_JITTER, generate_dataset
 
     w, h = _size(args.size, "--size")
     if not 2 <= args.classes <= 24:
         raise TpnError(f"--classes {args.classes}: must be between 2 and 24")
     if args.videos_per_class < 2:
         raise TpnError(f"--videos-per-class {args.videos_per_class}: need at least 2 (train and val)")
+    if args.tempo_ratio is not None and not args.tempo_ratio > MIN_TEMPO_RATIO:
+        raise TpnError(f"--tempo-ratio {args.tempo_ratio}: must be above {MIN_TEMPO_RATIO:.3f} (with the "
+                       f"+-{SPEED_JITTER:.0%} speed jitter, closer tempos overlap)")
+    if not 0 <= args.distractors <= 20:
+        raise TpnError(f"--distractors {args.distractors}: must be between 0 and 20")
     s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),
-                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True, layout=args.layout)
+                         seed=args.seed, frames=args.frames, workers=args.workers, progress=True, layout=args.layout,
+                         tempo_ratio=args.tempo_ratio, distractors=args.distractors)
     print(f"wrote {s['train']} train + {s['val']} val videos of {len(s['classes'])} classes to {args.out} "
           f"(train.txt, val.txt, labels.txt; layout {args.layout}; flip label pairs {s['flip_label_pairs']})")
     return 0
@@ -95,6 +101,10 @@ def add_data_commands(sub, add_set) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--layout", default="mp4", choices=["mp4", "sthv1", "sthv2"],
                    help="mp4 (H.264), or Something-Something's sthv1 (jpg frame folders) / sthv2 (VP9 webm)")
+    p.add_argument("--tempo-ratio", type=float, default=None,
+                   help="speed ratio of neighbouring tempos (default 2.2; above 1.35; 1.5 is harder)")
+    p.add_argument("--distractors", type=int, default=0,
+                   help="objects moving their own way, unrelated to the class (default 0)")
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("prepare", help="re-encode a video list for fast training decoding (short GOP, short side)")

@@ -27,20 +27,21 @@ def _cmd_train(args) -> int:
 def _cmd_test(args) -> int:
     from tpn.config import load_config
     from tpn.engine.evaluate import run_test
+    from tpn.engine.report import rate_text
 
     cfg = load_config(args.config, args.overrides)
     out = args.work_dir or f"work_dirs/{cfg.name}/test"
     from tpn.engine.distributed import teardown
 
     try:
-        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device)
+        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device, view_scores=args.view_scores)
     finally:
         teardown()
     m = r["metrics"]
     if r["paths"]:
         print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "
               f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}% "
-              f"({r['videos_per_s']:.1f} videos/s)")
+              f"({rate_text(m['videos'] + m['skipped'], r['seconds'], 'videos')})")
         print("report: " + ", ".join(r["paths"].values()))
     return 0
 
@@ -87,6 +88,9 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 10x3 (default: the config's)")
     p.add_argument("--work-dir", default=None, help="report folder (default work_dirs/<config>/test)")
+    p.add_argument("--view-scores", default=None, choices=["tpn", "mmaction2"], metavar="ORDER",
+                   help="also write view_scores.npy (softmax per view), views in tpn's order (clip-major) "
+                        "or mmaction2's (crop-major: left, right, middle)")
     add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_test)

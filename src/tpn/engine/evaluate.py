@@ -22,9 +22,10 @@ from tpn.accel import execution, make_eval_forward
 from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
 from tpn.data.loader import build_loader
+from tpn.data.transforms import view_order
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
-from tpn.engine.report import plot_confusion
+from tpn.engine.report import most_confused, plot_confusion
 from tpn.errors import TpnError
 from tpn.models.build import build_model
 from tpn.options import parse_pair
@@ -43,9 +44,11 @@ def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoa
 
 
 @torch.no_grad()
-def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int, tuple[np.ndarray, int, bool]]:
-    """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards)."""
-    out = {}
+def predict_probs(forward, loader, d: Dist, progress: bool = False,
+                  per_view: dict | None = None) -> dict[int, tuple[np.ndarray, int, bool]]:
+    """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards).
+    `per_view`, when given, is filled with {dataset index: probabilities per view [V, classes]}."""
+    out, views_out = {}, {}
     it = loader
     if progress and d.main and sys.stderr.isatty():  # a bar on a terminal; nothing in a log file
         from tqdm import tqdm
@@ -56,12 +59,17 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int,
         views = x.shape[1] if x.dim() == 6 else 1
         flat = x.flatten(0, 1) if x.dim() == 6 else x
         logits = forward(flat).float()
-        probs = F.softmax(logits, dim=-1).view(x.shape[0], views, -1).mean(1).cpu().numpy()
+        view_probs = F.softmax(logits, dim=-1).view(x.shape[0], views, -1)
+        probs = view_probs.mean(1).cpu().numpy()
         for i in range(x.shape[0]):
             out[int(index[i])] = (probs[i], int(labels[i]), bool(ok[i]))
+            if per_view is not None:
+                views_out[int(index[i])] = view_probs[i].cpu().numpy()
     merged = {}
-    for part in gather_objects(out, d):
+    for part, part_views in gather_objects((out, views_out), d):
         merged.update(part)
+        if per_view is not None:
+            per_view.update(part_views)
     return merged
 
 
@@ -140,6 +148,8 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     summary = {k: v for k, v in m.items() if k != "confusion"}
     summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
     summary["skipped_videos"] = [{"path": r["path"], "error": r["error"]} for r in rows if not r["readable"]]
+    if m.get("confusion"):
+        summary["most_confused"] = most_confused(np.array(m["confusion"]), names)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -181,8 +191,18 @@ def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool
     return forward, info
 
 
-def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True) -> dict:
-    """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report."""
+def write_view_scores(path: Path, per_view: dict, results: dict, order: list[int]) -> Path:
+    """view_scores.npy: softmax per view [videos, views, classes] (float32), videos in dataset
+    order (as predictions.csv), views in `order`; rows of unreadable videos are NaN."""
+    rows = [per_view[i][order] if results[i][2] else np.full_like(per_view[i], np.nan) for i in sorted(per_view)]
+    np.save(path, np.stack(rows).astype(np.float32))
+    return path
+
+
+def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True,
+             view_scores: str | None = None) -> dict:
+    """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report, and with
+    `view_scores` ("tpn" or "mmaction2", the view order) the scores of every view."""
     d = D.setup(device)
     cfg = with_views(cfg, views)
     out_dir = Path(out_dir)
@@ -193,12 +213,16 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     dataset = build_dataset(cfg.data, "test", report_path=report_path)
     loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
     t0 = time.time()
-    results = predict_probs(forward, loader, d, progress=progress)
+    per_view = {} if view_scores else None
+    results = predict_probs(forward, loader, d, progress=progress, per_view=per_view)
     elapsed = time.time() - t0
     m = metrics(results, cfg.model.head.num_classes)
     names = dataset.label_names or info.get("label_names")
     paths = {}
     if d.main:
         paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path))
-    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9),
+    if d.main and view_scores:
+        order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
+        paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
+    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9), "seconds": elapsed,
             "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}
