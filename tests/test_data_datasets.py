@@ -88,6 +88,56 @@ def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
     assert one.shape == (2, 3, 4, 56, 56)
 
 
+def test_test_views_in_mmaction2_order_equal_its_pipeline(synth_dataset):
+    """Our decoded frames through mmaction2's test pipeline (SampleFrames, Resize, ThreeCrop,
+    FormatShape) give our test sample's views, rearranged by view_order(..., "mmaction2")."""
+    loading = pytest.importorskip("mmaction.datasets.transforms.loading")
+    proc = pytest.importorskip("mmaction.datasets.transforms.processing")
+    formatting = pytest.importorskip("mmaction.datasets.transforms.formatting")
+    from tpn.data import transforms as T
+
+    ds = build_dataset(_cfg(synth_dataset), "test")  # 3 clips x 4 frames, short side 64, 3 crops of 64
+    views = ds[0][0]
+    frames = read_all_frames(ds.samples[0][0])
+    r = loading.SampleFrames(clip_len=4, frame_interval=2, num_clips=3, test_mode=True).transform(
+        dict(total_frames=len(frames), start_index=0))
+    r.update(imgs=list(frames[r["frame_inds"]]), img_shape=frames.shape[1:3], original_shape=frames.shape[1:3])
+    for t in (proc.Resize(scale=(-1, 64)), proc.ThreeCrop(64), formatting.FormatShape("NCTHW")):
+        r = t.transform(r)
+    ref = torch.from_numpy(r["imgs"])  # (crops x clips, 3, T, 64, 64)
+    assert ref.shape == views.shape == (9, 3, 4, 64, 64)
+    assert torch.equal(views[T.view_order(3, 3, "mmaction2")], ref)
+    assert not torch.equal(views, ref)
+    assert T.view_order(3, 3, "mmaction2") == [0, 3, 6, 2, 5, 8, 1, 4, 7]
+    assert T.view_order(2, 1, "mmaction2") == T.view_order(2, 1) == [0, 1]
+
+
+@pytest.mark.timeout(120)
+def test_loader_workers_resize_after_opencv_ran_threaded_in_the_parent(synth_dataset):
+    """A process that used OpenCV with its thread pool (as user code or mmaction2 may), then loads
+    data: the forked workers resize without hanging (turning the pool off inside a forked worker
+    deadlocks; tpn turns it off in the parent, on import)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import cv2, numpy as np
+cv2.resize(np.zeros((1080, 1920, 3), np.uint8), (455, 256))  # starts OpenCV's pool
+from dataclasses import replace
+from tpn.config import DataConfig
+from tpn.data.datasets import build_dataset
+from tpn.data.loader import build_loader
+root = {str(synth_dataset)!r}
+cfg = DataConfig(root=root, train_list=root + '/train.txt', val_list=root + '/val.txt', label_map=root + '/labels.txt',
+                 clip_len=4, frame_interval=2, short_side=64, crop_size=56)
+clips = next(iter(build_loader(build_dataset(cfg, 'val'), 4, num_workers=2, persistent_workers=False)))[0]
+print(tuple(clips.shape), cv2.getNumThreads())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["(4,", "3,", "4,", "56,", "56)", "1"]
+
+
 def test_train_draws_depend_on_seed_epoch_index_only(synth_dataset):
     ds = build_dataset(_cfg(synth_dataset, train_crop="random_resized", color_jitter=True), "train", seed=3)
     a = ds[2][0]

@@ -1,7 +1,8 @@
 """The synthetic tempo dataset: classes differ only in motion (tempo, direction), seeded."""
 import numpy as np
+import pytest
 
-from tpn.data.synthetic import DIRECTIONS, class_names, render
+from tpn.data.synthetic import DIRECTIONS, class_names, render, tempo_speeds
 from tpn.data.video import read_all_frames
 
 
@@ -47,3 +48,60 @@ def test_generated_files_decode_to_the_rendered_motion(synth_dataset):
     dx, dy = _displacement(frames[0], frames[10])
     ux, uy = DIRECTIONS[name.rsplit("_", 1)[0]]
     assert dx * ux + dy * uy > 0
+
+
+def test_defaults_render_the_original_dataset():
+    """The harder options leave the default videos as they were (hash of the original generator's
+    output for this seed, on this project's numpy)."""
+    import hashlib
+
+    f = render("up_left_medium", (96, 64), 6, np.random.default_rng(7))
+    assert hashlib.sha256(f.tobytes()).hexdigest()[:16] == "c5b228fc06c636ab"
+    assert tempo_speeds() == {"slow": 1.0, "medium": 2.2, "fast": 4.84}
+
+
+def test_harder_tempos_are_closer_but_never_overlap():
+    assert tempo_speeds(1.5) == {"slow": 1.0, "medium": 1.5, "fast": 2.25}
+    with pytest.raises(ValueError, match="must be above 1.35"):
+        tempo_speeds(1.3)
+    speeds = {"slow": [], "medium": [], "fast": []}
+    for seed in range(6):
+        for tempo in speeds:
+            f = render(f"down_{tempo}", (96, 64), 12, np.random.default_rng(seed), tempo_ratio=1.5)
+            dx, dy = _displacement(f[0], f[10])
+            assert dx == 0, (tempo, dx, dy)
+            speeds[tempo].append(dy / 10)
+    # px/frame at 64 px height: 0.5, 0.75, 1.125 before the +-15% jitter
+    assert max(speeds["slow"]) < min(speeds["medium"]) and max(speeds["medium"]) < min(speeds["fast"])
+    assert 1.3 < np.mean(speeds["medium"]) / np.mean(speeds["slow"]) < 1.7
+
+
+def test_distractors_move_on_their_own_over_the_same_video():
+    rng = lambda: np.random.default_rng(4)  # noqa: E731
+    plain = render("right_slow", (96, 64), 12, rng(), tempo_ratio=1.5)
+    busy = render("right_slow", (96, 64), 12, rng(), tempo_ratio=1.5, distractors=3)
+    changed = (plain != busy).any(-1)  # only the distractors' pixels differ: same draws otherwise
+    assert all(0.01 < changed[t].mean() < 0.3 for t in range(12))
+    centroid = [np.argwhere(changed[t]).mean(0) for t in (0, 1)]
+    assert not np.allclose(centroid[0], centroid[1])  # they move
+    dx, dy = _displacement(busy[0], busy[10])  # the scene still pans with the class
+    assert dx > 0 and abs(dy) <= 1
+
+
+def test_synth_cli_hard_options_and_errors(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def tpn(*args):
+        return subprocess.run([sys.executable, "-m", "tpn.cli", "data", "synth", str(tmp_path / "d"), *args],
+                              capture_output=True, text=True)
+
+    r = tpn("--tempo-ratio", "1.2")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tempo-ratio 1.2: must be above 1.353" in r.stderr
+    r = tpn("--classes", "3", "--videos-per-class", "2", "--size", "64x48", "--frames", "16", "--workers", "1",
+            "--tempo-ratio", "1.5", "--distractors", "2")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "d" / "synth.json").read_text())
+    assert info["tempo_speeds"]["fast"] == 2.25 and info["distractors"] == 2 and info["frames"] == 16
+    assert len(list((tmp_path / "d" / "videos").rglob("*.mp4"))) == 6

@@ -1,4 +1,4 @@
-"""Transforms in torch: one draw per clip, exact crops, mmaction2's resize and three-crop."""
+"""Transforms: one draw per clip, exact crops, mmaction2's (OpenCV's) resize bit for bit, three-crop."""
 import numpy as np
 import pytest
 import torch
@@ -63,15 +63,81 @@ def test_three_crop_and_center_crop_match_mmaction2():
     assert np.array_equal(T.center_crop(clip, 224).permute(1, 2, 3, 0).numpy(), np.stack(ref))
 
 
-def test_resize_short_side_matches_opencv_bilinear():
+def _noise_and_smooth(h, w, t=2, seed=0):
+    """Two test clips (3, t, h, w) uint8, laid out frames-last as decoded: noise and a smooth wave."""
+    noise = np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    wave = np.stack([127.5 + 127.5 * np.sin(xx / 17.0 + yy / 23.0 + c + f) for f in range(t) for c in range(3)], -1)
+    smooth = wave.reshape(h, w, t, 3).transpose(2, 0, 1, 3).round().astype(np.uint8)
+    return [T.to_clip(noise), T.to_clip(smooth)]
+
+
+def _opencv_linear_u8(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """OpenCV's uint8 INTER_LINEAR (imgproc/src/resize.cpp) written out, to pin down the arithmetic
+    the released checkpoints were scored with: source coordinate (d + 0.5) * scale - 0.5 in
+    float32, weights rounded to 11 bits (half to even); x clamped at the borders with weight 0,
+    y rows clamped with their weights kept; horizontal sums in int32, then the vertical
+    ((b0 * (r0 >> 4)) >> 16) + ((b1 * (r1 >> 4)) >> 16) + 2 >> 2."""
+    def taps(src, dst, clamp_weight):
+        f = ((np.arange(dst) + 0.5) * (1.0 / (dst / src)) - 0.5).astype(np.float32)
+        i = np.floor(f).astype(np.int64)
+        f = f - i.astype(np.float32)
+        if clamp_weight:
+            f[(i < 0) | (i >= src - 1)] = 0
+        w1 = np.rint(f * np.float32(2048)).astype(np.int64)
+        w0 = np.rint((np.float32(1) - f) * np.float32(2048)).astype(np.int64)
+        return np.clip(i, 0, src - 1), np.clip(i + 1, 0, src - 1), w0, w1
+
+    x0, x1, a0, a1 = taps(img.shape[1], w, True)
+    y0, y1, b0, b1 = taps(img.shape[0], h, False)
+    s = img.astype(np.int64)
+    rows = (s[:, x0] * a0[:, None] + s[:, x1] * a1[:, None]) >> 4
+    out = ((b0[:, None, None] * rows[y0]) >> 16) + ((b1[:, None, None] * rows[y1]) >> 16)
+    return ((out + 2) >> 2).astype(np.uint8)
+
+
+RESIZES = [  # (h, w) -> (h, w): up, down, one axis, odd sizes, the short-side and crop cases
+    ((128, 160), (256, 320)), ((1080, 1920), (256, 455)), ((720, 1280), (256, 455)), ((360, 480), (256, 341)),
+    ((320, 428), (256, 342)), ((180, 240), (224, 224)), ((256, 341), (256, 340)), ((101, 77), (223, 37)),
+    ((512, 680), (256, 340)),  # exactly half: OpenCV switches to its area path, the same numbers
+]
+
+
+@pytest.mark.parametrize("src,dst", RESIZES)
+def test_resize_is_opencv_inter_linear_bit_for_bit(src, dst):
     cv2 = pytest.importorskip("cv2")
-    clip = torch.randint(0, 256, (3, 2, 320, 428), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    out = T.resize_short_side(clip, 256)
-    assert out.shape == (3, 2, 256, 342) and out.dtype == torch.uint8  # 428 * 0.8 = 342.4
-    ref = cv2.resize(clip[:, 0].permute(1, 2, 0).numpy(), (342, 256), interpolation=cv2.INTER_LINEAR)
-    diff = np.abs(out[:, 0].permute(1, 2, 0).numpy().astype(int) - ref.astype(int))
-    assert diff.max() <= 1
+    for clip in _noise_and_smooth(*src):
+        out = T.resize(clip, dst)
+        assert out.shape == (3, 2, *dst) and out.dtype == torch.uint8
+        for t in range(2):
+            frame = clip[:, t].permute(1, 2, 0).numpy()
+            got = out[:, t].permute(1, 2, 0).numpy()
+            assert np.array_equal(got, cv2.resize(frame, dst[::-1], interpolation=cv2.INTER_LINEAR))
+            assert np.array_equal(got, _opencv_linear_u8(frame, *dst))
+    channels_first = clip.contiguous()  # not frames-last in memory: the same values
+    assert torch.equal(T.resize(channels_first, dst), out)
+
+
+def test_resize_short_side_and_resized_crop_equal_mmaction2():
+    """mmaction2's own transforms (Resize to short side 256; RandomResizedCrop's box then Resize
+    to 224x224) on the same frames give the same bytes."""
+    proc = pytest.importorskip("mmaction.datasets.transforms.processing")
+    for clip in _noise_and_smooth(360, 480) + _noise_and_smooth(1080, 1920, t=1) + _noise_and_smooth(130, 170):
+        imgs = [clip[:, t].permute(1, 2, 0).numpy() for t in range(clip.shape[1])]
+        ref = proc.Resize(scale=(-1, 256)).transform(dict(imgs=list(imgs), img_shape=imgs[0].shape[:2]))
+        ours = T.resize_short_side(clip, 256)
+        assert ref["img_shape"] == tuple(ours.shape[-2:])
+        assert np.array_equal(ours.permute(1, 2, 3, 0).numpy(), np.stack(ref["imgs"]))
+        top, left, ch, cw = T.random_resized_crop_box(*clip.shape[-2:], np.random.default_rng(5))
+        crop = [im[top:top + ch, left:left + cw] for im in imgs]
+        ref = proc.Resize(scale=(224, 224), keep_ratio=False).transform(dict(imgs=crop, img_shape=(ch, cw)))
+        ours = T.random_resized_crop(clip, 224, np.random.default_rng(5))
+        assert np.array_equal(ours.permute(1, 2, 3, 0).numpy(), np.stack(ref["imgs"]))
+
+
+def test_short_side_size_and_no_op():
     assert T.short_side_size(256, 340, 256) == (256, 340) and T.short_side_size(480, 270, 128) == (228, 128)
+    assert T.short_side_size(320, 428, 256) == (256, 342)  # 428 * 0.8 = 342.4
     same = _ramp_clip(1, 256, 340)
     assert T.resize_short_side(same, 256) is same
 

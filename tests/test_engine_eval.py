@@ -1,5 +1,6 @@
 """`tpn test` numbers against a hand-computed view average, `tpn predict`, and one-line user errors."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,16 +24,17 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
             m.running_mean.normal_(0, 0.1)
     ckpt = tmp_path / "toy.pth"
     save_atomic({"format": "tpn", "state_dict": model.state_dict()}, ckpt)
-    r = run_test(cfg, ckpt, tmp_path / "test", views="2x3", device="cpu", progress=False)
+    r = run_test(cfg, ckpt, tmp_path / "test", views="2x3", device="cpu", progress=False, view_scores="mmaction2")
     ds = build_dataset(cfg.data, "test")
-    probs, labels = [], []
+    probs, labels, per_view = [], [], []
     mean, std = torch.tensor(cfg.data.mean).view(3, 1, 1, 1), torch.tensor(cfg.data.std).view(3, 1, 1, 1)
     with torch.no_grad():
         for i in range(len(ds)):
             views, label, _, ok, _ = ds[i]
             assert views.shape == (6, 3, 4, 48, 48) and ok  # 2 clips x 3 crops of 48 px
-            p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views]).mean(0)
-            probs.append(p.numpy())
+            p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views])
+            per_view.append(p.numpy())
+            probs.append(p.mean(0).numpy())
             labels.append(label)
     probs, labels = np.stack(probs), np.array(labels)
     m = r["metrics"]
@@ -42,14 +44,35 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     assert m["top5"] == pytest.approx(float(top5))
     per_class = [float((probs.argmax(1)[labels == c] == c).mean()) for c in range(4)]
     assert m["mean_class_accuracy"] == pytest.approx(np.mean(per_class))
-    rows = (tmp_path / "test" / "predictions.csv").read_text().splitlines()[1:]
-    assert np.allclose([float(row.split(",")[4]) for row in rows], probs.max(1), atol=1e-4)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "test" / "predictions.csv").open()))
+    assert np.allclose([float(row["score"]) for row in rows], probs.max(1), atol=1e-4)
+    assert [row["correct"] for row in rows] == [str(int(c)) for c in probs.argmax(1) == labels]
     assert (tmp_path / "test" / "confusion_matrix.png").stat().st_size > 1000
     per_video = json.loads((tmp_path / "test" / "predictions.json").read_text())
     assert [v["index"] for v in per_video] == list(range(8)) and len(per_video[0]["top5"]) == 4
     assert np.allclose([v["top5"][0]["score"] for v in per_video], probs.max(1), atol=1e-4)
     saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert saved["videos"] == 8 and set(saved["per_class_accuracy"]) == set(ds.label_names)
+    # per-view scores in mmaction2's view order (crop-major: left, right, middle); averages unchanged
+    views = np.load(tmp_path / "test" / "view_scores.npy")
+    assert views.shape == (8, 6, 4) and r["paths"]["view_scores"].endswith("view_scores.npy")
+    assert np.allclose(views, np.stack(per_view)[:, [0, 3, 2, 5, 1, 4]], atol=1e-5)
+    assert np.allclose(views.mean(1), probs, atol=1e-5)
+    plain = run_test(cfg, ckpt, tmp_path / "plain", views="2x3", device="cpu", progress=False)
+    assert "view_scores" not in plain["paths"] and plain["metrics"] == m
+    assert (tmp_path / "plain" / "predictions.json").read_text() == json.dumps(per_video, indent=1)
+    # the most confused pairs (true, predicted) by hand, and the command's line with a readable rate
+    conf = np.zeros((4, 4), int)
+    np.add.at(conf, (labels, probs.argmax(1)), 1)
+    pairs = sorted(((-conf[t, p], t, p) for t in range(4) for p in range(4) if t != p and conf[t, p]))
+    assert [(q["true"], q["predicted"], q["videos"]) for q in saved["most_confused"]] == [
+        (ds.label_names[t], ds.label_names[p], -n) for n, t, p in pairs]
+    out = cli("test", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--work-dir", str(tmp_path / "cli"), "--views",
+              "2x3", "--device", "cpu", *sets(TINY + data_overrides(tempo_data) + ["data.num_workers=0"]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"\(8 videos in \d+\.\d s, \d[\d.]* videos/s\)", out.stdout), out.stdout
 
 
 def test_user_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811
@@ -84,11 +107,10 @@ def test_predict_uses_the_label_names_of_the_checkpoint(tempo_data, tmp_path):  
     video = next((tempo_data / "videos").rglob("*.mp4"))
     r = cli("predict", str(video), str(tmp_path / "missing.mp4"), "--config", "tpn_tiny_synth", "--checkpoint",
             str(ckpt), "--topk", "2", "--json", "--device", "cpu", *sets(TINY + data_overrides(tempo_data)))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the missing video
     out = json.loads(r.stdout)
     assert [t["label"] for t in out[0]["top"]][0] in "abcd" and len(out[0]["top"]) == 2
     assert out[0]["top"][0]["score"] >= out[0]["top"][1]["score"] and sum(t["score"] for t in out[0]["top"]) <= 1 + 1e-6
-    assert "error" in out[1]
     r = cli("predict", str(video), "--config", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--topk", "3",
             "--device", "cpu", *sets(TINY + data_overrides(tempo_data)))
     assert r.returncode == 0 and r.stdout.splitlines()[0] == str(video) and len(r.stdout.splitlines()) == 4
@@ -114,3 +136,69 @@ def test_predict_topk_beyond_the_classes_and_a_head_wider_than_its_names(tempo_d
     assert "--topk 9: the model has 6 classes; showing all 6" in r.stderr
     r = cli(*args, "--topk", "0")
     assert r.returncode == 2 and r.stderr == "tpn: error: --topk must be at least 1, got 0\n"
+
+
+def test_predict_reports_why_an_input_failed_and_exits_1(tempo_data, tmp_path):  # noqa: F811
+    from tpn.models.build import build_model
+
+    torch.save({"format": "tpn", "state_dict": build_model(tiny_cfg(tempo_data)).state_dict()}, tmp_path / "m.pth")
+    video = next((tempo_data / "videos").rglob("*.mp4"))
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    args = [str(video), str(tmp_path / "missing.mp4"), str(tmp_path / "text.mp4"), "--config", "tpn_tiny_synth",
+            "--checkpoint", str(tmp_path / "m.pth"), "--topk", "2", "--device", "cpu",
+            *sets(TINY + data_overrides(tempo_data))]
+    r = cli("predict", *args, "--json")
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert [sorted(o) for o in out] == [["top", "video"], ["error", "video"], ["error", "video"]]
+    assert out[1]["error"] == f"{tmp_path / 'missing.mp4'}: file not found"
+    assert out[2]["error"].startswith(f"{tmp_path / 'text.mp4'}: cannot open video")
+    assert "2 of 3 videos could not be read" in r.stderr
+    r = cli("predict", *args)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines[3:] == [str(tmp_path / "missing.mp4"), f"  error: {out[1]['error']}",
+                         str(tmp_path / "text.mp4"), f"  error: {out[2]['error']}"]
+
+
+def test_test_report_is_a_real_csv_and_predicts_nothing_for_unreadable_videos(tempo_data, tmp_path):  # noqa: F811
+    import csv
+    import shutil
+
+    from tpn.engine.evaluate import CSV_COLUMNS, run_test
+    from tpn.models.build import build_model
+
+    videos = sorted((tempo_data / "videos").rglob("*.mp4"))
+    odd = 'a,b "c".mp4'  # a comma and quotes: one CSV field all the same
+    shutil.copy(videos[0], tmp_path / odd)
+    shutil.copy(videos[1], tmp_path / "plain.mp4")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    (tmp_path / "list.txt").write_text(f"{odd} 0\ntext.mp4 1\nplain.mp4 2\nmissing.mp4 3\n")
+    cfg = tiny_cfg(tempo_data, ["data.num_workers=0", "test.batch_size=2", f"data.root={tmp_path}",
+                                f"data.test_list={tmp_path}/list.txt"])
+    torch.save({"format": "tpn", "state_dict": build_model(cfg).state_dict()}, tmp_path / "m.pth")
+    r = run_test(cfg, tmp_path / "m.pth", tmp_path / "test", views="1x1", device="cpu", progress=False)
+    assert r["metrics"]["videos"] == 2 and r["metrics"]["skipped"] == 2
+    with (tmp_path / "test" / "predictions.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+        f.seek(0)
+        rows = list(csv.DictReader(f))
+    assert tuple(header) == CSV_COLUMNS
+    names = (tempo_data / "labels.txt").read_text().split()
+    assert [row["label"] for row in rows] == names
+    assert [row["path"] for row in rows] == [str(tmp_path / n) for n in (odd, "text.mp4", "plain.mp4", "missing.mp4")]
+    assert [row["readable"] for row in rows] == ["1", "0", "1", "0"]
+    for row in rows:
+        if row["readable"] == "1":
+            assert row["prediction"] in names and 0 < float(row["score"]) <= 1 and row["error"] == ""
+            assert row["correct"] == str(int(row["prediction"] == row["label"]))
+        else:
+            assert row["prediction"] == row["score"] == row["correct"] == ""
+    assert rows[1]["error"].startswith("cannot open video") and rows[3]["error"] == "file not found"
+    per_video = json.loads((tmp_path / "test" / "predictions.json").read_text())
+    assert [v["readable"] for v in per_video] == [True, False, True, False]
+    assert per_video[1]["top5"] == [] and per_video[1]["prediction"] is None and per_video[1]["correct"] is None
+    assert per_video[3]["error"] == "file not found"
+    skipped = json.loads((tmp_path / "test" / "metrics.json").read_text())["skipped_videos"]
+    assert skipped == [{"path": str(tmp_path / "text.mp4"), "error": rows[1]["error"]},
+                       {"path": str(tmp_path / "missing.mp4"), "error": "file not found"}]

@@ -59,3 +59,21 @@ def test_nan_loss_stops_with_a_clear_message(tempo_data, tmp_path):  # noqa: F81
     cfg = tiny_cfg(tempo_data, ["train.lr=1e30", "train.val_interval=0", "data.num_workers=0", "train.clip_grad=0"])
     with pytest.raises(TpnError, match=r"loss is nan at epoch 1 iteration 2: lower train.lr"):
         train(cfg, tmp_path / "nan", device="cpu", max_iters=5)
+
+
+def test_epoch_summary_steady_rate_and_no_validation(tempo_data, tmp_path, caplog):  # noqa: F811
+    cfg = tiny_cfg(tempo_data, ["train.val_interval=0", "data.num_workers=0", "train.epochs=2"])
+    with caplog.at_level("INFO", logger="tpn"):
+        s = train(cfg, tmp_path / "run", device="cpu")
+    epochs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"epoch"' in x and '"kind": "epoch"' in x]
+    assert len(epochs) == 2 and s["best_val_top1"] is None
+    for r in epochs:  # 4 steps an epoch: the first 2 are warm-up, the rate is over the other 2
+        assert 0 < r["warmup_s"] < r["time_s"] and r["steady_clips_per_s"] > 0
+        steady_s = r["time_s"] - r["warmup_s"]
+        assert r["steady_clips_per_s"] == pytest.approx(16 / steady_s, rel=0.05)  # 2 steps of 8 clips
+    text = caplog.text
+    assert "clips/s steady after" in text and "warm-up" in text
+    finished = next(line for line in text.splitlines() if "finished:" in line)
+    assert finished.rstrip().endswith(f"curves {tmp_path / 'run' / 'training_curves.png'}")
+    assert "no validation" in finished and "best val" not in finished and "clips/s steady (warm-up" in finished

@@ -121,3 +121,36 @@ def test_execution_policy_lives_in_one_place():
     assert execution(fp16.train, cuda).loss_scaling
     assert execution(fp16.train, cuda, compile_model=False).compile is False
     assert execution(load_config("tpn_tiny_synth", ["train.amp=false"]).train, cuda).amp is None
+
+
+def test_confusion_report_shows_rates_counts_and_the_most_confused_pairs():
+    from tpn.engine.report import confusion_figure, most_confused
+
+    names = ["a", "b", "c"]
+    conf = np.array([[5, 3, 0], [0, 8, 0], [1, 0, 2]])
+    assert most_confused(conf, names) == [{"true": "a", "predicted": "b", "videos": 3, "rate": 3 / 8},
+                                          {"true": "c", "predicted": "a", "videos": 1, "rate": 1 / 3}]
+    fig = confusion_figure(conf, names)
+    heat, bar = fig.axes  # the heat map and its colour bar
+    assert bar.get_ylabel() == "share of the true class's videos"
+    assert sorted(t.get_text() for t in heat.texts) == ["1", "2", "3", "5", "8"]  # videos per non-empty cell
+    assert heat.images[0].get_array().max() == 1.0  # rates: class b's row is all correct
+    rng = np.random.default_rng(0)  # 400 classes: a heat map without names and a list of pairs
+    big = np.diag(rng.integers(20, 50, 400))
+    big[7, 9] = 30
+    k400 = [f"class{i}" for i in range(400)]
+    fig = confusion_figure(big, k400)
+    heat, side, bar = fig.axes
+    assert bar.get_ylabel() == "share of the true class's videos (square-root scale)"
+    assert not heat.texts and heat.get_xlabel() == "predicted class (index)"  # no names, no numbers
+    assert "class7 -> class9: 30" in side.texts[0].get_text()
+    assert most_confused(big, k400, top=5) == [{"true": "class7", "predicted": "class9", "videos": 30,
+                                               "rate": 30 / (30 + big[7, 7])}]
+
+
+def test_rate_text_keeps_slow_rates_readable():
+    from tpn.engine.report import rate_text
+
+    assert rate_text(8, 41.3, "videos") == "8 videos in 41.3 s, 0.194 videos/s"
+    assert rate_text(720, 11.6, "videos") == "720 videos in 11.6 s, 62.1 videos/s"
+    assert rate_text(20000, 4.0, "clips") == "20000 clips in 4.0 s, 5000 clips/s"

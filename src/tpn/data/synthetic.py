@@ -11,6 +11,12 @@ picks it up within minutes on a CPU.
 Per-video jitter: speed +-15% inside a class (neighbouring tempos are 2.2x apart, so the
 ranges never meet), texture scale, colours, contrast, brightness, object size, shape and
 position, a random phase in time, and pixel noise in every frame.
+
+A harder variant (the tempo experiment's `tempo_hard` set): tempos closer together
+(`tempo_ratio`, e.g. 1.5x apart: still separable, the jittered ranges need more than 1.35x) and
+`distractors`: small objects that each move their own way, in a random direction at a random
+speed from the slowest to the fastest class tempo, unrelated to the class. The defaults render
+exactly the original dataset.
 """
 from __future__ import annotations
 
@@ -29,6 +35,18 @@ DIRECTIONS = {  # unit vectors (dx, dy) in image coordinates
 }
 TEMPOS = {"slow": 1.0, "medium": 2.2, "fast": 4.84}  # pixels per frame at 128 px height, before jitter
 SPEED_JITTER = 0.15
+MIN_TEMPO_RATIO = (1 + SPEED_JITTER) / (1 - SPEED_JITTER)  # closer, and jittered speeds of two tempos overlap
+
+
+def tempo_speeds(tempo_ratio: float | None = None) -> dict[str, float]:
+    """Pixels per frame at 128 px height for each tempo: TEMPOS, or slow 1 and each next tempo
+    `tempo_ratio` times faster."""
+    if tempo_ratio is None:
+        return dict(TEMPOS)
+    if not tempo_ratio > MIN_TEMPO_RATIO:
+        raise ValueError(f"tempo ratio {tempo_ratio}: must be above {MIN_TEMPO_RATIO:.3f}, or the "
+                         f"+-{SPEED_JITTER:.0%} speed jitter makes neighbouring tempos overlap")
+    return {"slow": 1.0, "medium": tempo_ratio, "fast": tempo_ratio**2}
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -59,12 +77,36 @@ def _translate(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
     return (1 - fy) * top + fy * bottom
 
 
-def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames (T, H, W, 3) uint8 of one video of class `name`."""
+def _shape_mask(xx, yy, cx, cy, r, disk, w, h) -> np.ndarray:
+    """A disc or square of radius r at (cx, cy) on the periodic frame."""
+    ddx = np.minimum(np.abs(xx - cx), w - np.abs(xx - cx))  # wrap around like the texture
+    ddy = np.minimum(np.abs(yy - cy), h - np.abs(yy - cy))
+    return (ddx**2 + ddy**2 <= r * r) if disk else ((ddx <= r) & (ddy <= r))
+
+
+def _draw_distractors(count: int, speeds: dict[str, float], w: int, h: int, rng: np.random.Generator) -> list:
+    """[(x, y, vx, vy, r, disk, colour)] of objects moving independently of the class, drawn from
+    a child of `rng` (spawning leaves rng's own stream, and so the rest of the video, unchanged)."""
+    lo, hi = min(speeds.values()) * h / 128, max(speeds.values()) * h / 128
+    out = []
+    if count:
+        rng = rng.spawn(1)[0]
+    for _ in range(count):
+        angle, speed = rng.uniform(0, 2 * math.pi), math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        out.append((rng.uniform(0, w), rng.uniform(0, h), speed * math.cos(angle), speed * math.sin(angle),
+                    rng.uniform(0.06, 0.12) * h, rng.random() < 0.5, rng.uniform(0, 255, 3)))
+    return out
+
+
+def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generator,
+           tempo_ratio: float | None = None, distractors: int = 0) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 of one video of class `name`; `tempo_ratio` and `distractors`
+    as in the module docstring (the defaults: the original dataset)."""
     w, h = size
     direction, tempo = name.rsplit("_", 1)
     dx, dy = DIRECTIONS[direction]
-    speed = TEMPOS[tempo] * (h / 128) * rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
+    speeds = tempo_speeds(tempo_ratio)
+    speed = speeds[tempo] * (h / 128) * rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
     phase = rng.uniform(0, 8)
     # background: a two-colour texture
     tex = _periodic_noise(h, w, rng.uniform(3, 7) * h / 128, rng)
@@ -82,30 +124,33 @@ def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generat
     obj = rng.uniform(0, 255, 3)
     disk = rng.random() < 0.5
     stripes = rng.uniform(0.3, 0.8) * 128 / h
+    others = _draw_distractors(distractors, speeds, w, h, rng)
     out = np.empty((frames, h, w, 3), np.uint8)
     for t in range(frames):
         d = speed * (t + phase)
         img = _translate(background, dx * d, dy * d)
         cx, cy = (ox + dx * d) % w, (oy + dy * d) % h
-        ddx = np.minimum(np.abs(xx - cx), w - np.abs(xx - cx))  # wrap around like the texture
-        ddy = np.minimum(np.abs(yy - cy), h - np.abs(yy - cy))
-        mask = (ddx**2 + ddy**2 <= r * r) if disk else ((ddx <= r) & (ddy <= r))
+        mask = _shape_mask(xx, yy, cx, cy, r, disk, w, h)
         sx = (xx - cx + w / 2) % w - w / 2  # stripes fixed to the object
         tex_obj = 0.7 + 0.3 * np.sign(np.sin(sx * stripes))[..., None]
         img = np.where(mask[..., None], obj * tex_obj, img)
+        for x0, y0, vx, vy, rd, dd, colour in others:
+            m = _shape_mask(xx, yy, (x0 + vx * t) % w, (y0 + vy * t) % h, rd, dd, w, h)
+            img = np.where(m[..., None], colour, img)
         img += 4 * rng.standard_normal(img.shape, dtype=np.float32)
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
     return out
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = None, crf: int = 23,
-              preset: str = "ultrafast", faststart: bool = False, codec: str = "h264") -> None:
+              preset: str = "ultrafast", faststart: bool = False, codec: str = "h264", rotation: int = 0) -> None:
     """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2; `codec="hevc"`: libx265.
 
     `preset="ultrafast"` has no B-frames; "veryfast" and slower use them (as Kinetics files
     do); "medium" is x264's default (3 B-frames, b-pyramid normal: some B-frames are
     references). `gop=None` keeps the encoder's default keyframe interval (250); `faststart`
-    puts the index (moov atom) first, as web videos have it.
+    puts the index (moov atom) first, as web videos have it. `rotation` writes a display matrix,
+    as phones do: a player shows the frames turned that many degrees counter-clockwise.
     """
     import av
 
@@ -128,6 +173,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = N
             stream.codec_context.gop_size = gop
         stream.options = opts
         stream.codec_context.thread_count = 1
+        if rotation:
+            stream.set_display_rotation(rotation)
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)
@@ -185,9 +232,9 @@ def mirror_pairs(names: list[str]) -> list[tuple[int, int]]:
 
 
 def _make_one(job: tuple) -> None:
-    path, name, size, frames, fps, seed, gop, preset, layout = job
+    path, name, size, frames, fps, seed, gop, preset, layout, tempo_ratio, distractors = job
     rng = np.random.default_rng(seed)
-    video = render(name, size, frames, rng)
+    video = render(name, size, frames, rng, tempo_ratio, distractors)
     if layout == "sthv1":
         write_jpgs(Path(path), video)
     elif layout == "sthv2":
@@ -199,20 +246,23 @@ def _make_one(job: tuple) -> None:
 def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, size: tuple[int, int] = (160, 128),
                      seed: int = 0, frames: int = 48, fps: int = 30, val_fraction: float = 0.2,
                      workers: int = 2, gop: int | None = None, progress: bool = False,
-                     preset: str = "ultrafast", layout: str = "mp4") -> dict:
+                     preset: str = "ultrafast", layout: str = "mp4", tempo_ratio: float | None = None,
+                     distractors: int = 0) -> dict:
     """Write `classes` x `videos_per_class` videos plus train.txt, val.txt, labels.txt under out_dir.
 
     `layout`: "mp4" (H.264; lists `relative/path.mp4 label_index`), or Something-Something's
     "sthv1" (folders of `00001.jpg`...; lists `folder num_frames label`, data.format
     mmaction_rawframes) or "sthv2" (VP9 webm; lists `relative/path.webm label`).
     Validation videos are drawn from their own seeds, so their jitter is unseen in training.
-    `preset` is libx264's ("veryfast" writes B-frames, as real downloads have). Returns a
-    summary, with the label pairs a horizontal flip swaps (`flip_label_pairs`).
+    `preset` is libx264's ("veryfast" writes B-frames, as real downloads have); `tempo_ratio`
+    and `distractors` make the harder variant (module docstring). Returns a summary, with the
+    label pairs a horizontal flip swaps (`flip_label_pairs`).
     """
     if layout not in ("mp4", "sthv1", "sthv2"):
         raise ValueError(f"layout must be mp4, sthv1 or sthv2, got {layout!r}")
     out = Path(out_dir)
     names = class_names(classes)
+    tempo_speeds(tempo_ratio)  # a bad ratio fails here, not in a worker
     n_val = max(1, int(round(videos_per_class * val_fraction)))
     jobs, train, val = [], [], []
     for c, name in enumerate(names):
@@ -222,7 +272,8 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
                    "sthv2": f"videos/{name}_{v:04d}.webm"}[layout]
             video_seed = [seed, c, v]
             jobs.append((str(out / rel), name, tuple(size), frames, fps,
-                         int(np.random.default_rng(video_seed).integers(2**31)), gop, preset, layout))
+                         int(np.random.default_rng(video_seed).integers(2**31)), gop, preset, layout,
+                         tempo_ratio, distractors))
             (val if split == "val" else train).append(f"{rel} {frames} {c}" if layout == "sthv1" else f"{rel} {c}")
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
@@ -234,6 +285,7 @@ def generate_dataset(out_dir, classes: int = 10, videos_per_class: int = 50, siz
     (out / "val.txt").write_text("\n".join(val) + "\n")
     (out / "labels.txt").write_text("\n".join(names) + "\n")
     summary = dict(root=str(out), classes=names, train=len(train), val=len(val), size=list(size),
-                   frames=frames, fps=fps, seed=seed, layout=layout, flip_label_pairs=mirror_pairs(names))
+                   frames=frames, fps=fps, seed=seed, layout=layout, flip_label_pairs=mirror_pairs(names),
+                   tempo_speeds=tempo_speeds(tempo_ratio), distractors=distractors)
     (out / "synth.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -1,4 +1,5 @@
-"""Clip transforms in torch (no torchvision). Clips are uint8 (3, T, H, W) until the device.
+"""Clip transforms in torch (no torchvision; the resize is OpenCV's, as mmaction2's). Clips are
+uint8 (3, T, H, W) until the device.
 
 Every random transform draws once per clip (from the `rng` it is given) and applies the
 same crop/flip/jitter to all of its frames. Everything stays uint8 on the host; `normalize`
@@ -8,9 +9,14 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+# OpenCV runs sequentially in every process that loads data, set before it can start its thread
+# pool: the loader's workers are the parallelism (torch runs one thread in each), and a pool
+# that exists when the workers fork hangs them. mmaction2's runner (mmengine) does the same.
+cv2.setNumThreads(0)
 
 
 def to_clip(frames: np.ndarray) -> torch.Tensor:
@@ -44,17 +50,23 @@ def stack_frames_last(items: list[torch.Tensor], stack=torch.stack) -> torch.Ten
 
 
 def resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a uint8 (3, T, H, W) clip to (h, w): bilinear, no antialiasing, on uint8.
+    """Resize a uint8 (3, T, H, W) clip to (h, w), frame by frame, with OpenCV's `INTER_LINEAR`.
 
-    This is mmaction2's resize (OpenCV `INTER_LINEAR`; equal within one grey level) and
-    torch's fast uint8 channels-last kernel: ~5x faster than going through float.
+    mmaction2 resizes with OpenCV (mmcv.imresize, bilinear), whose uint8 path rounds the weights
+    to 11-bit fixed point; released checkpoints were scored through that arithmetic, so this is
+    the same call, bit for bit (torch's bilinear is up to one grey level off); per loader item it
+    is not slower than torch's uint8 kernel (benchmarks/bench_resize.py). The result is frames-last.
     """
     h, w = size
     if tuple(clip.shape[-2:]) == (h, w):
         return clip
-    x = clip.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)  # frames as the batch
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
-    return x.permute(1, 0, 2, 3)
+    frames = clip.permute(1, 2, 3, 0)  # (T, H, W, 3): a view of frames-last memory
+    if frames.stride(-1) != 1 or frames.stride(-2) != frames.shape[-1]:
+        frames = frames.contiguous()  # OpenCV wants each row's pixels packed
+    out = torch.empty((frames.shape[0], h, w, frames.shape[-1]), dtype=torch.uint8)
+    for src, dst in zip(frames.numpy(), out.numpy()):
+        cv2.resize(src, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
+    return out.permute(3, 0, 1, 2)
 
 
 def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
@@ -97,6 +109,26 @@ def three_crop(clip: torch.Tensor, size: int) -> list[torch.Tensor]:
         step = (h - size) // 2
         tops, lefts = [0, step, 2 * step], [(w - size) // 2] * 3
     return [crop(clip, t, l, size, size) for t, l in zip(tops, lefts)]
+
+
+VIEW_ORDERS = ("tpn", "mmaction2")
+
+
+def view_order(clips: int, crops: int, order: str = "tpn") -> list[int]:
+    """Indices that rearrange a test sample's views from tpn's order into `order`:
+    `views[view_order(clips, crops, "mmaction2")]`.
+
+    tpn: clip-major, view v = clip v // crops, crop v % crops; crops at the start, centre and end
+    of the long side. mmaction2 (ThreeCrop, then FormatShape): crop-major, view m = crop
+    m // clips, clip m % clips; crops left, right, middle (top, bottom, middle for tall frames).
+    Averaged scores do not depend on the order; per-view comparisons do.
+    """
+    if order not in VIEW_ORDERS:
+        raise ValueError(f"view order must be one of {', '.join(VIEW_ORDERS)}, got {order!r}")
+    if order == "tpn":
+        return list(range(clips * crops))
+    crop_in_tpn = [0, 2, 1] if crops == 3 else [0]  # left/right/middle = start/end/centre
+    return [clip * crops + crop_in_tpn[k] for k in range(crops) for clip in range(clips)]
 
 
 def random_resized_crop_box(h: int, w: int, rng: np.random.Generator, area=(0.08, 1.0),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from tpn.options import add_device_option
 
@@ -27,20 +28,21 @@ def _cmd_train(args) -> int:
 def _cmd_test(args) -> int:
     from tpn.config import load_config
     from tpn.engine.evaluate import run_test
+    from tpn.engine.report import rate_text
 
     cfg = load_config(args.config, args.overrides)
     out = args.work_dir or f"work_dirs/{cfg.name}/test"
     from tpn.engine.distributed import teardown
 
     try:
-        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device)
+        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device, view_scores=args.view_scores)
     finally:
         teardown()
     m = r["metrics"]
     if r["paths"]:
         print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "
               f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}% "
-              f"({r['videos_per_s']:.1f} videos/s)")
+              f"({rate_text(m['videos'] + m['skipped'], r['seconds'], 'videos')})")
         print("report: " + ", ".join(r["paths"].values()))
     return 0
 
@@ -51,17 +53,19 @@ def _cmd_predict(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     results = predict_videos(cfg, args.checkpoint, args.videos, topk=args.topk, views=args.views, device=args.device)
+    failed = sum("error" in r for r in results)
     if args.json:
         print(json.dumps(results, indent=1))
-        return 0
-    for r in results:
-        if "error" in r:
-            print(f"{r['video']}: {r['error']}")
-            continue
-        print(r["video"])
-        for t in r["top"]:
-            print(f"  {t['score']:.3f}  {t['label']}")
-    return 0
+    else:
+        for r in results:
+            print(r["video"])
+            if "error" in r:
+                print(f"  error: {r['error']}")
+            for t in r.get("top", []):
+                print(f"  {t['score']:.3f}  {t['label']}")
+    if failed:
+        print(f"tpn: {failed} of {len(results)} videos could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_demo(args) -> int:
@@ -90,11 +94,17 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 10x3 (default: the config's)")
     p.add_argument("--work-dir", default=None, help="report folder (default work_dirs/<config>/test)")
+    p.add_argument("--view-scores", default=None, choices=["tpn", "mmaction2"], metavar="ORDER",
+                   help="also write view_scores.npy (softmax per view), views in tpn's order (clip-major) "
+                        "or mmaction2's (crop-major: left, right, middle)")
     add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_test)
 
-    p = sub.add_parser("predict", help="top-k classes for video files")
+    p = sub.add_parser("predict", help="top-k classes for video files",
+                       description="Top-k classes for each video. Exit status: 0 every video predicted, "
+                                   "1 some video could not be read (its reason is in the output), "
+                                   "2 a usage, config or checkpoint error.")
     p.add_argument("videos", nargs="+")
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True)

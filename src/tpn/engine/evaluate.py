@@ -6,6 +6,7 @@ exactly one result per video. Broken videos (ok=False) are excluded and listed.
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -22,9 +23,10 @@ from tpn.convert.weights import load_weights
 from tpn.data.datasets import build_dataset
 from tpn.data.labels import resolve_num_classes
 from tpn.data.loader import build_loader
+from tpn.data.transforms import view_order
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
-from tpn.engine.report import plot_confusion
+from tpn.engine.report import most_confused, plot_confusion
 from tpn.errors import TpnError
 from tpn.models.build import build_model
 from tpn.options import parse_pair
@@ -43,9 +45,11 @@ def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoa
 
 
 @torch.no_grad()
-def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int, tuple[np.ndarray, int, bool]]:
-    """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards)."""
-    out = {}
+def predict_probs(forward, loader, d: Dist, progress: bool = False,
+                  per_view: dict | None = None) -> dict[int, tuple[np.ndarray, int, bool]]:
+    """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards).
+    `per_view`, when given, is filled with {dataset index: probabilities per view [V, classes]}."""
+    out, views_out = {}, {}
     it = loader
     if progress and d.main and sys.stderr.isatty():  # a bar on a terminal; nothing in a log file
         from tqdm import tqdm
@@ -56,12 +60,17 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False) -> dict[int,
         views = x.shape[1] if x.dim() == 6 else 1
         flat = x.flatten(0, 1) if x.dim() == 6 else x
         logits = forward(flat).float()
-        probs = F.softmax(logits, dim=-1).view(x.shape[0], views, -1).mean(1).cpu().numpy()
+        view_probs = F.softmax(logits, dim=-1).view(x.shape[0], views, -1)
+        probs = view_probs.mean(1).cpu().numpy()
         for i in range(x.shape[0]):
             out[int(index[i])] = (probs[i], int(labels[i]), bool(ok[i]))
+            if per_view is not None:
+                views_out[int(index[i])] = view_probs[i].cpu().numpy()
     merged = {}
-    for part in gather_objects(out, d):
+    for part, part_views in gather_objects((out, views_out), d):
         merged.update(part)
+        if per_view is not None:
+            per_view.update(part_views)
     return merged
 
 
@@ -92,24 +101,63 @@ def metrics(results: dict[int, tuple[np.ndarray, int, bool]], num_classes: int) 
     }
 
 
-def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None) -> dict:
-    """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
-    summary = {k: v for k, v in m.items() if k != "confusion"}
-    summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
-    summary["skipped_videos"] = [dataset.path(i) for i, (_, _, ok) in sorted(results.items()) if not ok]
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with (out_dir / "predictions.csv").open("w") as f:
-        f.write("index,path,label,prediction,score,ok\n")
-        for i, (p, label, ok) in sorted(results.items()):
-            pred = int(np.argmax(p))
-            f.write(f"{i},{dataset.path(i)},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
+def unreadable_reasons(report_path: Path) -> dict[str, str]:
+    """{video path: why it could not be read} from the dataset's report lines (the last line of a
+    path wins: the file is appended to across runs, this run's lines come last)."""
+    reasons = {}
+    if report_path.is_file():
+        for line in report_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                path, error = rec["path"], rec["error"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            reasons[path] = error[len(path) + 2:] if error.startswith(f"{path}: ") else error
+    return reasons
+
+
+def prediction_rows(results: dict, dataset, names: list[str], reasons: dict[str, str]) -> list[dict]:
+    """One row per video: `readable` (the video decoded) and, only then, the top-5, the
+    prediction and `correct` (top-1 == label); an unreadable video has no prediction, only its error."""
     rows = []
     for i, (p, label, ok) in sorted(results.items()):
-        top = np.argsort(-p)[:5]
-        rows.append({"index": i, "path": dataset.path(i), "label": names[label], "ok": ok,
-                     "top5": [{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top]})
+        path = dataset.path(i)
+        row = {"index": i, "path": path, "label": names[label], "readable": ok}
+        if ok:
+            top = np.argsort(-p)[:5]
+            row.update(prediction=names[int(top[0])], score=round(float(p[top[0]]), 6), correct=bool(top[0] == label),
+                       error="", top5=[{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top])
+        else:
+            row.update(prediction=None, score=None, correct=None, top5=[],
+                       error=reasons.get(path, "unreadable (no reason recorded)"))
+        rows.append(row)
+    return rows
+
+
+CSV_COLUMNS = ("index", "path", "label", "readable", "prediction", "score", "correct", "error")
+
+
+def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None,
+                      reasons: dict[str, str] | None = None) -> dict:
+    """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths.
+
+    CSV: a real CSV (quoted where a field needs it); booleans as 1/0; the fields an unreadable
+    video does not have (prediction, score, correct) are empty and `error` says why."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
+    rows = prediction_rows(results, dataset, names, reasons or {})
+    summary = {k: v for k, v in m.items() if k != "confusion"}
+    summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
+    summary["skipped_videos"] = [{"path": r["path"], "error": r["error"]} for r in rows if not r["readable"]]
+    if m.get("confusion"):
+        summary["most_confused"] = most_confused(np.array(m["confusion"]), names)
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    with (out_dir / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow(["" if r[k] is None else int(r[k]) if isinstance(r[k], bool) else r[k]
+                             for k in CSV_COLUMNS])
     (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
     paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),
              "predictions_json": str(out_dir / "predictions.json")}
@@ -144,21 +192,38 @@ def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool
     return forward, info
 
 
-def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True) -> dict:
-    """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report."""
+def write_view_scores(path: Path, per_view: dict, results: dict, order: list[int]) -> Path:
+    """view_scores.npy: softmax per view [videos, views, classes] (float32), videos in dataset
+    order (as predictions.csv), views in `order`; rows of unreadable videos are NaN."""
+    rows = [per_view[i][order] if results[i][2] else np.full_like(per_view[i], np.nan) for i in sorted(per_view)]
+    np.save(path, np.stack(rows).astype(np.float32))
+    return path
+
+
+def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True,
+             view_scores: str | None = None) -> dict:
+    """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report, and with
+    `view_scores` ("tpn" or "mmaction2", the view order) the scores of every view."""
     d = D.setup(device)
     cfg = resolve_num_classes(with_views(cfg, views), ("test",))
     out_dir = Path(out_dir)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     forward, info = inference_forward(cfg, checkpoint, d.device)
-    dataset = build_dataset(cfg.data, "test", report_path=out_dir / "bad_videos.jsonl")
+    report_path = out_dir / "bad_videos.jsonl"
+    dataset = build_dataset(cfg.data, "test", report_path=report_path)
     loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
     t0 = time.time()
-    results = predict_probs(forward, loader, d, progress=progress)
+    per_view = {} if view_scores else None
+    results = predict_probs(forward, loader, d, progress=progress, per_view=per_view)
     elapsed = time.time() - t0
     m = metrics(results, cfg.model.head.num_classes)
     names = dataset.label_names or info.get("label_names")
-    paths = write_test_report(out_dir, results, m, dataset, names) if d.main else {}
-    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9),
+    paths = {}
+    if d.main:
+        paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path))
+    if d.main and view_scores:
+        order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
+        paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
+    return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9), "seconds": elapsed,
             "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}

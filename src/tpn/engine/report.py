@@ -109,21 +109,63 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
-def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
-    """Rows normalised to 1 (recall per class); class names on the axes up to 60 classes."""
+def most_confused(conf: np.ndarray, names: list[str], top: int = 20) -> list[dict]:
+    """The `top` largest off-diagonal cells: true class, predicted class, videos, share of the true class."""
+    off = conf.copy()
+    np.fill_diagonal(off, 0)
+    rows = np.maximum(conf.sum(1), 1)
+    order = np.argsort(-off, axis=None, kind="stable")[:top]
+    pairs = []
+    for flat in order:
+        t, p = divmod(int(flat), conf.shape[1])
+        if off[t, p] == 0:
+            break
+        pairs.append({"true": names[t], "predicted": names[p], "videos": int(off[t, p]),
+                      "rate": float(off[t, p] / rows[t])})
+    return pairs
+
+
+def confusion_figure(conf: np.ndarray, names: list[str]):
+    """Rates (each true class's row sums to 1) as a heat map with a colour bar; the videos in
+    each cell written in it up to 30 classes, class names up to 60. Beyond 60 classes single
+    cells cannot be read: the colour scale is a square root (small confusions stay visible) and
+    a side panel lists the most confused pairs."""
+    from matplotlib.colors import Normalize, PowerNorm
+
     plt = pyplot()
     k = len(names)
-    size = min(4 + 0.35 * k, 30)
-    fig, ax = plt.subplots(figsize=(size, size))
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    rates = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    big = k > 60
+    size = 20 if big else 5 + 0.35 * k
+    fig, axes = plt.subplots(1, 2 if big else 1, figsize=(size * 1.5 if big else size, size),
+                             gridspec_kw={"width_ratios": [2, 1]} if big else None, squeeze=False)
+    ax = axes[0, 0]
+    norm = PowerNorm(0.5, vmin=0, vmax=1) if big else Normalize(vmin=0, vmax=1)
+    im = ax.imshow(rates, cmap="Blues", norm=norm)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
+                 label="share of the true class's videos" + (" (square-root scale)" if big else ""))
     if k <= 60:
         ax.set_xticks(range(k), names, rotation=90, fontsize=7)
         ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (rows normalised)")
-    return save_figure(fig, path)
+    if k <= 30:
+        for t, p in zip(*np.nonzero(conf)):
+            ax.text(p, t, str(conf[t, p]), ha="center", va="center", fontsize=7,
+                    color="white" if rates[t, p] > 0.5 else "black")
+    ax.set_xlabel("predicted class" + ("" if k <= 60 else " (index)"))
+    ax.set_ylabel("true class" + ("" if k <= 60 else " (index)"))
+    ax.set_title(f"confusion matrix: {int(conf.sum())} videos" + (", numbers are videos" if k <= 30 else ""))
+    if big:
+        side = axes[0, 1]
+        side.axis("off")
+        lines = [f"{p['true']} -> {p['predicted']}: {p['videos']} ({100 * p['rate']:.0f}%)"
+                 for p in most_confused(conf, names, 40)]
+        side.text(0, 1, "most confused (true -> predicted: videos, share)\n\n" + "\n".join(lines),
+                  va="top", ha="left", fontsize=12, family="monospace", transform=side.transAxes)
+    return fig
+
+
+def plot_confusion(conf: np.ndarray, names: list[str], path: Path) -> Path:
+    return save_figure(confusion_figure(conf, names), path)
 
 
 def pyplot():
@@ -143,3 +185,10 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def rate_text(count: int, seconds: float, unit: str) -> str:
+    """"8 videos in 41.3 s, 0.194 videos/s": three significant digits, so slow CPU runs read too."""
+    rate = count / max(seconds, 1e-9)
+    return f"{count} {unit} in {seconds:.1f} s, {rate:.3g} {unit}/s" if rate < 1000 else \
+        f"{count} {unit} in {seconds:.1f} s, {rate:.0f} {unit}/s"

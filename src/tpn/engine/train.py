@@ -260,12 +260,16 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     first_epoch, first_iter = prog.epoch, prog.iter_in_epoch
     for epoch in range(first_epoch, t.epochs):
         t_epoch = time.time()
-        clips, stopped = train_one_epoch(run, prog, epoch, first_iter if epoch == first_epoch else 0, max_iters)
+        clips, stopped, warm = train_one_epoch(run, prog, epoch, first_iter if epoch == first_epoch else 0, max_iters)
         if stopped:
             break
-        epoch_time = time.time() - t_epoch
+        t_end = time.time()  # the epoch's last step logged its loss: the device is done
+        epoch_time = t_end - t_epoch
         erec = {"kind": "epoch", "epoch": epoch + 1, "iter": prog.global_iter, "time_s": epoch_time,
                 "clips_per_s": clips * d.world / epoch_time}
+        if warm is not None:  # time and rate apart from the first steps (see WARMUP_STEPS)
+            erec.update(warmup_s=warm[1] - t_epoch,
+                        steady_clips_per_s=(clips - warm[0]) * d.world / max(1e-9, t_end - warm[1]))
         if data.val_set is not None and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
             top1 = validate(run, epoch, prog.global_iter)
             erec.update(val_top1=top1)
@@ -277,12 +281,26 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0)
         if d.main:
             prune_after_epoch(work_dir, t.keep_last)
-            log.info("epoch %d done in %.1f s, %.1f clips/s", epoch + 1, epoch_time, erec["clips_per_s"])
+            log.info("epoch %d done in %.1f s: %s", epoch + 1, epoch_time, _rate_text(erec))
     return finish(run, prog, summary, t_start)
 
 
-def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int, max_iters: int | None) -> tuple[int, bool]:
-    """Steps `first`..end of `epoch`; returns (clips seen by this process, stopped by `max_iters`)."""
+# Steps of an epoch timed as warm-up, apart from the steady rate: loader workers starting and
+# filling their queue, and in the first epoch compilation and cuDNN's algorithm search.
+WARMUP_STEPS = 5
+
+
+def _rate_text(erec: dict) -> str:
+    if "steady_clips_per_s" not in erec:
+        return f"{erec['clips_per_s']:.1f} clips/s"
+    return (f"{erec['steady_clips_per_s']:.1f} clips/s steady after {erec['warmup_s']:.1f} s of warm-up "
+            f"({erec['clips_per_s']:.1f} clips/s over the epoch)")
+
+
+def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
+                    max_iters: int | None) -> tuple[int, bool, tuple[int, float] | None]:
+    """Steps `first`..end of `epoch`; returns (clips seen by this process, stopped by `max_iters`,
+    (clips, time) when the warm-up steps were done, or None for an epoch of one step)."""
     cfg, d, t, data = run.cfg, run.d, run.cfg.train, run.data
     data.train_set.set_epoch(epoch)
     data.sampler.set_epoch(epoch, start=first * data.videos_per_batch * t.accum_steps)
@@ -290,7 +308,8 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int, max_iters:
     window = _Window(d.device)
     bar = _progress_bar(run, epoch, first)
     batches = iter(data.loader)
-    clips = 0
+    clips, warm = 0, None
+    warm_steps = min(WARMUP_STEPS, (data.iters_per_epoch - first) // 2)
     for it in range(first, data.iters_per_epoch):
         lr = lr_at(cfg, prog.global_iter, data.iters_per_epoch, run.lr0)
         for g in run.opt.param_groups:
@@ -300,6 +319,10 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int, max_iters:
         window.loss += loss_step
         window.steps += 1
         prog.global_iter += 1
+        if warm_steps and it + 1 - first == warm_steps:
+            if d.device.type == "cuda":
+                torch.cuda.synchronize(d.device)  # once an epoch: the warm-up's end, not its launch
+            warm = (clips, time.time())
         last = it == data.iters_per_epoch - 1
         if prog.global_iter % t.log_interval == 0 or last:
             _log_step(run, window, bar, epoch, it, prog.global_iter, lr, clips)
@@ -312,10 +335,10 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int, max_iters:
         if max_iters is not None and prog.global_iter >= max_iters:
             if bar is not None:
                 bar.close()
-            return clips, True
+            return clips, True, warm
     if bar is not None:
         bar.close()
-    return clips, False
+    return clips, False, warm
 
 
 def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
@@ -395,15 +418,29 @@ def finish(run: Run, prog: Progress, summary: dict, t_start: float) -> dict:
     D.barrier(d)
     if d.main:
         curves = plot_curves(work_dir / "metrics.jsonl", work_dir / "training_curves.png")
-        summary.update(best_val_top1=prog.best, curves=str(curves) if curves else None,
+        summary.update(best_val_top1=prog.best if prog.best >= 0 else None, curves=str(curves) if curves else None,
                        total_time_s=time.time() - t_start)
         if summary["epochs"]:
-            e = summary["epochs"]
-            log.info("finished: %d epochs, %.1f s per epoch, %.1f clips/s, best val top-1 %.2f%%; curves %s",
-                     len(e), sum(r["time_s"] for r in e) / len(e), sum(r["clips_per_s"] for r in e) / len(e),
-                     100 * max(prog.best, 0), curves)
+            log.info("finished: %s; curves %s", _final_text(summary["epochs"], prog.best), curves)
     summary["model"] = run.model
     return summary
+
+
+def _final_text(epochs: list[dict], best: float) -> str:
+    """Epochs, time per epoch, the steady rate over all epochs with the warm-up apart, and the best
+    validation top-1 (or that there was none)."""
+    n = len(epochs)
+    text = f"{n} epochs, {sum(r['time_s'] for r in epochs) / n:.1f} s per epoch, "
+    steady = [r for r in epochs if "steady_clips_per_s" in r]
+    if steady:
+        secs = [r["time_s"] - r["warmup_s"] for r in steady]
+        rate = sum(r["steady_clips_per_s"] * t for r, t in zip(steady, secs)) / max(1e-9, sum(secs))
+        later = [r["warmup_s"] for r in steady[1:]]
+        text += (f"{rate:.1f} clips/s steady (warm-up {steady[0]['warmup_s']:.1f} s in the first epoch"
+                 + (f", {sum(later) / len(later):.1f} s in later ones)" if later else ")"))
+    else:
+        text += f"{sum(r['clips_per_s'] for r in epochs) / n:.1f} clips/s"
+    return text + (f", best val top-1 {100 * best:.2f}%" if best >= 0 else ", no validation")
 
 
 # ------------------------------------------------------------------ progress output

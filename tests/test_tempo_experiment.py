@@ -1,0 +1,61 @@
+"""The harder tempo experiment's runner (benchmarks/tempo_hard.sh) and summariser."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _summariser():
+    spec = importlib.util.spec_from_file_location("summarise_tempo", REPO / "benchmarks" / "summarise_tempo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tempo_pair_accuracy_by_hand():
+    s = _summariser()
+    names = ["right_slow", "right_fast", "left_slow", "left_fast"]
+    assert s.tempo_pairs(names) == [(0, 1), (2, 3)]
+    assert len(s.tempo_pairs([f"{d}_{t}" for d in "ab" for t in ("slow", "medium", "fast")])) == 6
+    labels = np.array([0, 0, 1, 2, 3, 3])
+    probs = np.array([
+        [0.5, 0.1, 0.3, 0.1],  # right_slow: own 0.5 > right_fast 0.1                     right
+        [0.2, 0.1, 0.6, 0.1],  # right_slow, predicted left_slow: still beats right_fast  right
+        [0.4, 0.3, 0.2, 0.1],  # right_fast: 0.3 < right_slow 0.4                          wrong
+        [0.1, 0.1, 0.3, 0.5],  # left_slow: 0.3 < left_fast 0.5                            wrong
+        [0.0, 0.0, 0.2, 0.8],  # left_fast                                                 right
+        [0.7, 0.0, 0.1, 0.2],  # left_fast, predicted right_slow: 0.2 > left_slow 0.1      right
+    ])
+    # pair (right_slow, right_fast): 2 of 3; pair (left_slow, left_fast): 2 of 3
+    assert s.tempo_pair_accuracy(names, labels, probs) == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_tempo_hard_script_runs_tiny_on_cpu(tmp_path):
+    """The real script end to end, tiny: data, 2 seeds x 2 models of tpn train + tpn test, summary."""
+    env = dict(os.environ, ROOT=str(tmp_path / "data"), OUT=str(tmp_path / "out"), SEEDS="0 1", EPOCHS="1",
+               VPC="3", TVPC="2", TPN=f"{sys.executable} -m tpn.cli",
+               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run(["bash", "benchmarks/tempo_hard.sh", "--tiny"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["data"]["tempo_speeds"]["medium"] == 1.5
+    assert summary["data"]["distractors"] == 3 and summary["data"]["frames"] == 64
+    for model in ("tempo_hard_tpn_r50_8x8", "tempo_hard_slowonly_r50_8x8"):
+        runs = summary["runs"][model]
+        top1 = [runs[s]["test_30view"]["top1"] for s in ("0", "1")]
+        agg = summary["models"][model]["test_top1_30view"]
+        assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(top1))
+        assert agg["std"] == pytest.approx(np.std(top1, ddof=1))
+        assert all(0 <= runs[s]["tempo_pair_accuracy"] <= 1 and runs[s]["test_30view"]["videos"] == 8 for s in runs)
+        assert [p["epoch"] for p in summary["models"][model]["val_top1_curve"]] == [1]
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
+    assert "tempo-pair accuracy" in r.stdout
