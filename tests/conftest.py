@@ -26,3 +26,22 @@ def write_broken_videos(root):
     (root / "text.mp4").write_text("this is not a video\n")
     write_mp4(root / "short.mp4", render("right_slow", (96, 80), 5, np.random.default_rng(0)))
     return [str(p.relative_to(root)) for p in good]
+
+
+def write_damaged_video(src, dst, damage: str, packets=(20, 30)) -> None:
+    """Copy the mp4 `src` to `dst` with some packets damaged in place (the container stays valid):
+    "flipped" inverts every 5th byte of their payload past the slice header (the decoder conceals
+    it), "rejected" breaks their NAL length prefix (the decoder rejects the packet)."""
+    import av
+
+    data = bytearray(open(src, "rb").read())
+    with av.open(str(src)) as container:
+        where = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    for i in packets:
+        pos, size = where[i]
+        if damage == "flipped":
+            for j in range(pos + 8, pos + size, 5):
+                data[j] ^= 0xFF
+        else:
+            data[pos:pos + 4] = (0x7FFFFFFF).to_bytes(4, "big")
+    open(dst, "wb").write(bytes(data))

@@ -1,7 +1,8 @@
-"""The benchmark scripts' library parts, run small on the CPU: the data-loader benchmark end to
-end and the benchmarks' training step."""
+"""The benchmark scripts' library parts, run small on the CPU: the data-loader and check
+benchmarks end to end and the benchmarks' training step."""
 import torch
 
+from benchmarks.bench_check import run as run_check
 from benchmarks.bench_data import TRAIN_MODES, run
 from benchmarks.train_step import make_train_step
 from tests.test_data_prepare import keyframes
@@ -36,3 +37,10 @@ def test_benchmark_train_step_learns_a_fixed_batch():
     labels = torch.tensor([0, 1, 2, 3])
     losses = [float(step(x8, labels)) for _ in range(8)]
     assert losses[-1] < losses[0]
+
+
+def test_bench_check_times_every_mode(tmp_path):
+    res = run_check(tmp_path, size=(96, 64), seconds=1, calls=2, log=lambda *_: None)
+    assert res["frames"] == 30 and (tmp_path / "96x64_rot90.mp4").is_file()
+    assert set(res["cpu_ms_per_call"]) == {"open_3_frames", "check_video", "train_clip", "train_clip_rot90"}
+    assert all(v > 0 for v in res["cpu_ms_per_call"].values())

@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import write_broken_videos
 
 from tpn.cli import main
+from tpn.config import DataConfig
 from tpn.data.check import check_list
 
 
@@ -23,8 +24,8 @@ def synth_check_root(synth_dataset, tmp_path_factory):
 
 def test_check_reports_each_problem(synth_check_root):
     root = synth_check_root
-    rep = check_list(root / "mixed.txt", root=str(root), label_map=str(root / "labels.txt"), workers=2,
-                     clip_len=4, frame_interval=2, progress=False)
+    data = DataConfig(root=str(root), label_map=str(root / "labels.txt"), clip_len=4, frame_interval=2)
+    rep = check_list(root / "mixed.txt", data, workers=2, progress=False)
     status = {p["path"].split("/")[-1]: p["status"] for p in rep["problems"]}
     assert status == {"zero.mp4": "zero-byte", "truncated.mp4": "unreadable", "text.mp4": "unreadable",
                       "missing.mp4": "missing", "short.mp4": "too-short"}
@@ -39,7 +40,7 @@ def test_check_cli_writes_json_summary_and_clean_list(synth_check_root, tmp_path
     root = synth_check_root
     clean, js = tmp_path / "clean.txt", tmp_path / "report.json"
     rc = main(["data", "check", str(root / "mixed.txt"), "--root", str(root), "--label-map", str(root / "labels.txt"),
-               "--workers", "2", "--clip-len", "4", "--frame-interval", "2", "--report", str(js),
+               "--workers", "2", "--set", "data.clip_len=4", "--set", "data.frame_interval=2", "--report", str(js),
                "--write-clean", str(clean)])
     out = capsys.readouterr().out
     assert rc == 1  # problems found
@@ -48,8 +49,8 @@ def test_check_cli_writes_json_summary_and_clean_list(synth_check_root, tmp_path
     report = json.loads(js.read_text())
     assert len(report["problems"]) == 5 and len(report["bad_lines"]) == 2
     assert len(clean.read_text().splitlines()) == 3
-    rc = main(["data", "check", str(clean), "--root", str(root), "--workers", "1", "--clip-len", "4",
-               "--frame-interval", "2", "--report", str(tmp_path / "r2.json")])
+    rc = main(["data", "check", str(clean), "--root", str(root), "--workers", "1", "--set", "data.clip_len=4",
+               "--set", "data.frame_interval=2", "--report", str(tmp_path / "r2.json")])
     assert rc == 0
     assert main(["data", "check", str(tmp_path / "none.txt"), "--root", str(root)]) == 2
     assert "none.txt: annotation file not found" in capsys.readouterr().err
@@ -80,8 +81,9 @@ def test_check_kinetics_csv(synth_dataset, tmp_path):
     csvf.write_text("label,youtube_id,time_start,time_end,split\n"
                     f"{names[1]},abc,10,20,train\n{names[1]},gone,0,10,train\n"
                     f"fly,xyz,0,10,train\n{names[0]},q,a,b,train\n")
-    rep = check_list(csvf, root=str(tmp_path), fmt="kinetics_csv", label_map=str(synth_dataset / "labels.txt"),
-                     workers=1, clip_len=4, frame_interval=2, progress=False)
+    data = DataConfig(root=str(tmp_path), format="kinetics_csv", label_map=str(synth_dataset / "labels.txt"),
+                      clip_len=4, frame_interval=2)
+    rep = check_list(csvf, data, workers=1, progress=False)
     assert rep["counts"] == {"ok": 1, "missing": 1}
     assert [(b["line"], "unknown label name 'fly'" in b["error"] or "must be numbers" in b["error"])
             for b in rep["bad_lines"]] == [(4, True), (5, True)]

@@ -44,8 +44,11 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     assert m["top5"] == pytest.approx(float(top5))
     per_class = [float((probs.argmax(1)[labels == c] == c).mean()) for c in range(4)]
     assert m["mean_class_accuracy"] == pytest.approx(np.mean(per_class))
-    rows = (tmp_path / "test" / "predictions.csv").read_text().splitlines()[1:]
-    assert np.allclose([float(row.split(",")[4]) for row in rows], probs.max(1), atol=1e-4)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "test" / "predictions.csv").open()))
+    assert np.allclose([float(row["score"]) for row in rows], probs.max(1), atol=1e-4)
+    assert [row["correct"] for row in rows] == [str(int(c)) for c in probs.argmax(1) == labels]
     assert (tmp_path / "test" / "confusion_matrix.png").stat().st_size > 1000
     per_video = json.loads((tmp_path / "test" / "predictions.json").read_text())
     assert [v["index"] for v in per_video] == list(range(8)) and len(per_video[0]["top5"]) == 4
@@ -104,11 +107,76 @@ def test_predict_uses_the_label_names_of_the_checkpoint(tempo_data, tmp_path):  
     video = next((tempo_data / "videos").rglob("*.mp4"))
     r = cli("predict", str(video), str(tmp_path / "missing.mp4"), "--config", "tpn_tiny_synth", "--checkpoint",
             str(ckpt), "--topk", "2", "--json", "--device", "cpu", *sets(TINY + data_overrides(tempo_data)))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the missing video
     out = json.loads(r.stdout)
     assert [t["label"] for t in out[0]["top"]][0] in "abcd" and len(out[0]["top"]) == 2
     assert out[0]["top"][0]["score"] >= out[0]["top"][1]["score"] and sum(t["score"] for t in out[0]["top"]) <= 1 + 1e-6
-    assert "error" in out[1]
     r = cli("predict", str(video), "--config", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--topk", "3",
             "--device", "cpu", *sets(TINY + data_overrides(tempo_data)))
     assert r.returncode == 0 and r.stdout.splitlines()[0] == str(video) and len(r.stdout.splitlines()) == 4
+
+
+def test_predict_reports_why_an_input_failed_and_exits_1(tempo_data, tmp_path):  # noqa: F811
+    from tpn.models.build import build_model
+
+    torch.save({"format": "tpn", "state_dict": build_model(tiny_cfg(tempo_data)).state_dict()}, tmp_path / "m.pth")
+    video = next((tempo_data / "videos").rglob("*.mp4"))
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    args = [str(video), str(tmp_path / "missing.mp4"), str(tmp_path / "text.mp4"), "--config", "tpn_tiny_synth",
+            "--checkpoint", str(tmp_path / "m.pth"), "--topk", "2", "--device", "cpu",
+            *sets(TINY + data_overrides(tempo_data))]
+    r = cli("predict", *args, "--json")
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert [sorted(o) for o in out] == [["top", "video"], ["error", "video"], ["error", "video"]]
+    assert out[1]["error"] == f"{tmp_path / 'missing.mp4'}: file not found"
+    assert out[2]["error"].startswith(f"{tmp_path / 'text.mp4'}: cannot open video")
+    assert "2 of 3 videos could not be read" in r.stderr
+    r = cli("predict", *args)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines[3:] == [str(tmp_path / "missing.mp4"), f"  error: {out[1]['error']}",
+                         str(tmp_path / "text.mp4"), f"  error: {out[2]['error']}"]
+
+
+def test_test_report_is_a_real_csv_and_predicts_nothing_for_unreadable_videos(tempo_data, tmp_path):  # noqa: F811
+    import csv
+    import shutil
+
+    from tpn.engine.evaluate import CSV_COLUMNS, run_test
+    from tpn.models.build import build_model
+
+    videos = sorted((tempo_data / "videos").rglob("*.mp4"))
+    odd = 'a,b "c".mp4'  # a comma and quotes: one CSV field all the same
+    shutil.copy(videos[0], tmp_path / odd)
+    shutil.copy(videos[1], tmp_path / "plain.mp4")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    (tmp_path / "list.txt").write_text(f"{odd} 0\ntext.mp4 1\nplain.mp4 2\nmissing.mp4 3\n")
+    cfg = tiny_cfg(tempo_data, ["data.num_workers=0", "test.batch_size=2", f"data.root={tmp_path}",
+                                f"data.test_list={tmp_path}/list.txt"])
+    torch.save({"format": "tpn", "state_dict": build_model(cfg).state_dict()}, tmp_path / "m.pth")
+    r = run_test(cfg, tmp_path / "m.pth", tmp_path / "test", views="1x1", device="cpu", progress=False)
+    assert r["metrics"]["videos"] == 2 and r["metrics"]["skipped"] == 2
+    with (tmp_path / "test" / "predictions.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+        f.seek(0)
+        rows = list(csv.DictReader(f))
+    assert tuple(header) == CSV_COLUMNS
+    names = (tempo_data / "labels.txt").read_text().split()
+    assert [row["label"] for row in rows] == names
+    assert [row["path"] for row in rows] == [str(tmp_path / n) for n in (odd, "text.mp4", "plain.mp4", "missing.mp4")]
+    assert [row["readable"] for row in rows] == ["1", "0", "1", "0"]
+    for row in rows:
+        if row["readable"] == "1":
+            assert row["prediction"] in names and 0 < float(row["score"]) <= 1 and row["error"] == ""
+            assert row["correct"] == str(int(row["prediction"] == row["label"]))
+        else:
+            assert row["prediction"] == row["score"] == row["correct"] == ""
+    assert rows[1]["error"].startswith("cannot open video") and rows[3]["error"] == "file not found"
+    per_video = json.loads((tmp_path / "test" / "predictions.json").read_text())
+    assert [v["readable"] for v in per_video] == [True, False, True, False]
+    assert per_video[1]["top5"] == [] and per_video[1]["prediction"] is None and per_video[1]["correct"] is None
+    assert per_video[3]["error"] == "file not found"
+    skipped = json.loads((tmp_path / "test" / "metrics.json").read_text())["skipped_videos"]
+    assert skipped == [{"path": str(tmp_path / "text.mp4"), "error": rows[1]["error"]},
+                       {"path": str(tmp_path / "missing.mp4"), "error": "file not found"}]

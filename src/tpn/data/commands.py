@@ -1,6 +1,8 @@
 """`tpn data ...` sub-commands."""
 from __future__ import annotations
 
+import argparse
+
 from tpn.errors import TpnError
 from tpn.options import parse_pair
 
@@ -33,12 +35,40 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def check_config(args):
+    """(data config, split, list) for `tpn data check`: the config's `data` section (the defaults
+    without --config) with --set applied; --root/--format/--label-map only without --config."""
+    from dataclasses import replace
+
+    from tpn.config import Config, apply_overrides, load_config
+
+    flags = {"--root": args.root, "--format": args.format, "--label-map": args.label_map}
+    for flag, field in (("--clip-len", "clip_len"), ("--frame-interval", "frame_interval")):
+        if getattr(args, field) is not None:
+            raise TpnError(f"{flag}: the clip geometry comes from a config: pass --config CONFIG "
+                           f"(or --set data.{field}=N)")
+    if args.config:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            key = given[0][2:].replace("-", "_")
+            raise TpnError(f"{given[0]} conflicts with --config: the config's data.{key} is what training reads "
+                           f"(change it there or with --set data.{key}=...)")
+        data = load_config(args.config, args.overrides).data
+    else:
+        data = replace(apply_overrides(Config(), args.overrides).data,
+                       **{flag[2:].replace("-", "_"): value for flag, value in flags.items() if value is not None})
+    list_file = args.list or getattr(data, f"{args.split}_list")
+    if not list_file:
+        raise TpnError(f"no list to check: give LIST or a config whose data.{args.split}_list is set")
+    return data, args.split, list_file
+
+
 def _cmd_check(args) -> int:
     from tpn.data.check import check_list, summary, write_outputs
 
-    report = check_list(args.list, root=args.root, fmt=args.format, label_map=args.label_map,
-                        workers=args.workers, clip_len=args.clip_len, frame_interval=args.frame_interval)
-    json_path = args.report or f"{args.list}.check.json"
+    data, split, list_file = check_config(args)
+    report = check_list(list_file, data, split=split, workers=args.workers)
+    json_path = args.report or f"{list_file}.check.json"
     write_outputs(report, json_path, args.write_clean)
     print(summary(report))
     print(f"report: {json_path}" + (f"; clean list: {args.write_clean}" if args.write_clean else ""))
@@ -90,14 +120,29 @@ def add_data_commands(sub, add_set) -> None:
     p.add_argument("--workers", type=int, default=4)
     p.set_defaults(func=_cmd_prepare)
 
-    p = data.add_parser("check", help="scan an annotation list for unreadable, empty, missing or too-short videos")
-    p.add_argument("list", help="annotation file")
-    p.add_argument("--root", default="", help="folder the list's paths are relative to")
-    p.add_argument("--format", default="list", choices=["list", "mmaction_video", "mmaction_rawframes", "kinetics_csv"])
-    p.add_argument("--label-map", default="", help="class names, one per line (for lists with names)")
+    p = data.add_parser(
+        "check", help="scan an annotation list for missing, empty, unreadable, damaged or too-short videos",
+        description="Decode every video of a list once and report what training cannot use. The list's root, "
+                    "format, label map and clip geometry come from --config (its data section, --set applies); "
+                    "without --config they are the defaults: 8-frame clips every 8th frame (57 frames, "
+                    "tpn_r50_8x8_k400's geometry), with --root/--format/--label-map. "
+                    "Exit status: 0 clean, 1 problems found, 2 bad arguments or list file.")
+    p.add_argument("list", nargs="?", default=None,
+                   help="annotation file (default: the config's data.<split>_list)")
+    p.add_argument("--config", default=None, help="shipped config name or YAML: check as training reads the list")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"],
+                   help="which list of the config, and its rules: a training clip needs one clip's span of "
+                        "frames (data.short_videos=skip); val/test loop short videos (default train)")
+    p.add_argument("--root", default=None, help="without --config: folder the list's paths are relative to")
+    p.add_argument("--format", default=None,
+                   choices=["list", "mmaction_video", "mmaction_rawframes", "kinetics_csv"],
+                   help="without --config: the list's format (default list)")
+    p.add_argument("--label-map", default=None,
+                   help="without --config: class names, one per line (for lists with names)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--clip-len", type=int, default=8)
-    p.add_argument("--frame-interval", type=int, default=8)
+    p.add_argument("--clip-len", type=int, default=None, help=argparse.SUPPRESS)  # a clear error: use a config
+    p.add_argument("--frame-interval", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--report", default=None, help="JSON report path (default LIST.check.json)")
     p.add_argument("--write-clean", default=None, metavar="OUT", help="write the list without unusable lines")
+    add_set(p)
     p.set_defaults(func=_cmd_check)

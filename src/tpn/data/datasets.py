@@ -28,6 +28,7 @@ import csv
 import json
 import logging
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -129,15 +130,37 @@ def read_annotations(path: str | Path, fmt: str, label_names: list[str] | None =
 
 
 def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) -> tuple[str, int, int]:
-    """One line of a text list -> (relative path, label, total_frames or -1)."""
-    parts = line.split()
+    """One line of a text list -> (relative path, label, total_frames or -1).
+
+    The path is everything before the last field (rawframes: the last two), character for
+    character, so a name with repeated spaces still names its file. The whitespace around the
+    line and between the fields is not part of it.
+    """
+    text = line.strip()
+    n_fields = 2 if fmt == "mmaction_rawframes" else 1
+    head, fields = text, []
+    for _ in range(n_fields):
+        cut = re.search(r"\s+(\S+)$", head)
+        if cut is None:
+            break
+        fields.insert(0, cut.group(1))
+        head = head[:cut.start()]
     if fmt == "mmaction_rawframes":
-        if len(parts) != 3 or not parts[1].isdigit():
-            raise AnnotationError(f"{where}: expected 'FRAME_DIR TOTAL_FRAMES LABEL', got {line.strip()!r}")
-        return parts[0], _label(parts[2], names, where), int(parts[1])
-    if len(parts) < 2:
-        raise AnnotationError(f"{where}: expected 'PATH LABEL', got {line.strip()!r} (missing label?)")
-    return " ".join(parts[:-1]), _label(parts[-1], names, where), -1
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise AnnotationError(f"{where}: expected 'FRAME_DIR TOTAL_FRAMES LABEL', got {text!r}")
+        return head, _label(fields[1], names, where), int(fields[0])
+    if not fields:
+        raise AnnotationError(f"{where}: expected 'PATH LABEL', got {text!r} (missing label?)")
+    return head, _label(fields[0], names, where), -1
+
+
+def frames_needed(cfg: DataConfig, split: str) -> int:
+    """The fewest frames a video of `split` may have. Only training with `data.short_videos: skip`
+    asks for more than one: a clip's span (segments: one frame per segment); a shorter training
+    video is replaced. Val/test, and training with `loop`, wrap a short video's indices around."""
+    if split != "train" or cfg.short_videos == "loop":
+        return 1
+    return cfg.clip_len if cfg.sampling == "segments" else sampling.span(cfg.clip_len, cfg.frame_interval)
 
 
 def write_report_line(report_path: str | Path | None, record: dict) -> None:
@@ -220,8 +243,8 @@ class VideoDataset(Dataset):
 
     def _train_pick(self, index: int, n: int, rng: np.random.Generator) -> np.ndarray:
         c = self.cfg
-        need = c.clip_len if self.segments else sampling.span(c.clip_len, c.frame_interval)
-        if c.short_videos == "skip" and n < need:
+        need = frames_needed(c, "train")
+        if n < need:
             raise VideoError(f"{self.samples[index][0]}: too short: {n} frames, one clip spans "
                              f"{need} (data.short_videos=loop keeps it)")
         if self.segments:
@@ -264,11 +287,7 @@ class VideoDataset(Dataset):
             raise TpnError(f"10 unreadable videos in a row (last {self.samples[index][0]}); see the data report")
         label = self.samples[index][1]
         try:
-            if self.split == "val":
-                clip = self._read(index, self._val_pick)
-                return Batch(self._val_transform(clip), label, index, True)
-            clip = self._read(index, self._test_pick)
-            return Batch(self._test_transform(clip), label, index, True)
+            return Batch(self.eval_clip(index), label, index, True)
         except VideoError as e:
             self._report(index, e)
             if self.split == "val":
@@ -276,6 +295,12 @@ class VideoDataset(Dataset):
             else:
                 shape = (c.test_clips * c.test_crops, 3, c.clip_len, c.test_crop_size, c.test_crop_size)
             return Batch(torch.zeros(shape, dtype=torch.uint8), label, index, False)
+
+    def eval_clip(self, index: int) -> torch.Tensor:
+        """The val clip or the test views of video `index`; an unreadable video raises `VideoError`."""
+        if self.split == "val":
+            return self._val_transform(self._read(index, self._val_pick))
+        return self._test_transform(self._read(index, self._test_pick))
 
     def _train_item(self, index: int, rng: np.random.Generator) -> Batch:
         """`clips_per_item` clips of one video: their starts drawn independently (each as in

@@ -57,6 +57,8 @@ def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int =
                             "preset": preset, "tune": "fastdecode", "bf": "0"} if x264 else {}
             step = Fraction(1) / Fraction(rate)
             for frame in inp.decode(vin):
+                if n == 0 and frame.rotation:  # a phone video's display matrix: the copy shows the same
+                    vout.set_display_rotation(frame.rotation)
                 frame = frame.reformat(width=ow, height=oh, format="yuv420p")
                 # frames numbered afresh: the source's timestamps (B-frame reordering, odd
                 # time bases, edit lists) must not reach the encoder

@@ -24,6 +24,10 @@ Only wanted frames are converted to RGB, through
 one swscale context per video. One decoder thread per call: data-loader workers give the
 parallelism (a second decoder thread in one process made PyAV slower; docs/data.md).
 
+Frames come out upright, as a player shows them: a display matrix on the stream (phone videos
+filmed in portrait carry a 90 or 270 degree rotation) turns every frame, and with it the
+width and height that the transforms crop from.
+
 A video that cannot give the frames raises `VideoError` (missing, zero bytes, not a
 video, truncated: fewer packets than its header announces, or a frame that does not decode).
 """
@@ -172,9 +176,12 @@ class VideoReader:
         return True
 
     def info(self) -> VideoInfo:
+        """Frame count, rate and the size frames come out at (upright: a display rotation of 90
+        or 270 degrees swaps width and height; learning it decodes the first frame)."""
         rate = self.stream.average_rate or self.stream.guessed_rate or 30
         cc = self.stream.codec_context
-        return VideoInfo(self.num_frames, float(rate), cc.width, cc.height)
+        h, w = self.get_frames([0]).shape[1:3] if self.num_frames else (cc.height, cc.width)
+        return VideoInfo(self.num_frames, float(rate), w, h)
 
     def close(self) -> None:
         self.container.close()
@@ -245,11 +252,11 @@ class VideoReader:
         return runs
 
     def _take(self, frame, counter: int, todo: set, got: dict) -> int:
-        """Keep a decoded frame in `got` when wanted; 1 if it was kept."""
+        """Keep a decoded frame in `got` when wanted (upright); 1 if it was kept."""
         idx = self._frame_index(frame, counter)
         if idx not in todo or idx in got:
             return 0
-        got[idx] = self._to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        got[idx] = upright(self._to_rgb.reformat(frame, format="rgb24").to_ndarray(), frame.rotation, self.path)
         return 1
 
     def _decode_run(self, start: int, targets: list[int], got: dict, seek: bool, drop: bool) -> int | None:
@@ -291,6 +298,18 @@ class VideoReader:
         return next((t for t in targets if t not in got), None)
 
 
+def upright(image: np.ndarray, rotation: int, path) -> np.ndarray:
+    """A decoded (H, W, 3) image as a player shows it: turned `rotation` degrees counter-clockwise,
+    the stream's display matrix as PyAV's `frame.rotation` gives it (phone videos: 90, 180, -90)."""
+    if not rotation:
+        return image
+    if rotation % 90:
+        raise VideoError(f"{path}: display rotation of {rotation} degrees (only multiples of 90 are supported)")
+    # turned as one 3-byte item per pixel: a third of the element copies of turning (H, W, 3) bytes
+    pixels = np.ascontiguousarray(np.rot90(image.view("V3")[..., 0], rotation // 90))
+    return pixels.view(np.uint8).reshape(*pixels.shape, 3)
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Exact frame count (from the packets), fps and size."""
     with VideoReader(path) as reader:
@@ -313,12 +332,13 @@ def read_video_frames(path: str | Path, indices, seek: bool = True) -> np.ndarra
 
 
 def read_all_frames(path: str | Path) -> np.ndarray:
-    """Plain sequential decode of every frame (the reference the seeking reader is tested against)."""
+    """Plain sequential decode of every frame, upright (the reference the seeking reader is tested against)."""
     import av
 
     try:
         with av.open(str(path)) as container:
-            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            return np.stack([upright(f.to_ndarray(format="rgb24"), f.rotation, path)
+                             for f in container.decode(video=0)])
     except Exception as e:
         raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
 

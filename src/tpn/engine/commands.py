@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from tpn.options import add_device_option
 
@@ -51,17 +52,19 @@ def _cmd_predict(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     results = predict_videos(cfg, args.checkpoint, args.videos, topk=args.topk, views=args.views, device=args.device)
+    failed = sum("error" in r for r in results)
     if args.json:
         print(json.dumps(results, indent=1))
-        return 0
-    for r in results:
-        if "error" in r:
-            print(f"{r['video']}: {r['error']}")
-            continue
-        print(r["video"])
-        for t in r["top"]:
-            print(f"  {t['score']:.3f}  {t['label']}")
-    return 0
+    else:
+        for r in results:
+            print(r["video"])
+            if "error" in r:
+                print(f"  error: {r['error']}")
+            for t in r.get("top", []):
+                print(f"  {t['score']:.3f}  {t['label']}")
+    if failed:
+        print(f"tpn: {failed} of {len(results)} videos could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_demo(args) -> int:
@@ -92,7 +95,10 @@ def add_engine_commands(sub, add_set) -> None:
     add_set(p)
     p.set_defaults(func=_cmd_test)
 
-    p = sub.add_parser("predict", help="top-k classes for video files")
+    p = sub.add_parser("predict", help="top-k classes for video files",
+                       description="Top-k classes for each video. Exit status: 0 every video predicted, "
+                                   "1 some video could not be read (its reason is in the output), "
+                                   "2 a usage, config or checkpoint error.")
     p.add_argument("videos", nargs="+")
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True)

@@ -6,6 +6,7 @@ exactly one result per video. Broken videos (ok=False) are excluded and listed.
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -99,26 +100,63 @@ def metrics(results: dict[int, tuple[np.ndarray, int, bool]], num_classes: int) 
     }
 
 
-def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None) -> dict:
-    """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths."""
+def unreadable_reasons(report_path: Path) -> dict[str, str]:
+    """{video path: why it could not be read} from the dataset's report lines (the last line of a
+    path wins: the file is appended to across runs, this run's lines come last)."""
+    reasons = {}
+    if report_path.is_file():
+        for line in report_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                path, error = rec["path"], rec["error"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            reasons[path] = error[len(path) + 2:] if error.startswith(f"{path}: ") else error
+    return reasons
+
+
+def prediction_rows(results: dict, dataset, names: list[str], reasons: dict[str, str]) -> list[dict]:
+    """One row per video: `readable` (the video decoded) and, only then, the top-5, the
+    prediction and `correct` (top-1 == label); an unreadable video has no prediction, only its error."""
+    rows = []
+    for i, (p, label, ok) in sorted(results.items()):
+        path = dataset.path(i)
+        row = {"index": i, "path": path, "label": names[label], "readable": ok}
+        if ok:
+            top = np.argsort(-p)[:5]
+            row.update(prediction=names[int(top[0])], score=round(float(p[top[0]]), 6), correct=bool(top[0] == label),
+                       error="", top5=[{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top])
+        else:
+            row.update(prediction=None, score=None, correct=None, top5=[],
+                       error=reasons.get(path, "unreadable (no reason recorded)"))
+        rows.append(row)
+    return rows
+
+
+CSV_COLUMNS = ("index", "path", "label", "readable", "prediction", "score", "correct", "error")
+
+
+def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None,
+                      reasons: dict[str, str] | None = None) -> dict:
+    """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths.
+
+    CSV: a real CSV (quoted where a field needs it); booleans as 1/0; the fields an unreadable
+    video does not have (prediction, score, correct) are empty and `error` says why."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
+    rows = prediction_rows(results, dataset, names, reasons or {})
     summary = {k: v for k, v in m.items() if k != "confusion"}
     summary["per_class_accuracy"] = {names[int(c)]: a for c, a in m.get("per_class_accuracy", {}).items()}
-    summary["skipped_videos"] = [dataset.path(i) for i, (_, _, ok) in sorted(results.items()) if not ok]
+    summary["skipped_videos"] = [{"path": r["path"], "error": r["error"]} for r in rows if not r["readable"]]
     if m.get("confusion"):
         summary["most_confused"] = most_confused(np.array(m["confusion"]), names)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with (out_dir / "predictions.csv").open("w") as f:
-        f.write("index,path,label,prediction,score,ok\n")
-        for i, (p, label, ok) in sorted(results.items()):
-            pred = int(np.argmax(p))
-            f.write(f"{i},{dataset.path(i)},{names[label]},{names[pred]},{p[pred]:.6f},{int(ok)}\n")
-    rows = []
-    for i, (p, label, ok) in sorted(results.items()):
-        top = np.argsort(-p)[:5]
-        rows.append({"index": i, "path": dataset.path(i), "label": names[label], "ok": ok,
-                     "top5": [{"label": names[int(c)], "score": round(float(p[c]), 6)} for c in top]})
+    with (out_dir / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow(["" if r[k] is None else int(r[k]) if isinstance(r[k], bool) else r[k]
+                             for k in CSV_COLUMNS])
     (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
     paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),
              "predictions_json": str(out_dir / "predictions.json")}
@@ -171,7 +209,8 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     forward, info = inference_forward(cfg, checkpoint, d.device)
-    dataset = build_dataset(cfg.data, "test", report_path=out_dir / "bad_videos.jsonl")
+    report_path = out_dir / "bad_videos.jsonl"
+    dataset = build_dataset(cfg.data, "test", report_path=report_path)
     loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
     t0 = time.time()
     per_view = {} if view_scores else None
@@ -179,9 +218,11 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     elapsed = time.time() - t0
     m = metrics(results, cfg.model.head.num_classes)
     names = dataset.label_names or info.get("label_names")
-    paths = write_test_report(out_dir, results, m, dataset, names) if d.main else {}
-    if d.main and view_scores:
-        order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
-        paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
+    paths = {}
+    if d.main:
+        paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path))
+        if view_scores:
+            order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
+            paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
     return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9), "seconds": elapsed,
             "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}

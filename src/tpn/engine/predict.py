@@ -1,4 +1,7 @@
-"""`tpn predict`: top-k classes for video files, with the 30-view test protocol."""
+"""`tpn predict`: top-k classes for video files, with the 30-view test protocol.
+
+Each result is {"video", "top": [{"label", "index", "score"}]} or, for a video that cannot be
+read, {"video", "error"} (the reason, naming the file); the other videos are still predicted."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -9,6 +12,7 @@ import torch
 
 from tpn.config import Config
 from tpn.data.datasets import VideoDataset
+from tpn.data.video import VideoError
 from tpn.engine.distributed import setup
 from tpn.engine.evaluate import inference_forward, with_views
 
@@ -24,11 +28,12 @@ def predict_videos(cfg: Config, checkpoint, videos: list[str], topk: int = 5, vi
     dataset = VideoDataset(data, "test", [(str(Path(v)), 0, -1) for v in videos], names)
     out = []
     for i, path in enumerate(videos):
-        item = dataset[i]
-        if not item.ok:
-            out.append({"video": path, "error": "unreadable video (see the log)"})
+        try:
+            views = dataset.eval_clip(i)
+        except VideoError as e:  # the message names the file and what is wrong with it
+            out.append({"video": path, "error": str(e)})
             continue
-        probs = torch.softmax(forward(item.clip.to(dev)).float(), -1).mean(0).cpu().numpy()
+        probs = torch.softmax(forward(views.to(dev)).float(), -1).mean(0).cpu().numpy()
         order = np.argsort(-probs)[:topk]
         out.append({"video": path, "top": [{"label": names[int(c)], "index": int(c), "score": float(probs[c])}
                                            for c in order]})
