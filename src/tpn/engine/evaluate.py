@@ -221,8 +221,8 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     paths = {}
     if d.main:
         paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path))
-        if view_scores:
-            order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
-            paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
+    if d.main and view_scores:
+        order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
+        paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
     return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9), "seconds": elapsed,
             "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}
