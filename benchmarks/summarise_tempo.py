@@ -17,6 +17,7 @@ whatever the model thinks of the direction.
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 from pathlib import Path
@@ -30,10 +31,11 @@ def _test_scores(run: Path):
 
     label_map = yaml.safe_load((run / "config.yaml").read_text())["data"]["label_map"]
     names = Path(label_map).read_text().split()
-    rows = [r.split(",") for r in (run / "test" / "predictions.csv").read_text().splitlines()[1:]]
+    with (run / "test" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
     views = np.load(run / "test" / "view_scores.npy")  # rows in the order of predictions.csv
-    ok = np.array([r[-1] == "1" for r in rows])
-    labels = np.array([names.index(r[-4]) for r in rows])  # index,path,label,prediction,score,ok
+    ok = np.array([r["readable"] == "1" for r in rows])
+    labels = np.array([names.index(r["label"]) for r in rows])
     return names, labels[ok], views[ok].mean(1)
 
 

@@ -4,7 +4,7 @@
 # with the unchanged `tpn train` / `tpn test`; then benchmarks/summarise_tempo.py writes
 # $OUT/summary.json (per-seed 30-view top-1, tempo-pair accuracy, validation curves; means and
 # standard deviations) and $OUT/curves.png.
-#   bash benchmarks/tempo_hard.sh                 # one H100, 15 loader workers: about 19 minutes (estimated)
+#   bash benchmarks/tempo_hard.sh                 # one H100, 15 loader workers: about 10 minutes
 #   bash benchmarks/tempo_hard.sh --tiny          # 83 s on 2 CPU cores: checks the pipeline only
 # Env: ROOT (dataset), OUT (work dirs), WORKERS, EPOCHS, SEEDS, CLASSES, VPC / TVPC (train+val /
 # test videos a class), FRAMES, RATIO, DISTRACTORS, MODELS (configs), SETS (extra --set arguments),
@@ -44,7 +44,7 @@ for seed in $SEEDS; do
     sets=(--set "data.root=$ROOT" --set "data.train_list=$ROOT/train.txt" --set "data.val_list=$ROOT/val.txt"
           --set "data.test_list=$ROOT/test.txt" --set "data.label_map=$ROOT/labels.txt"
           --set "model.head.num_classes=$CLASSES" --set "data.num_workers=$WORKERS"
-          --set "train.epochs=$EPOCHS" --set "train.seed=$seed" $SETS)
+          --set "train.epochs=$EPOCHS" --set "train.seed=$seed" ${SETS:-})
     $TPN train "$cfg" --work-dir "$run" "${sets[@]}"
     # the final model (not the best by validation): the same recipe end to end for both
     $TPN test "$cfg" --checkpoint "$run/epoch_$(printf %04d "$EPOCHS").pth" --work-dir "$run/test" \

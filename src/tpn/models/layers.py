@@ -49,3 +49,42 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
             m.bn = None
     return folded
+
+
+class StagedBackbone(nn.Module):
+    """What the 3D and the TSM ResNets share: a stem `conv1`, stages `layer1..N` run in order
+    with the outputs of `out_indices` returned, frozen stages (no gradients, BN statistics
+    fixed) and `norm_eval` (every BN in eval mode while training)."""
+
+    num_stages: int
+    out_indices: tuple[int, ...]
+    frozen_stages: int
+    norm_eval: bool
+
+    def run_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = []
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1] + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
+
+    def freeze(self) -> None:
+        for m in self._frozen_modules():
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from tpn.models.layers import ConvBN, triple
+from tpn.models.layers import ConvBN, StagedBackbone, triple
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -57,7 +57,7 @@ class Bottleneck3d(nn.Module):
         return torch.relu_(out)
 
 
-class ResNet3dSlowOnly(nn.Module):
+class ResNet3dSlowOnly(StagedBackbone):
     """Returns the feature maps of the stages named in `out_indices` (0-based), as a tuple."""
 
     def __init__(self, depth: int = 50, base_channels: int = 64, stage_blocks=None,
@@ -134,30 +134,5 @@ class ResNet3dSlowOnly(nn.Module):
         return self.maxpool(y)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.stem(x)
-        outs = []
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.run_stages(self.stem(x))
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        return [self.conv1] + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
-
-    def freeze(self) -> None:
-        for m in self._frozen_modules():
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self._frozen_modules():
-            m.eval()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self

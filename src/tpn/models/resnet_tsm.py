@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
-from tpn.models.layers import ConvBN
+from tpn.models.layers import ConvBN, StagedBackbone
 from tpn.models.resnet3d import STAGE_BLOCKS
 
 
@@ -72,7 +72,7 @@ class BottleneckTSM(nn.Module):
         return torch.relu_(out)
 
 
-class ResNetTSM(nn.Module):
+class ResNetTSM(StagedBackbone):
     """(N * num_segments, 3, H, W) frames -> the feature maps of the stages in `out_indices`."""
 
     def __init__(self, depth: int = 50, base_channels: int = 64, stage_blocks=None, num_segments: int = 8,
@@ -124,30 +124,5 @@ class ResNetTSM(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[0] % self.num_segments:
             raise ValueError(f"ResNetTSM takes (N * {self.num_segments}, 3, H, W) frames, got {tuple(x.shape)}")
-        x = self.maxpool(self.conv1(x))
-        outs = []
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.run_stages(self.maxpool(self.conv1(x)))
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        return [self.conv1] + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
-
-    def freeze(self) -> None:
-        for m in self._frozen_modules():
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self._frozen_modules():
-            m.eval()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
