@@ -45,7 +45,7 @@ for seed in $SEEDS; do
           --set "data.test_list=$ROOT/test.txt" --set "data.label_map=$ROOT/labels.txt"
           --set "model.head.num_classes=$CLASSES" --set "data.num_workers=$WORKERS"
           --set "train.epochs=$EPOCHS" --set "train.seed=$seed" ${SETS:-})
-    $TPN train "$cfg" --work-dir "$run" "${sets[@]}"
+    $TPN train "$cfg" --work-dir "$run" --overwrite "${sets[@]}"  # a re-run starts afresh
     # the final model (not the best by validation): the same recipe end to end for both
     $TPN test "$cfg" --checkpoint "$run/epoch_$(printf %04d "$EPOCHS").pth" --work-dir "$run/test" \
       --view-scores tpn "${sets[@]}"
