@@ -196,15 +196,13 @@ ENTRIES = ["load_model", "convert", "test", "predict", "export", "resume_path", 
 @pytest.mark.parametrize("payload", list(PAYLOADS))
 def test_no_entry_point_runs_code_from_a_file(payload, entry_point, kit, tmp_path, capsys):
     inert = PAYLOADS[payload]
-    if inert and entry_point == "export":
-        pytest.skip("export reads weights with load_model (covered); the rest needs the onnx package")
     path, marker = payload_file(payload, tmp_path, kit)
     code, out, err = entry(entry_point, path, kit, tmp_path, capsys)
     assert not marker.exists(), f"{payload} ran code through {entry_point}"
     if entry_point == "resume_auto":  # the planted file is skipped with a warning naming it
         assert "ignoring unreadable checkpoint" in err and "epoch_0001.pth" in err, err
         assert "no samples" in err  # then the run stops at the empty train list, before any training
-    elif inert and entry_point in ("load_model", "convert", "test", "predict"):
+    elif inert and entry_point in ("load_model", "convert", "test", "predict", "export"):
         assert code == 0, err
         if entry_point == "predict":
             assert out.splitlines()[0] == kit["video"] and len(out.splitlines()) == 3  # video + 2 classes
