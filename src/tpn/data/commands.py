@@ -91,7 +91,7 @@ def add_data_commands(sub, add_set) -> None:
     data = sub.add_parser("data", help="prepare and check video datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
 
-    p = data.add_parser("synth", help="write a synthetic tempo dataset of mp4 files")
+    p = data.add_parser("synth", help="write a synthetic tempo dataset of real videos (mp4, or the sthv1/sthv2 layouts)")
     p.add_argument("out", help="output folder")
     p.add_argument("--classes", type=int, default=10, help="number of classes, 2-24 (default 10)")
     p.add_argument("--videos-per-class", type=int, default=50)

@@ -115,9 +115,9 @@ def add_engine_commands(sub, add_set) -> None:
     add_set(p)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="synthetic tempo dataset -> train a small TPN on CPU -> 30-view test")
+    p = sub.add_parser("demo", help="synthetic tempo dataset -> train a small TPN on CPU -> multi-view test on a held-out split")
     p.add_argument("--out", default="work_dirs/demo")
-    p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (under a minute)")
     add_device_option(p)
     p.add_argument("--model", default="tpn", choices=["tpn", "tsm"],
                    help="tpn: the 3D TPN on mp4 videos; tsm: TPN on a TSM ResNet, on jpg frames (default tpn)")

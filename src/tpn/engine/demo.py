@@ -3,7 +3,8 @@
 Four classes (right/left x slow/fast) whose single frames look alike: a model has to see
 motion and its tempo. The full demo trains `tpn_tiny_synth` (or with `--model tsm`
 `tpn_tsm_tiny_synth`, on the same videos written as raw jpg frames) for a few CPU minutes;
-`--quick` is a smoke run (under a minute) that only shows the workflow. The 30-view test runs
+`--quick` is a smoke run (under a minute) that only shows the workflow. The multi-view test
+(10 x 3 views; 2 x 3 for TSM and for `--quick`) runs
 on a held-out split written from its own seed, used neither for training nor for picking
 `best.pth` (validation does that).
 """

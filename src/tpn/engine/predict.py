@@ -1,4 +1,4 @@
-"""`tpn predict`: top-k classes for video files, with the 30-view test protocol.
+"""`tpn predict`: top-k classes for video files, with the config's test views (`--views` to change).
 
 Each result is {"video", "top": [{"label", "index", "score"}]} or, for a video that cannot be
 read, {"video", "error"} (the reason, naming the file); the other videos are still predicted.
