@@ -4,8 +4,8 @@
 # with the unchanged `tpn train` / `tpn test`; then benchmarks/summarise_tempo.py writes
 # $OUT/summary.json (per-seed 30-view top-1, tempo-pair accuracy, validation curves; means and
 # standard deviations) and $OUT/curves.png.
-#   bash benchmarks/tempo_hard.sh                 # one H100, 15 loader workers: about 10 minutes
-#   bash benchmarks/tempo_hard.sh --tiny          # 83 s on 2 CPU cores: checks the pipeline only
+#   bash benchmarks/tempo_hard.sh                 # one H100, 15 loader workers: the 6 runs take about 9 minutes
+#   bash benchmarks/tempo_hard.sh --tiny          # a few CPU minutes: checks the pipeline only
 # Env: ROOT (dataset), OUT (work dirs), WORKERS, EPOCHS, SEEDS, CLASSES, VPC / TVPC (train+val /
 # test videos a class), FRAMES, RATIO, DISTRACTORS, MODELS (configs), SETS (extra --set arguments),
 # TPN (the command).
