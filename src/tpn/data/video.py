@@ -18,11 +18,12 @@ Frames nobody needs are not decoded: between the keyframe and the last wanted fr
 packet of an unwanted frame that no other frame refers to (H.264 nal_ref_idc 0, HEVC
 sub-layer non-reference; `tpn.data.nal`) is not sent to the decoder, and after the packet
 of the last wanted frame in decode order the decoder is drained instead of fed. With x264's
-default B-pyramid about half the packets are such frames. Other codecs drop nothing.
+default B-pyramid an 8x8 training clip decodes 88 instead of 156 frames (docs/data.md). Other
+codecs drop nothing.
 
 Only wanted frames are converted to RGB, through
 one swscale context per video. One decoder thread per call: data-loader workers give the
-parallelism (a second decoder thread in one process made PyAV slower; docs/data.md).
+parallelism.
 
 Frames come out upright, as a player shows them: a display matrix on the stream (phone videos
 filmed in portrait carry a 90 or 270 degree rotation) turns every frame, and with it the
