@@ -152,8 +152,8 @@ class VideoReader:
         self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
 
     def _index_from_tag(self) -> bool:
-        """The index of a prepared video from its header alone (saves ~1.4 ms, a fifth of a
-        training clip's read). Any frame that then decodes off this index makes `get_frames`
+        """The index of a prepared video from its header alone (no demux pass over the
+        packets). Any frame that then decodes off this index makes `get_frames`
         demux the file and retry, so a wrong tag costs time, never a wrong frame."""
         tag = self.container.metadata.get("comment", "")
         if not tag.startswith(PREPARED_TAG):
