@@ -41,6 +41,7 @@ def test_logits_match_mmaction2(mm_checkpoint, size, tmp_path):
     theirs = reference_logits(ref, x)
     assert ours.shape == (1, 400)
     diff = (ours - theirs).abs().max().item()
+    print(f"max |logit difference| {diff:.2e} at {size}x{size} (max |logit| {theirs.abs().max().item():.2f})")
     assert diff <= TOL, f"max |logit difference| {diff:.2e} at {size}x{size}"
     assert theirs.abs().max() > 1e-2  # logits are not trivially zero
 
@@ -52,6 +53,7 @@ def test_aux_head_matches_mmaction2(mm_checkpoint):
     with torch.no_grad():
         ours = model.forward_aux(x)
     diff = (ours - reference_aux_logits(ref, x)).abs().max().item()
+    print(f"aux head: max |logit difference| {diff:.2e}")
     assert diff <= TOL, f"aux head: max |logit difference| {diff:.2e}"
 
 

@@ -43,6 +43,7 @@ def test_tsm_logits_match_mmaction2(mm_tsm, size, tmp_path):
     theirs = reference_logits_2d(ref, x)
     assert ours.shape == theirs.shape == (2, 174)
     diff = (ours - theirs).abs().max().item()
+    print(f"max |logit difference| {diff:.2e} at {size}x{size} (max |logit| {theirs.abs().max().item():.2f})")
     assert diff <= TOL, f"max |logit difference| {diff:.2e} at {size}x{size}"
     assert 1 < theirs.abs().max() < 100  # logits are neither trivially small nor so large that 1e-4 is below float resolution
     # the two clips differ only in time: a shift that leaks across clips would change clip 0
@@ -57,6 +58,7 @@ def test_tsm_aux_head_matches_mmaction2(mm_tsm):
     with torch.no_grad():
         ours = model.forward_aux(x)
     diff = (ours - reference_aux_logits_2d(ref, x)).abs().max().item()
+    print(f"aux head: max |logit difference| {diff:.2e}")
     assert diff <= TOL, f"aux head: max |logit difference| {diff:.2e}"
 
 
