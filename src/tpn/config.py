@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tpn.errors import TpnError
+from tpn.errors import TpnError, read_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -216,7 +216,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error or a duplicate key is `file:line:column: problem`."""
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)
+        return yaml.load(read_text(path), Loader=_StrictLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
