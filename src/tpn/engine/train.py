@@ -250,6 +250,9 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     prog = Progress()
     if ckpt is not None:
         prog = restore(run, ckpt, ckpt_path)
+        if prog.epoch >= t.epochs and d.main:
+            log.warning("%s ends at epoch %d of train.epochs %d: nothing to train (to train on, raise it, "
+                        "e.g. --set train.epochs=%d)", ckpt_path, prog.epoch, t.epochs, prog.epoch + 1)
     elif resume == "auto":
         log.info("no training checkpoint in %s: starting from scratch", work_dir)
     make_forwards(run)
