@@ -411,6 +411,10 @@ def check_ranges(cfg: Config, source_of) -> None:
             if v is None or isinstance(v, bool) or v in allowed:
                 continue
             raise ConfigError(f"{source_of(key)}: config key '{name}' must be {allowed}, got {v!r}")
+    batch, k = cfg.train.batch_size, cfg.data.clips_per_decode
+    if batch % k:  # a batch holds k clips of each of its videos
+        where = " / ".join(dict.fromkeys(source_of(x) for x in ("data.clips_per_decode", "train.batch_size")))
+        raise ConfigError(f"{where}: train.batch_size ({batch}) must be a multiple of data.clips_per_decode ({k})")
 
 
 def _leaves(key: str, value):

@@ -230,6 +230,8 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests). A work dir holding
     checkpoints needs `resume` or `overwrite` (`tpn.engine.workdir`); the lock is held throughout."""
     work_dir = Path(work_dir)
+    if overwrite:  # the label map and the lists first: a run that cannot start deletes nothing
+        resolve_num_classes(cfg)
     d, me = start(work_dir, device, resume, overwrite, break_lock)
     try:
         return run_training(cfg, d, work_dir, resume, max_iters)
