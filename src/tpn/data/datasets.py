@@ -213,6 +213,7 @@ class VideoDataset(Dataset):
         self.samples = [(str(self.root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
         self.report_path = report_path
+        self._reported: set[str] = set()
         if cfg.clips_per_decode < 1:
             raise TpnError(f"data.clips_per_decode must be at least 1, got {cfg.clips_per_decode}")
         self.segments = cfg.sampling == "segments"
@@ -283,6 +284,9 @@ class VideoDataset(Dataset):
 
     def _report(self, index: int, err: Exception) -> None:
         path = self.samples[index][0]
+        if path in self._reported:  # once per process: a long run meets a broken video every epoch
+            return
+        self._reported.add(path)
         what = "replaced by another sample" if self.split == "train" else "scored as missing"
         log.warning("%s: %s (%s)", self.split, err, what)
         write_report_line(self.report_path, {"path": path, "error": str(err), "split": self.split})
