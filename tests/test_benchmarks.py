@@ -44,3 +44,48 @@ def test_bench_check_times_every_mode(tmp_path):
     assert res["frames"] == 30 and (tmp_path / "96x64_rot90.mp4").is_file()
     assert set(res["cpu_ms_per_call"]) == {"open_3_frames", "check_video", "train_clip", "train_clip_rot90"}
     assert all(v > 0 for v in res["cpu_ms_per_call"].values())
+
+
+def test_nvdec_probe_cpu_parts_decode_exactly_what_a_sequential_decode_gives(tmp_path):
+    """`benchmarks/nvdec_probe.py`'s GPU-free half: PyAV demux + Annex B filter + clip packet
+    selection, fed to PyAV's own decoder as the stand-in for NVDEC, on B-pyramid H.264 and HEVC."""
+    import numpy as np
+
+    from benchmarks.nvdec_probe import PyAVAnnexBDecoder, decode_clip, demux_annexb
+    from tpn.data.synthetic import render, write_mp4
+    from tpn.data.video import read_all_frames
+
+    for codec in ("h264", "hevc"):
+        path = tmp_path / f"{codec}.mp4"
+        write_mp4(path, render("right_slow", (128, 96), 90, np.random.default_rng(0)), fps=30, preset="medium", codec=codec)
+        video, ref = demux_annexb(path), read_all_frames(path)
+        assert len(video.data) == len(ref) == 90 and all(d[:4] == b"\0\0\0\1" or d[:3] == b"\0\0\1" for d in video.data)
+        assert sorted(video.index.tolist()) == list(range(90)) and video.nonref.sum() > 20  # B-frames, reordered
+        decoder = PyAVAnnexBDecoder(codec)  # one decoder for every clip: flushed and reused
+        sent = {}
+        for drop in (True, False):
+            for wanted in ([40, 48, 56, 64, 72], [0, 1, 89], [33]):
+                got, sent[drop, len(wanted)] = decode_clip(video, wanted, decoder, drop)
+                assert all(np.array_equal(got[i], ref[i]) for i in wanted), (codec, drop, wanted)
+        assert sent[True, 5] < sent[False, 5] <= 90
+
+
+def test_nvdec_probe_nv12_conversion_matches_pyav_rgb(tmp_path):
+    """The probe's NV12->RGB (BT.601, limited range, nearest chroma) is PyAV's rgb24 to within
+    swscale's fixed-point rounding; BT.709 is visibly off (the probe reports each on NVDEC's planes)."""
+    import av
+    import numpy as np
+
+    from benchmarks.nvdec_probe import nv12_to_rgb, yuv_planes
+    from tpn.data.synthetic import render, write_mp4
+
+    path = tmp_path / "v.mp4"
+    write_mp4(path, render("up_fast", (128, 96), 3, np.random.default_rng(1)), fps=30)
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        y, u, v = yuv_planes(frame)
+        ref = frame.to_ndarray(format="rgb24").astype(int)
+    uv = torch.from_numpy(np.stack([u, v], -1))
+    d601 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv).numpy() - ref)
+    d709 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv, "bt709").numpy() - ref)
+    assert d601.max() <= 3 and d601.mean() < 1.5 and d709.mean() > 3 * d601.mean()
