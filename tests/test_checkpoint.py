@@ -120,3 +120,18 @@ def test_convert_roundtrip_and_wrong_model(tmp_path):
     other = build_model(load_config("tpn_r50_8x8_k400", TINY[:-1] + ["model.head.num_classes=7"]))
     with pytest.raises(CheckpointError, match=r"mis-shaped: head\.fc\.weight \(5, 256\) vs model \(7, 256\)"):
         load_weights(other, dst)
+
+
+def test_a_tpn_checkpoint_that_misfits_names_the_config_it_was_saved_with(tmp_path):
+    from tpn import load_model
+    from tpn.config import to_dict
+
+    cfg = load_config("tpn_tiny_synth", ["model.head.num_classes=4"])  # as `tpn train ... --set` saves it
+    save_atomic({"format": "tpn", "state_dict": build_model(cfg).state_dict(), "config": to_dict(cfg)},
+                tmp_path / "best.pth")
+    with pytest.raises(CheckpointError) as e:
+        load_model("tpn_tiny_synth", tmp_path / "best.pth")
+    assert "head.fc.weight (4, 256) vs model (10, 256)" in str(e.value)
+    assert str(e.value).endswith("; it was saved with config tpn_tiny_synth (model.head.num_classes 4): pass that "
+                                 "config (a training run's is config.yaml in its work dir)")
+    assert load_model(cfg, tmp_path / "best.pth").head.fc.out_features == 4

@@ -44,3 +44,22 @@ def test_every_engine_command_has_the_same_device_option():
 def test_listing_shows_the_first_items_and_counts_the_rest():
     assert listing(["a", "b"]) == "a, b"
     assert listing([str(i) for i in range(10)], limit=3) == "0, 1, 2, ... (7 more)"
+
+
+def test_text_files_that_are_not_utf8_are_one_line_errors(tmp_path, capsys):
+    """A config, label map or annotation list saved in another encoding (or a binary file given
+    by mistake) names the file instead of ending in a UnicodeDecodeError traceback."""
+    binary = b"\xff\xfe\x00model: {}\n"
+    (tmp_path / "cfg.yaml").write_bytes(binary)
+    assert "cfg.yaml: not a UTF-8 text file (byte 0xff at offset 0)" in error_of(
+        ["train", str(tmp_path / "cfg.yaml"), "--work-dir", str(tmp_path / "w")], capsys)
+    (tmp_path / "labels.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    assert "labels.txt: not a UTF-8 text file (byte 0xe9 at offset 3)" in error_of(
+        ["convert", str(tmp_path / "s.pth"), str(tmp_path / "d.pth"), "--labels", str(tmp_path / "labels.txt")],
+        capsys)
+    (tmp_path / "list.txt").write_bytes(binary)
+    assert "list.txt: not a UTF-8 text file" in error_of(
+        ["data", "check", str(tmp_path / "list.txt"), "--root", str(tmp_path)], capsys)
+    assert "list.txt: not a UTF-8 text file" in error_of(
+        ["data", "prepare", str(tmp_path / "list.txt"), "--root", str(tmp_path), "--out", str(tmp_path / "o")],
+        capsys)

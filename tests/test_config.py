@@ -141,3 +141,11 @@ def test_yaml_syntax_errors_give_file_line_and_column(tmp_path, text, where, pro
         load_config(p)
     msg = str(e.value)
     assert msg.startswith(f"{p}{where}{problem}") and "\n" not in msg, msg
+
+
+def test_a_batch_that_does_not_hold_whole_videos_is_refused_at_load():
+    # was found only by the loader, after `tpn train --overwrite` had deleted the earlier run
+    with pytest.raises(ConfigError, match=r"^--set / \S*tpn_tiny_synth.yaml: train.batch_size \(8\) must be a multiple of "
+                                          r"data.clips_per_decode \(3\)$"):
+        load_config("tpn_tiny_synth", ["data.clips_per_decode=3"])
+    assert load_config("tpn_tiny_synth", ["data.clips_per_decode=4"]).data.clips_per_decode == 4

@@ -195,6 +195,21 @@ def test_broken_videos_are_replaced_in_training_and_reported(synth_broken_datase
     assert loop[8][0].shape == (3, 4, 56, 56)
 
 
+
+def test_a_broken_video_is_reported_once_per_process(synth_broken_dataset, tmp_path, caplog):
+    # was: one line and one warning each time it was drawn (every epoch, every replacement try)
+    root, bad = synth_broken_dataset
+    report = tmp_path / "bad_videos.jsonl"
+    ds = build_dataset(_cfg(root, train_list=str(root / "mixed.txt")), "train", report_path=report)
+    with caplog.at_level(logging.WARNING, logger="tpn.data"):
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            for i in range(len(ds)):
+                ds[i]
+    paths = [json.loads(x)["path"].split("/")[-1] for x in report.read_text().splitlines()]
+    assert sorted(paths) == sorted(bad)
+    assert sum("zero.mp4" in r.getMessage() for r in caplog.records) == 1
+
 def test_report_lines_from_many_workers(synth_broken_dataset, tmp_path):
     root, bad = synth_broken_dataset
     report = tmp_path / "r.jsonl"
@@ -217,7 +232,7 @@ def test_broken_videos_in_val_and_test_come_back_not_ok(synth_broken_dataset, tm
     views, _, _, ok, _ = build_dataset(cfg, "test", report_path=report)[6]
     assert views.shape == (9, 3, 4, 64, 64) and not ok
     splits = [json.loads(x)["split"] for x in report.read_text().splitlines()]
-    assert splits.count("val") == 5 and splits.count("test") == 1  # ds[5] was read twice
+    assert splits.count("val") == 4 and splits.count("test") == 1  # ds[5] was read twice, reported once
 
 
 def test_batches_are_frames_last_and_equal_to_the_items(synth_broken_dataset):

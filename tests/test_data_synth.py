@@ -105,3 +105,21 @@ def test_synth_cli_hard_options_and_errors(tmp_path):
     info = json.loads((tmp_path / "d" / "synth.json").read_text())
     assert info["tempo_speeds"]["fast"] == 2.25 and info["distractors"] == 2 and info["frames"] == 16
     assert len(list((tmp_path / "d" / "videos").rglob("*.mp4"))) == 6
+
+
+@pytest.mark.parametrize("frames", ["0", "-3", "1"])
+def test_synth_refuses_videos_without_motion(tmp_path, capsys, frames):
+    from tpn.cli import main
+
+    # --frames 0 used to print 'wrote 400 train + 100 val videos' over lists of files never written
+    assert main(["data", "synth", str(tmp_path / "d"), "--frames", frames]) == 2
+    assert f"--frames {frames}: need at least 2 (motion is a change between frames)" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_synth_into_a_file_is_one_line(tmp_path, capsys):
+    from tpn.cli import main
+
+    (tmp_path / "train.txt").write_text("a.mp4 0\n")
+    assert main(["data", "synth", str(tmp_path / "train.txt")]) == 2
+    assert f"{tmp_path / 'train.txt'}: exists and is not a folder" in capsys.readouterr().err

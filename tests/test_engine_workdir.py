@@ -161,3 +161,26 @@ def test_under_torchrun_a_locked_work_dir_stops_every_rank(tempo_data, tmp_path)
     assert r.stderr.count(f"tpn: error: {work} is in use by another training run (pid {os.getpid()}") == 2, r.stderr
     assert json.loads((work / "tpn.lock").read_text()) == me
     workdir.unlock(work, me)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tempo_data, tmp_path):  # noqa: F811
+    work = tmp_path / "run"
+    args = ["train", "tpn_tiny_synth", "--work-dir", str(work), "--device", "cpu",
+            *sets(TINY + data_overrides(tempo_data) + FAST)]
+    assert cli(*args).returncode == 0
+    before = (work / "metrics.jsonl").read_text()
+    r = cli(*args, "--resume", "auto")  # was: 'resumed from ...' and exit 0, without a word that nothing ran
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "epoch_0001.pth ends at epoch 1 of train.epochs 1: nothing to train" in r.stderr, r.stderr
+    assert "--set train.epochs=" in r.stderr
+    assert (work / "metrics.jsonl").read_text() == before
+
+
+def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tempo_data, tmp_path):  # noqa: F811
+    work = tmp_path / "run"
+    args = ["train", "tpn_tiny_synth", "--work-dir", str(work), "--device", "cpu",
+            *sets(TINY + data_overrides(tempo_data) + FAST)]
+    assert cli(*args).returncode == 0
+    kept = sorted(p.name for p in work.iterdir() if p.name != "config.yaml")
+    one_line_error(cli(*args, "--overwrite", "--set", "model.head.num_classes=3"), "model.head.num_classes is 3")
+    assert sorted(p.name for p in work.iterdir() if p.name != "config.yaml") == kept  # the earlier run is all there

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tpn.errors import TpnError
+from tpn.errors import TpnError, read_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -216,7 +216,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error or a duplicate key is `file:line:column: problem`."""
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)
+        return yaml.load(read_text(path), Loader=_StrictLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -411,6 +411,10 @@ def check_ranges(cfg: Config, source_of) -> None:
             if v is None or isinstance(v, bool) or v in allowed:
                 continue
             raise ConfigError(f"{source_of(key)}: config key '{name}' must be {allowed}, got {v!r}")
+    batch, k = cfg.train.batch_size, cfg.data.clips_per_decode
+    if batch % k:  # a batch holds k clips of each of its videos
+        where = " / ".join(dict.fromkeys(source_of(x) for x in ("data.clips_per_decode", "train.batch_size")))
+        raise ConfigError(f"{where}: train.batch_size ({batch}) must be a multiple of data.clips_per_decode ({k})")
 
 
 def _leaves(key: str, value):

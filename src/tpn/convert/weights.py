@@ -84,6 +84,7 @@ def read_raw(path: str | Path) -> tuple[dict, dict]:
                                   "label_names a list of strings)")
         info["label_names"] = names
         info["format"] = FORMAT
+        info["saved_config"] = obj.get("config") if isinstance(obj.get("config"), dict) else None
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -140,13 +141,26 @@ def _check_family(model: nn.Module, sd: dict, source: str) -> None:
                           "pass a 3D config, e.g. --config tpn_r50_8x8_k400")
 
 
+def _saved_config_hint(saved: dict | None) -> str:
+    """A tpn checkpoint names the config it was saved with: the likely fix for weights that misfit."""
+    if not saved or not saved.get("name"):
+        return ""
+    head = (saved.get("model") or {}).get("head") or {}
+    classes = f" (model.head.num_classes {head['num_classes']})" if isinstance(head, dict) and "num_classes" in head else ""
+    return (f"; it was saved with config {saved['name']}{classes}: pass that config "
+            "(a training run's is config.yaml in its work dir)")
+
+
 def load_weights(model: nn.Module, path: str | Path, fmt: str = "auto") -> dict:
     """Fill `model` from the checkpoint at `path` (format `fmt` or detected); returns what was
     read: format, label_names (tpn checkpoints), dropped and skipped entries, notes."""
     sd, fmt, info = read_state_dict(path, fmt)
     _check_family(model, sd, str(path))
     info["notes"] = fit_to_model(model, sd)
-    load_state_dict_strict(model, sd, str(path))
+    try:
+        load_state_dict_strict(model, sd, str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{_saved_config_hint(info.get('saved_config'))}") from None
     info["format"] = fmt
     return info
 

@@ -14,6 +14,7 @@ from tpn.config import DataConfig
 from tpn.data.datasets import AnnotationError, frames_needed, iter_annotations, read_label_names
 from tpn.data.pool import map_in_processes
 from tpn.data.video import VideoError, VideoReader, count_rawframes, read_rawframes
+from tpn.errors import read_text
 
 STATUSES = ("missing", "zero-byte", "unreadable", "damaged", "too-short")
 
@@ -105,7 +106,7 @@ def check_list(list_file, data: DataConfig, split: str = "train", workers: int =
         counts[status] = counts.get(status, 0) + 1
     clean = [line for (_, line, _), (status, _) in zip(lines, results) if status == "ok"]
     if data.format == "kinetics_csv":  # keep the header
-        clean.insert(0, list_file.read_text().splitlines()[0])
+        clean.insert(0, read_text(list_file).splitlines()[0])
     return {"list": str(list_file), "root": data.root, "split": split, "frames_needed": need,
             "total": len(lines) + len(bad_lines), "counts": counts,
             "bad_lines": bad_lines, "problems": problems, "clean_lines": clean}

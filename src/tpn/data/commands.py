@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tpn.errors import TpnError
 from tpn.options import parse_pair
@@ -25,6 +26,10 @@ def _cmd_synth(args) -> int:
     if args.tempo_ratio is not None and not args.tempo_ratio > MIN_TEMPO_RATIO:
         raise TpnError(f"--tempo-ratio {args.tempo_ratio}: must be above {MIN_TEMPO_RATIO:.3f} (with the "
                        f"+-{SPEED_JITTER:.0%} speed jitter, closer tempos overlap)")
+    if args.frames < 2:
+        raise TpnError(f"--frames {args.frames}: need at least 2 (motion is a change between frames)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise TpnError(f"{args.out}: exists and is not a folder (data synth writes a dataset folder)")
     if not 0 <= args.distractors <= 20:
         raise TpnError(f"--distractors {args.distractors}: must be between 0 and 20")
     s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),

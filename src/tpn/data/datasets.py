@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from tpn.config import DataConfig
 from tpn.data import sampling, transforms as T
 from tpn.data.video import VideoError, count_rawframes, read_clip, read_rawframes
-from tpn.errors import TpnError
+from tpn.errors import TpnError, read_text
 
 log = logging.getLogger("tpn.data")
 
@@ -70,7 +70,7 @@ def read_label_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: label file not found (one class name per line)")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if not names:
         raise AnnotationError(f"{path}: label file is empty (one class name per line)")
     if len(set(names)) != len(names):
@@ -99,7 +99,7 @@ def iter_annotations(path: str | Path, fmt: str, label_names: list[str] | None =
         raise AnnotationError(f"{path}: annotation file not found")
     names = {n: i for i, n in enumerate(label_names)} if label_names is not None else None
     if fmt == "kinetics_csv":
-        lines = path.read_text().splitlines()
+        lines = read_text(path).splitlines()
         reader = csv.DictReader(lines)
         need = {"label", "youtube_id", "time_start", "time_end"}
         if not reader.fieldnames or not need <= set(reader.fieldnames):
@@ -118,7 +118,7 @@ def iter_annotations(path: str | Path, fmt: str, label_names: list[str] | None =
             except AnnotationError as e:
                 yield n, lines[n - 1] if n <= len(lines) else "", e
         return
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
             try:
                 yield n, line, parse_line(line, fmt, names, f"{path}:{n}")
@@ -213,6 +213,7 @@ class VideoDataset(Dataset):
         self.samples = [(str(self.root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
         self.report_path = report_path
+        self._reported: set[str] = set()
         if cfg.clips_per_decode < 1:
             raise TpnError(f"data.clips_per_decode must be at least 1, got {cfg.clips_per_decode}")
         self.segments = cfg.sampling == "segments"
@@ -283,6 +284,9 @@ class VideoDataset(Dataset):
 
     def _report(self, index: int, err: Exception) -> None:
         path = self.samples[index][0]
+        if path in self._reported:  # once per process: a long run meets a broken video every epoch
+            return
+        self._reported.add(path)
         what = "replaced by another sample" if self.split == "train" else "scored as missing"
         log.warning("%s: %s (%s)", self.split, err, what)
         write_report_line(self.report_path, {"path": path, "error": str(err), "split": self.split})

@@ -20,6 +20,7 @@ from pathlib import Path
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 from tpn.data.pool import map_in_processes
 from tpn.data.video import PREPARED_TAG
+from tpn.errors import read_text
 
 DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
 
@@ -98,7 +99,7 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
         raise AnnotationError(f"{list_file}: annotation file not found")
     names = {n: i for i, n in enumerate(read_label_names(label_map))} if label_map else None
     lines = []
-    for n, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(list_file).splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
             rel, _, _ = parse_line(line, fmt, names, f"{list_file}:{n}")
             lines.append((line, rel))

@@ -230,6 +230,8 @@ def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: 
     """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests). A work dir holding
     checkpoints needs `resume` or `overwrite` (`tpn.engine.workdir`); the lock is held throughout."""
     work_dir = Path(work_dir)
+    if overwrite:  # the label map and the lists first: a run that cannot start deletes nothing
+        resolve_num_classes(cfg)
     d, me = start(work_dir, device, resume, overwrite, break_lock)
     try:
         return run_training(cfg, d, work_dir, resume, max_iters)
@@ -250,6 +252,9 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     prog = Progress()
     if ckpt is not None:
         prog = restore(run, ckpt, ckpt_path)
+        if prog.epoch >= t.epochs and d.main:
+            log.warning("%s ends at epoch %d of train.epochs %d: nothing to train (to train on, raise it, "
+                        "e.g. --set train.epochs=%d)", ckpt_path, prog.epoch, t.epochs, prog.epoch + 1)
     elif resume == "auto":
         log.info("no training checkpoint in %s: starting from scratch", work_dir)
     make_forwards(run)
