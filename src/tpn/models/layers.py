@@ -60,6 +60,23 @@ class StagedBackbone(nn.Module):
     out_indices: tuple[int, ...]
     frozen_stages: int
     norm_eval: bool
+    stage_channels: list[int]
+    block: type  # the residual block class, whose last BN starts at zero
+
+    @property
+    def out_channels(self) -> list[int]:
+        return [self.stage_channels[i] for i in self.out_indices]
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():  # each residual branch starts as identity
+            if isinstance(m, self.block):
+                nn.init.zeros_(m.conv3.bn.weight)
 
     def run_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = []

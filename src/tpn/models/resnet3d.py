@@ -60,6 +60,8 @@ class Bottleneck3d(nn.Module):
 class ResNet3dSlowOnly(StagedBackbone):
     """Returns the feature maps of the stages named in `out_indices` (0-based), as a tuple."""
 
+    block = Bottleneck3d
+
     def __init__(self, depth: int = 50, base_channels: int = 64, stage_blocks=None,
                  conv1_kernel=(1, 7, 7), conv1_stride_t: int = 1, pool1_stride_t: int = 1,
                  spatial_strides=(1, 2, 2, 2), temporal_strides=(1, 1, 1, 1), inflate=(0, 0, 1, 1),
@@ -92,21 +94,6 @@ class ResNet3dSlowOnly(StagedBackbone):
         self.num_stages = len(blocks)
         self.init_weights()
         self.freeze()
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [self.stage_channels[i] for i in self.out_indices]
-
-    def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for m in self.modules():  # each residual branch starts as identity
-            if isinstance(m, Bottleneck3d):
-                nn.init.zeros_(m.conv3.bn.weight)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 (conv, BN, ReLU) and the max-pool. Two exact reformulations reach faster GPU

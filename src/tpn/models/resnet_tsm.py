@@ -75,6 +75,8 @@ class BottleneckTSM(nn.Module):
 class ResNetTSM(StagedBackbone):
     """(N * num_segments, 3, H, W) frames -> the feature maps of the stages in `out_indices`."""
 
+    block = BottleneckTSM
+
     def __init__(self, depth: int = 50, base_channels: int = 64, stage_blocks=None, num_segments: int = 8,
                  shift_div: int = 8, spatial_strides=(1, 2, 2, 2), out_indices=(2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, with_cp: bool | tuple[int, ...] = False):
@@ -105,21 +107,6 @@ class ResNetTSM(StagedBackbone):
         self.num_stages = len(blocks)
         self.init_weights()
         self.freeze()
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [self.stage_channels[i] for i in self.out_indices]
-
-    def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for m in self.modules():  # each residual branch starts as identity
-            if isinstance(m, BottleneckTSM):
-                nn.init.zeros_(m.conv3.bn.weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[0] % self.num_segments:
