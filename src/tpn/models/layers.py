@@ -6,6 +6,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 
 def triple(v) -> tuple[int, int, int]:
@@ -50,6 +51,23 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             m.bn = None
     return folded
 
+
+
+class ResidualBlock(nn.Module):
+    """relu(residual(x)): a block defines `_residual` (its branch plus shortcut); with `with_cp`
+    that is recomputed in the backward instead of keeping its activations."""
+
+    with_cp: bool = False
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            out = checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return torch.relu_(out)
 
 class StagedBackbone(nn.Module):
     """What the 3D and the TSM ResNets share: a stem `conv1`, stages `layer1..N` run in order

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
-from tpn.models.layers import ConvBN, StagedBackbone, triple
+from tpn.models.layers import ConvBN, ResidualBlock, StagedBackbone, triple
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -25,7 +24,7 @@ def _clips(y: torch.Tensor, n: int) -> torch.Tensor:
     return y.unflatten(0, (n, -1)).transpose(1, 2)
 
 
-class Bottleneck3d(nn.Module):
+class Bottleneck3d(ResidualBlock):
     """1x1x1 (or 3x1x1 when inflated) -> 1x3x3 -> 1x1x1, with a projection shortcut when needed."""
 
     expansion = 4
@@ -48,13 +47,6 @@ class Bottleneck3d(nn.Module):
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(x)))
         return out + (x if self.downsample is None else self.downsample(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return torch.relu_(out)
 
 
 class ResNet3dSlowOnly(StagedBackbone):

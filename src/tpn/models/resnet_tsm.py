@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 
-from tpn.models.layers import ConvBN, StagedBackbone
+from tpn.models.layers import ConvBN, ResidualBlock, StagedBackbone
 from tpn.models.resnet3d import STAGE_BLOCKS
 
 
@@ -41,7 +40,7 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
     return torch.cat([from_next, from_prev, x[:, :, 2 * fold:]], 2).view(nt, c, h, w)
 
 
-class BottleneckTSM(nn.Module):
+class BottleneckTSM(ResidualBlock):
     """1x1 -> 3x3 (stride) -> 1x1 on frames; the residual branch sees temporally shifted input."""
 
     expansion = 4
@@ -63,13 +62,6 @@ class BottleneckTSM(nn.Module):
         y = temporal_shift(x, self.num_segments, self.shift_div) if self.shift else x
         out = self.conv3(self.conv2(self.conv1(y)))
         return out + (x if self.downsample is None else self.downsample(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return torch.relu_(out)
 
 
 class ResNetTSM(StagedBackbone):
