@@ -88,7 +88,8 @@ def test_probe_reference_sums_are_what_batchnorm_training_needs():
     n = y.numel() // y.shape[1]
     torch.testing.assert_close(fwd["SUM"] / n, fwd["Y"].double().mean((0, 2, 3, 4)))
     torch.testing.assert_close(fwd["SQ_SUM"] / n - (fwd["SUM"] / n) ** 2, fwd["VAR"])
-    assert max(errors(fwd, fwd, n).values()) < 1e-12 and set(errors(fwd, fwd, n)) == {"Y", "SUM", "SQ_SUM", "VAR", "MEAN"}
+    same = errors(fwd, fwd, n)
+    assert max(same.values()) < 1e-12 and set(same) == {"Y", "SUM", "SQ_SUM", "VAR", "MEAN"}
     off = errors(dict(Y=fwd["Y"] * 1.01, SUM=fwd["SUM"] + 0.02 * fwd["SUM"].abs().max()), fwd, n)
     assert off["Y"] == pytest.approx(0.01, rel=1e-2) and off["SUM"] == pytest.approx(0.02, rel=1e-2)
 
@@ -122,3 +123,16 @@ def test_probe_plan_and_summary_bookkeeping():
         max_err=0.5, statuses=None)
     assert s["fprop"]["2d"]["statuses"] == {"unsupported": 1, "ok": 1}
     assert s["wgrad"]["3d"]["shapes_tried"] == 0 and s["wgrad"]["3d"]["statuses"] == {"skipped (budget)": 1}
+
+
+def test_probe_counts_elements_off_apart_from_the_largest_error():
+    """One element far off (a flipped ReLU mask) sets the max error but not the share of
+    elements off by more than 1%; rounding-sized errors set neither."""
+    from benchmarks.cudnn_fusion_probe import frac_over_1pct
+
+    ref = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    out = ref * (1 + 1e-3 * torch.randn_like(ref))
+    out.view(-1)[7] += ref.abs().max()
+    assert errors(dict(DZ=out), dict(DZ=ref), 1)["DZ"] == pytest.approx(1.0, abs=0.01)
+    assert frac_over_1pct(dict(DZ=out, SUM=out[0, :, 0, 0, 0]), dict(DZ=ref, SUM=ref[0, :, 0, 0, 0])) == {
+        "DZ": float(f"{1 / ref.numel():.3g}")}
