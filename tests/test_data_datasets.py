@@ -64,12 +64,12 @@ def _cfg(root, **kw):
 def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
     cfg = _cfg(synth_dataset)
     train = build_dataset(cfg, "train")
-    clip, label, index, ok, aug = train[0]
-    assert index == 0 and ok and aug is None
+    clip, label, index, ok, aug, job = train[0]
+    assert index == 0 and ok and aug is None and job is None
     assert clip.dtype == torch.uint8 and clip.shape == (3, 4, 56, 56) and 0 <= label < 4
     assert train.label_names == class_names(4) and len(train) == len(train.samples) == 12
     val = build_dataset(cfg, "val")
-    clip, label, index, ok, _ = val[1]
+    clip, label, index, ok, *_ = val[1]
     assert clip.shape == (3, 4, 56, 56) and index == 1 and ok and label == val.samples[1][1]
     # val = the centre clip of the video, short side 64 (80 -> 64: 96 -> 77), centre crop 56
     frames = read_all_frames(val.samples[1][0])
@@ -77,7 +77,7 @@ def test_items_have_the_documented_layout_and_exact_frames(synth_dataset):
     from tpn.data import transforms as T
     expect = T.center_crop(T.resize_short_side(T.to_clip(frames[idx]), 64), 56)
     assert torch.equal(clip, expect)
-    views, label, index, ok, _ = build_dataset(cfg, "test")[0]
+    views, label, index, ok, *_ = build_dataset(cfg, "test")[0]
     assert views.shape == (9, 3, 4, 64, 64) and ok  # 3 clips x 3 crops, clip-major
     full = T.resize_short_side(T.to_clip(frames if index == 1 else read_all_frames(val.samples[0][0])), 64)
     tidx = sampling.test_indices(full.shape[1], 4, 2, 3)
@@ -227,9 +227,9 @@ def test_broken_videos_in_val_and_test_come_back_not_ok(synth_broken_dataset, tm
     ds = build_dataset(cfg, "val", report_path=report)
     oks = [ds[i].ok for i in range(len(ds))]
     assert oks == [True] * 4 + [False] * 4 + [True]  # the short video loops in val
-    clip, _, index, ok, _ = ds[5]
+    clip, _, index, ok, *_ = ds[5]
     assert clip.shape == (3, 4, 56, 56) and not clip.any() and index == 5 and not ok
-    views, _, _, ok, _ = build_dataset(cfg, "test", report_path=report)[6]
+    views, _, _, ok, *_ = build_dataset(cfg, "test", report_path=report)[6]
     assert views.shape == (9, 3, 4, 64, 64) and not ok
     splits = [json.loads(x)["split"] for x in report.read_text().splitlines()]
     assert splits.count("val") == 4 and splits.count("test") == 1  # ds[5] was read twice, reported once
@@ -245,7 +245,7 @@ def test_batches_are_frames_last_and_equal_to_the_items(synth_broken_dataset):
     cfg = _cfg(root, test_list=str(root / "mixed.txt"))
     train = build_dataset(cfg, "train", seed=2)
     batch = next(iter(build_loader(train, batch_size=4, num_workers=2, persistent_workers=False)))
-    assert isinstance(batch, Batch) and batch._fields == ("clip", "label", "index", "ok", "aug")
+    assert isinstance(batch, Batch) and batch._fields == ("clip", "label", "index", "ok", "aug", "job")
     assert batch.clip.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.equal(batch.clip, torch.stack([train[i].clip for i in range(4)]))
     assert batch.label.dtype == torch.int64 and batch.ok.all() and batch.aug is None
@@ -278,7 +278,7 @@ def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
     rcfg = _cfg(tmp_path, format="mmaction_rawframes", val_list=str(tmp_path / "raw.txt"),
                 label_map=str(synth_dataset / "labels.txt"))
     ds = build_dataset(rcfg, "val", report_path=tmp_path / "r.jsonl")
-    clip, got_label, _, ok, _ = ds[0]
+    clip, got_label, _, ok, *_ = ds[0]
     video_clip = build_dataset(cfg, "val")[0][0]
     assert ok and got_label == label and clip.shape == video_clip.shape
     assert (clip.float() - video_clip.float()).abs().mean() < 3  # JPEG round trip

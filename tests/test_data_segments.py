@@ -87,7 +87,7 @@ def test_test_views_are_two_segment_samplings_by_three_crops(sth, layout):
     root = sth[layout]
     cfg = _cfg(root, layout)
     ds = build_dataset(cfg, "test")
-    views, label, index, ok, _ = ds[0]
+    views, label, index, ok, *_ = ds[0]
     assert ok and views.shape == (6, 3, 8, 64, 64)  # 2 samplings x 3 crops, clip-major
     path = ds.samples[0][0]
     frames = read_rawframes(path, range(24), "{:05}.jpg") if layout == "sthv1" else read_all_frames(path)
@@ -99,7 +99,7 @@ def test_test_views_are_two_segment_samplings_by_three_crops(sth, layout):
         crops = T.three_crop(full[:, idx[k]], 64)
         for j in range(3):
             assert torch.equal(views[3 * k + j], crops[j])
-    val_clip, _, _, ok, _ = build_dataset(cfg, "val")[0]
+    val_clip, _, _, ok, *_ = build_dataset(cfg, "val")[0]
     assert ok and torch.equal(val_clip, T.center_crop(full[:, idx[0]], 56))  # val: the centres
     if layout == "sthv2":
         import av
@@ -135,7 +135,7 @@ def test_flip_label_map_swaps_left_and_right_classes(sth):
         assert torch.equal(clip, plain[i][0].flip(-1))  # the same draw, mirrored
     on_device = build_dataset(_cfg(root, "sthv2", crop_size=64, flip=1.0, flip_label_pairs=((0, 2), (1, 3)),
                                    augment_on_device=True), "train")
-    clip, label, _, _, aug = on_device[0]
+    clip, label, _, _, aug, _ = on_device[0]
     assert aug[0] == 1 and label == flipped[0][1]  # the loader swaps the label, the device flips
     with pytest.raises(AnnotationError, match="label 2 appears more than once"):
         build_dataset(_cfg(root, "sthv2", flip_label_pairs=((0, 2), (2, 3))), "train")

@@ -30,7 +30,7 @@ def test_test_numbers_match_a_hand_computed_average(tempo_data, tmp_path):  # no
     mean, std = torch.tensor(cfg.data.mean).view(3, 1, 1, 1), torch.tensor(cfg.data.std).view(3, 1, 1, 1)
     with torch.no_grad():
         for i in range(len(ds)):
-            views, label, _, ok, _ = ds[i]
+            views, label, _, ok, *_ = ds[i]
             assert views.shape == (6, 3, 4, 48, 48) and ok  # 2 clips x 3 crops of 48 px
             p = torch.stack([torch.softmax(model(((v.float() - mean) / std)[None]), -1)[0] for v in views])
             per_view.append(p.numpy())

@@ -85,3 +85,51 @@ def test_augment_on_device_equals_cpu():
     cpu = apply_augment(x, aug)
     gpu = apply_augment(x.cuda(), aug).cpu()
     assert (cpu.int() - gpu.int()).abs().max() <= 1
+
+
+def _nvdec_missing():
+    from tpn.data.nvdec import nvdec_available
+
+    return nvdec_available(torch.device("cuda")) if torch.cuda.is_available() else "needs a CUDA GPU"
+
+
+@pytest.mark.skipif(bool(_nvdec_missing()), reason="needs NVDEC (PyNvVideoCodec)")
+def test_nvdec_stream_equals_pyav_stand_in():
+    """Jobs of B-frame H.264 and open-GOP HEVC files streamed into NVDEC (4 threads, decoders reused
+    across videos) give the frames FFmpeg's decoder gives for the same packets: equal planes, so RGB
+    equal up to float rounding of the conversion on another processor."""
+    from tests.test_data_nvdec import _jobs
+    from tpn.data import nvdec
+    from tpn.data.synthetic import render, write_mp4
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for i, codec in enumerate(("h264", "hevc", "h264")):
+            p = Path(d) / f"v{i}.mp4"
+            write_mp4(p, render("right_slow", (160, 144), 120, np.random.default_rng(i)), preset="medium", codec=codec)
+            paths.append(p)
+        jobs = _jobs(paths, 24)
+        gpu = nvdec.DecoderPool(torch.device("cuda"), 4).decode(jobs)
+        cpu = nvdec.DecoderPool(torch.device("cpu"), 1, nvdec.PyAVStream).decode(jobs)
+        torch.cuda.synchronize()
+        for slot, job in jobs:
+            assert isinstance(gpu[slot], torch.Tensor), gpu[slot]
+            assert (gpu[slot].cpu().int() - cpu[slot].int()).abs().max() <= 1, job.path
+
+
+@pytest.mark.skipif(bool(_nvdec_missing()), reason="needs NVDEC (PyNvVideoCodec)")
+def test_training_with_nvdec(tmp_path):
+    from tests.test_engine_common import data_overrides, TINY
+    from tpn.data.synthetic import generate_dataset
+    from tpn.engine.train import train
+
+    generate_dataset(tmp_path / "d", classes=4, videos_per_class=6, size=(96, 64), frames=40, preset="medium",
+                     workers=2)
+    cfg = load_config("tpn_tiny_synth", TINY + data_overrides(tmp_path / "d") + [
+        "data.decoder=nvdec", "data.num_workers=2", "train.epochs=1", "train.val_interval=0", "train.batch_size=4"])
+    s = train(cfg, tmp_path / "run", device="cuda")
+    assert s["epochs"][0]["decode"]["gpu_clips"] > 0 and s["epochs"][0]["decode"]["fallbacks"] == 0

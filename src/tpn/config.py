@@ -113,6 +113,13 @@ class DataConfig:
     short_videos: Literal["skip", "loop"] = "skip"
     # training clips drawn from one decode of a video (a recipe change, see docs/data.md); 1 = mmaction2
     clips_per_decode: int = 1
+    # who decodes training clips (docs/data.md, "Choosing a decoding path"): "pyav" the loader's CPU
+    # workers; "nvdec" the GPU (tpn[nvdec]), workers only demux; "hybrid" both, `nvdec_share` of the
+    # items on the GPU (null: measured at the start); "auto" the fastest measured that this machine
+    # has, said in the log (pyav without a CUDA GPU or PyNvVideoCodec). Val and test decode on the CPU.
+    decoder: Literal["auto", "pyav", "nvdec", "hybrid"] = "pyav"
+    nvdec_threads: int = 4  # decoder threads (each its own NVDEC sessions and CUDA stream) per process
+    nvdec_share: float | None = None
 
 
 @dataclass
@@ -389,6 +396,8 @@ RANGES: dict[str, Range] = {
     "data.std": POSITIVE,
     "data.num_workers": AT_LEAST_0,
     "data.clips_per_decode": AT_LEAST_1,
+    "data.nvdec_threads": AT_LEAST_1,
+    "data.nvdec_share": Range(0, 1),
     "data.flip_label_pairs": AT_LEAST_0,
     **{f"train.{k}": AT_LEAST_1 for k in ("epochs", "batch_size", "lr_batch_size", "accum_steps", "log_interval",
                                           "milestones")},

@@ -9,12 +9,14 @@ Formats (`data.format`):
 A bad line is a one-line error naming the file and line number.
 
 Items are `Batch`es of one video (uint8, channels first; see docs/data.md, "Batch layouts"),
-the same five fields in every split; `tpn.data.loader.collate` stacks them into a `Batch`:
+the same six fields in every split; `tpn.data.loader.collate` stacks them into a `Batch`:
 - clip: train/val `[3, T, crop, crop]`; test `[V, 3, T, S, S]`, V = test_clips x test_crops,
   clip-major.
 - label, index (train: the video actually read), ok (False: unreadable, zeros in its place).
 - aug: with `data.augment_on_device`, the flip/jitter draw (`transforms.draw_augment`) the
   device applies; None otherwise.
+- job: with GPU decoding (`data.decoder`, `tpn.data.nvdec`), a training item the GPU decodes
+  holds its packets and draws here (`nvdec.ClipJob`) and zeros in `clip`; None otherwise.
 Train: a broken video is replaced by another sample chosen from (index, attempt), logged,
 and appended to the report file. With `data.clips_per_decode: k > 1` a train item holds k
 clips of one video decoded together: clip `[k, 3, T, crop, crop]`, and label, index, ok
@@ -63,6 +65,7 @@ class Batch(NamedTuple):
     index: int | torch.Tensor  # position in the dataset's list
     ok: bool | torch.Tensor  # False: unreadable video, zeros in its place (val/test)
     aug: torch.Tensor | None = None  # data.augment_on_device: the draw the device applies
+    job: object = None  # data.decoder nvdec/hybrid: the `nvdec.ClipJob` the device decodes into `clip`
 
 
 def read_label_names(path: str | Path) -> list[str]:
@@ -223,6 +226,7 @@ class VideoDataset(Dataset):
                                   f"then also segment starts), got {cfg.test_clips}")
         # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._gpu_share = torch.zeros(1, dtype=torch.float64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -326,6 +330,13 @@ class VideoDataset(Dataset):
         """`clips_per_item` clips of one video: their starts drawn independently (each as in
         mmaction2), their frames decoded in one pass, each with its own crop/flip/jitter draw.
         A flipped clip of a left/right class takes its twin's label (data.flip_label_pairs)."""
+        if self._on_gpu(index):
+            job = self._gpu_job(index, rng)
+            if job is not None:
+                return job
+        return self._cpu_train_item(index, rng)
+
+    def _cpu_train_item(self, index: int, rng: np.random.Generator) -> Batch:
         k = self.clips_per_item
         clips = self._read(index, lambda n: np.stack([self._train_pick(index, n, rng) for _ in range(k)]))
         label, t = self.samples[index][1], clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
@@ -342,14 +353,57 @@ class VideoDataset(Dataset):
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
         """(clip, flip/jitter draw): applied to the clip, or with data.augment_on_device left for the device."""
         c = self.cfg
-        if c.train_crop == "random_resized":
-            clip = T.random_resized_crop(clip, c.crop_size, rng)
-        else:
-            clip = T.random_crop(T.resize_short_side(clip, c.short_side), c.crop_size, rng)
+        clip = T.apply_geometry(clip, self._draw_geometry(clip.shape[-2], clip.shape[-1], rng), c.crop_size)
         aug = T.draw_augment(rng, c.flip, c.color_jitter)
         if c.augment_on_device:  # flip and jitter are applied by the engine on the device
             return T.frames_last(clip), aug
         return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), aug
+
+    def _draw_geometry(self, h: int, w: int, rng: np.random.Generator):
+        c = self.cfg
+        return T.draw_train_geometry(h, w, c.train_crop, c.crop_size, c.short_side, rng)
+
+    # -- GPU decoding (data.decoder nvdec / hybrid: tpn.data.nvdec) ---------------
+    def set_gpu_share(self, share: float) -> None:
+        """Share of training items whose frames the GPU decodes (0: none, 1: all it can take)."""
+        self._gpu_share[0] = float(share)
+
+    def _on_gpu(self, index: int) -> bool:
+        share = float(self._gpu_share[0])
+        if share <= 0 or self.rawframes:
+            return False
+        draw = zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()) / 2**32
+        return draw < share
+
+    def _gpu_job(self, index: int, rng: np.random.Generator) -> Batch | None:
+        """The item as a `ClipJob` for the GPU (zeros in `clip`, filled on the device), with the
+        random draws of the CPU path in its order; None when the GPU path does not take this
+        video (the caller decodes it here, from the same `rng` state)."""
+        from tpn.data import nvdec
+
+        path, label, _ = self.samples[index]
+        state = rng.bit_generator.state
+        video = nvdec.demux(path)
+        if video is None:
+            return None
+        c, k = self.cfg, self.clips_per_item
+        n = len(video.index)
+        try:
+            wanted = np.stack([self._train_pick(index, n, rng) for _ in range(k)])
+        except VideoError:
+            rng.bit_generator.state = state  # the CPU path raises the same, from the same draws
+            return None
+        geometry = [self._draw_geometry(video.height, video.width, rng) for _ in range(k)]
+        augs = torch.stack([T.draw_augment(rng, c.flip, c.color_jitter) for _ in range(k)])
+        job = nvdec.make_job(path, video, wanted, [g[0] for g in geometry], [g[1] for g in geometry],
+                             c.crop_size, augs)
+        labels = [self.flip_labels.get(label, label) if a[0] > 0 else label for a in augs]
+        zeros = T.frames_last(torch.zeros((3, wanted.shape[1], c.crop_size, c.crop_size), dtype=torch.uint8))
+        aug = augs if c.augment_on_device else None
+        if k == 1:
+            return Batch(zeros, labels[0], index, True, None if aug is None else aug[0], job)
+        return Batch(T.stack_frames_last([zeros] * k), torch.tensor(labels, dtype=torch.int64),
+                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool), aug, job)
 
     def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
         return T.frames_last(T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size))

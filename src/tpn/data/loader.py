@@ -41,16 +41,21 @@ def collate(items: list[Batch]) -> Batch:
     """Dataset items -> one `Batch`. Clips are stacked frames-last (`transforms.frames_last`):
     a row copy per item, and a batch already in the channels_last_3d layout of the GPU model;
     `default_collate` does the stacking, so in a worker the batch is written straight into
-    shared memory. The other fields as `default_collate`; an absent `aug` stays None."""
-    rest = [default_collate(list(f)) if f[0] is not None else None for f in list(zip(*items))[1:]]
-    return Batch(stack_frames_last([b.clip for b in items], stack=default_collate), *rest)
+    shared memory. The other fields as `default_collate`; an absent `aug` stays None; `job` (GPU
+    decoding, `tpn.data.nvdec`) is a list with one entry per item, or None when no item has one."""
+    fields = list(zip(*items))
+    rest = [default_collate(list(f)) if f[0] is not None else None for f in fields[1:-1]]
+    jobs = list(fields[-1]) if any(j is not None for j in fields[-1]) else None  # per item, None: decoded here
+    return Batch(stack_frames_last([b.clip for b in items], stack=default_collate), *rest, jobs)
 
 
 def collate_clips(items: list[Batch]) -> Batch:
     """`collate` for training items of k clips each (`data.clips_per_decode`): clips
     [N, k, 3, T, H, W] -> [N * k, 3, T, H, W] (a view, still frames-last), labels, indices,
-    ok flags and augmentation draws likewise, so the engine sees an ordinary batch of N * k clips."""
-    return Batch(*(f.flatten(0, 1) if f is not None else None for f in collate(items)))
+    ok flags and augmentation draws likewise, so the engine sees an ordinary batch of N * k clips
+    (a GPU decoding job, `job`, stays one per item: it makes that item's k clips)."""
+    batch = collate(items)
+    return Batch(*(f.flatten(0, 1) if f is not None else None for f in batch[:-1]), batch.job)
 
 
 def build_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,

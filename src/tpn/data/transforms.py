@@ -151,6 +151,24 @@ def random_resized_crop(clip: torch.Tensor, size: int, rng: np.random.Generator)
     return resize(crop(clip, top, left, ch, cw), (size, size))
 
 
+def draw_train_geometry(h: int, w: int, mode: str, size: int, short: int,
+                        rng: np.random.Generator) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """A training clip's geometry for frames of h x w: ((rh, rw) the frames are resized to first,
+    (top, left, ch, cw) the box cropped from those), the crop then resized to size x size.
+    "random_resized": box drawn on the frames as they are; "random": short side resized to
+    `short`, then a size x size box. The same draws as `random_resized_crop` / `random_crop`."""
+    if mode == "random_resized":
+        return (h, w), random_resized_crop_box(h, w, rng)
+    rh, rw = short_side_size(h, w, short)
+    return (rh, rw), (int(rng.integers(0, rh - size + 1)), int(rng.integers(0, rw - size + 1)), size, size)
+
+
+def apply_geometry(clip: torch.Tensor, geometry, size: int) -> torch.Tensor:
+    """`draw_train_geometry`'s result applied to a uint8 (3, T, H, W) clip: resize, crop, resize."""
+    (rh, rw), (top, left, ch, cw) = geometry
+    return resize(crop(resize(clip, (rh, rw)), top, left, ch, cw), (size, size))
+
+
 JITTER_OPS = ("brightness", "contrast", "saturation")
 
 

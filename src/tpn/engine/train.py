@@ -29,6 +29,7 @@ from tpn.config import Config, dump_config, to_dict
 from tpn.convert.inflate import inflate_2d_into
 from tpn.data.datasets import REPLACEMENTS, NoReadableVideo, VideoDataset, build_dataset, read_report
 from tpn.data.labels import resolve_num_classes
+from tpn.data import nvdec
 from tpn.data.loader import build_loader
 from tpn.data.transforms import apply_augment
 from tpn.engine import distributed as D, workdir
@@ -83,6 +84,7 @@ class Data:
     loader: DataLoader
     iters_per_epoch: int
     videos_per_batch: int  # the sampler counts videos: train.batch_size // data.clips_per_decode
+    stage: nvdec.DecodeStage | None = None  # GPU decoding (data.decoder), None: the loader decodes all
 
 
 @dataclass
@@ -163,7 +165,10 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
                        f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
-    return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch)
+    dc = cfg.data
+    stage = nvdec.build_stage(train_set, dc.decoder, d.device, dc.num_workers, dc.nvdec_threads, dc.nvdec_share,
+                              log_choice=log.info if d.main else (lambda *a: None))
+    return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch, stage)
 
 
 def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scratch: bool) -> Run:
@@ -272,6 +277,8 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         epoch_time = t_end - t_epoch
         erec = {"kind": "epoch", "epoch": epoch + 1, "iter": prog.global_iter, "time_s": epoch_time,
                 "clips_per_s": clips * d.world / epoch_time}
+        if data.stage is not None:
+            erec.update(decode=data.stage.stats())
         if warm is not None:  # time and rate apart from the first steps (see WARMUP_STEPS)
             erec.update(warmup_s=warm[1] - t_epoch,
                         steady_clips_per_s=(clips - warm[0]) * d.world / max(1e-9, t_end - warm[1]))
@@ -312,7 +319,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     run.model.train()
     window = _Window(d.device)
     bar = _progress_bar(run, epoch, first)
-    batches = iter(data.loader)
+    batches = data.stage.epoch(iter(data.loader)) if data.stage is not None else iter(data.loader)
     clips, warm = 0, None
     warm_steps = min(WARMUP_STEPS, (data.iters_per_epoch - first) // 2)
     for it in range(first, data.iters_per_epoch):
@@ -420,6 +427,8 @@ def finish(run: Run, prog: Progress, summary: dict, t_start: float) -> dict:
     """Close the logs, plot the curves, log the summary line (rank 0); returns the summary."""
     d, work_dir = run.d, run.work_dir
     run.mlog.close()
+    if run.data.stage is not None:
+        run.data.stage.close()
     D.barrier(d)
     if d.main:
         curves = plot_curves(work_dir / "metrics.jsonl", work_dir / "training_curves.png")

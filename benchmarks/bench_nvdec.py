@@ -1,0 +1,191 @@
+"""Training-clip rates of the decoding paths (`data.decoder`), loader alone and feeding the train step.
+
+    python benchmarks/bench_nvdec.py --workers 15 --out nvdec.json
+
+Needs a CUDA GPU, PyAV and PyNvVideoCodec. Makes Kinetics-like originals with the project's
+generator (default 340x256, 10 s at 30 fps, x264 preset medium: B-pyramid, keyframe every 250;
+`--codec hevc` for x265 medium), then for the recipe's augmentation (random resized crop 224,
+flip, colour jitter; flip/jitter on the device) at batch 32:
+  gpu_only   clips/s of the GPU decoder pool alone on ready jobs (1, 2, 4, 8 threads)
+  calibrate  what `data.decoder: auto` measures at the start of a run, and its choice
+  loader     for pyav, nvdec, hybrid (calibrated share): clips/s of the training loader with its
+             workers (+ the GPU decoding stage), each batch on the GPU, after the prefetch queue
+             was drained: the production rate
+  e2e        the same, each batch fed to the bf16 compiled train step (benchmarks/train_step.py),
+             and the step alone on clips already on the GPU
+One JSON object (machine, settings, results) to --out, lines on stdout as they come.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tpn.accel import Execution  # noqa: E402
+from tpn.config import load_config  # noqa: E402
+from tpn.data import nvdec  # noqa: E402
+from tpn.data.datasets import build_dataset  # noqa: E402
+from tpn.data.loader import build_loader  # noqa: E402
+from tpn.data.synthetic import generate_dataset  # noqa: E402
+from tpn.data.transforms import apply_augment  # noqa: E402
+
+
+def make_videos(root: Path, videos: int, size, codec: str, workers: int) -> None:
+    if (root / "train.txt").exists():
+        return
+    generate_dataset(root, classes=10, videos_per_class=max(1, videos // 10), size=size, frames=300,
+                     workers=workers, val_fraction=0.1, preset="medium")
+    if codec == "hevc":  # the same pictures through x265
+        import av
+        import numpy as np
+
+        from tpn.data.synthetic import write_mp4
+        for line in (root / "train.txt").read_text().splitlines():
+            path = root / line.rsplit(" ", 1)[0]
+            with av.open(str(path)) as c:
+                frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+            write_mp4(path, frames, preset="medium", codec="hevc")
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "big.txt").write_text("\n".join(lines * 200) + "\n")
+
+
+def recipe(root: Path, decoder: str, share=None):
+    sets = [f"data.root={root}", f"data.train_list={root}/big.txt", f"data.label_map={root}/labels.txt",
+            "model.head.num_classes=10", "data.train_crop=random_resized", "data.color_jitter=true",
+            "data.augment_on_device=true", f"data.decoder={decoder}"]
+    if share is not None:
+        sets.append(f"data.nvdec_share={share}")
+    return load_config("tpn_r50_8x8_k400", sets)
+
+
+def emit(res: dict, key: str, value, out: Path) -> None:
+    res[key] = value
+    print(json.dumps({key: value}), flush=True)
+    out.write_text(json.dumps(res, indent=1))
+
+
+def gpu_only(root: Path, threads_list, clips: int) -> dict:
+    ds = build_dataset(recipe(root, "nvdec").data, "train")
+    import numpy as np
+
+    items = [ds._gpu_job(i, np.random.default_rng(i)) for i in range(clips)]
+    jobs = [(s, b.job) for s, b in enumerate(items)]
+    out = dict(packets_per_clip=round(float(np.mean([len(j.frames) for _, j in jobs])), 1))
+    for n in threads_list:
+        pool = nvdec.DecoderPool(torch.device("cuda"), n)
+        pool.decode(jobs)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(3):
+            pool.decode(jobs)
+        torch.cuda.synchronize()
+        out[f"threads_{n}_clips_per_s"] = round(3 * len(jobs) / (time.perf_counter() - t), 1)
+        pool.close()
+    return out
+
+
+def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
+    cfg = recipe(root, decoder, share)
+    ds = build_dataset(cfg.data, "train")
+    dev = torch.device("cuda")
+    notes = []
+    stage = nvdec.build_stage(ds, decoder, dev, args.workers, args.threads, cfg.data.nvdec_share,
+                              log_choice=lambda fmt, *a: notes.append(fmt % a))
+    loader = build_loader(ds, args.batch, args.workers, shuffle=True, drop_last=True, seed=0, prefetch_factor=4)
+    it = iter(loader)
+    batches = stage.epoch(it) if stage is not None else it
+
+    def take(feed: bool):
+        b = next(batches)
+        x = b.clip.to(dev, non_blocking=True)
+        if b.aug is not None:
+            x = apply_augment(x, b.aug)
+        if feed:
+            step(x, b.label.to(dev, non_blocking=True))
+        return x
+
+    for _ in range(args.workers + 2):  # every worker has delivered
+        take(step is not None)
+    torch.cuda.synchronize()
+    rec = dict(decoder=decoder, share=round(float(ds._gpu_share[0]), 3), choice=notes)
+    if step is not None:
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            take(True)
+        torch.cuda.synchronize()
+        rec["e2e_clips_per_s"] = round(args.batch * args.steps / (time.perf_counter() - t), 1)
+    for _ in range(args.workers * 4 + 2):  # drain the prefetched batches
+        take(False)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        take(False)
+    torch.cuda.synchronize()
+    rec["loader_clips_per_s"] = round(args.batch * args.steps / (time.perf_counter() - t), 1)
+    if stage is not None:
+        rec["stage"] = stage.stats()
+        stage.close()
+    del batches, it, loader
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", default="work_dirs/bench_nvdec")
+    ap.add_argument("--size", default="340x256")
+    ap.add_argument("--codec", default="h264", choices=("h264", "hevc"))
+    ap.add_argument("--videos", type=int, default=60)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--decoders", default="pyav,nvdec,hybrid")
+    ap.add_argument("--e2e", action="store_true", help="also feed the bf16 compiled train step")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+    root = Path(args.root) / f"{args.codec}_{args.size}"
+    res = dict(gpu=torch.cuda.get_device_name(), cpu_count=os.cpu_count(), torch=torch.__version__,
+               workers=args.workers, threads=args.threads, batch=args.batch, date=time.strftime("%Y-%m-%d"),
+               video=f"{args.size} 30 fps 300 frames, {args.codec} preset medium (B-frames, keyframe every 250)",
+               augmentation="random resized crop 224, flip 0.5, colour jitter (flip/jitter on the GPU)")
+    t0 = time.time()
+    make_videos(root, args.videos, (w, h), args.codec, args.workers + 1)
+    emit(res, "make_s", round(time.time() - t0, 1), args.out)
+    emit(res, "gpu_only", gpu_only(root, (1, 2, 4, 8), 64), args.out)
+    step = None
+    if args.e2e:
+        from train_step import make_train_step
+
+        from tpn.models.build import build_model
+        cfg = recipe(root, "pyav")
+        torch.backends.cudnn.benchmark = True
+        model = build_model(cfg).cuda().train()
+        step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), cfg.train)
+        x8 = torch.randint(0, 255, (args.batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
+        y8 = torch.arange(args.batch, device="cuda") % 10
+        for _ in range(4):
+            step(x8, y8)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step(x8, y8)
+        torch.cuda.synchronize()
+        emit(res, "step_clips_per_s", round(args.batch * args.steps / (time.perf_counter() - t), 1), args.out)
+    for dec in args.decoders.split(","):
+        try:
+            emit(res, f"path_{dec}", run_loader(root, dec, args, step), args.out)
+        except Exception as e:  # one path failing keeps the others' numbers
+            emit(res, f"path_{dec}", dict(error=f"{type(e).__name__}: {e}"), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""GPU decoding (tpn.data.nvdec), its CPU half and its logic, with FFmpeg's decoder standing in for NVDEC
+(`PyAVStream`: the same Annex B packets, the same streaming calls). The NVDEC run itself is in
+tests/test_gpu.py and benchmarks/nvdec_probe.py."""
+import json
+import logging
+from dataclasses import replace
+from functools import partial
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tests.test_engine_common import tempo_data, tiny_cfg  # noqa: F401
+from tpn.data import nvdec, sampling
+from tpn.data.datasets import build_dataset
+from tpn.data.synthetic import render, write_mp4, write_webm
+from tpn.errors import TpnError
+
+CPU = torch.device("cpu")
+SIZE = (160, 144)  # NVDEC's HEVC minimum is 144 x 144
+NO_AUG = torch.tensor([[0.0, -1, -1, -1, 1, 1, 1]])  # no flip, no jitter (transforms.draw_augment)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """x264 medium (B-pyramid, one keyframe), x265 medium (open GOP), x264 keyframe every 8 and every 40."""
+    root = tmp_path_factory.mktemp("nvdec")
+    out = []
+    for i, (codec, preset, gop) in enumerate([("h264", "medium", None), ("hevc", "medium", None),
+                                              ("h264", "ultrafast", 8), ("h264", "medium", 40)]):
+        path = root / f"v{i}_{codec}.mp4"
+        write_mp4(path, render("right_slow", SIZE, 120, np.random.default_rng(i)), preset=preset, codec=codec,
+                  gop=gop)
+        out.append(path)
+    return out
+
+
+def _reference_nv12(path) -> list[torch.Tensor]:
+    """Every frame of a sequential PyAV decode, in presentation order, as NV12."""
+    with av.open(str(path)) as c:
+        return [nvdec.PyAVStream._nv12(f) for f in c.decode(video=0)]
+
+
+def _jobs(videos, count=12, seed=0):
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for s in range(count):
+        path = videos[s % len(videos)]
+        v = nvdec.demux(path)
+        n = len(v.index)
+        wanted = (sampling.train_indices(n, 8, 4, rng) if s % 2 else np.sort(rng.choice(n, 8, replace=False)))
+        jobs.append((s, nvdec.make_job(path, v, wanted, [(v.height, v.width)], [(0, 0, v.height, v.width)], 64,
+                                       NO_AUG)))
+    return jobs
+
+
+def test_streamed_jobs_give_exactly_the_frames_of_a_sequential_decode(videos):
+    """Jobs from four videos streamed into one decoder per thread, never drained between them (each
+    closed by an end-of-sequence NAL unit; non-reference packets of unwanted frames left out): the
+    planes of every wanted frame equal a sequential decode's, so the RGB does too."""
+    jobs = _jobs(videos)
+    refs = {p: _reference_nv12(p) for p in videos}
+    pool = nvdec.DecoderPool(CPU, threads=2, factory=nvdec.PyAVStream)
+    got = pool.decode(jobs)
+    dropped = 0
+    for slot, job in jobs:
+        v = nvdec.demux(job.path)
+        expected = nvdec.nv12_to_rgb(torch.stack([refs[next(p for p in videos if str(p) == job.path)][i]
+                                                  for i in job.wanted]), SIZE[1], SIZE[0])
+        assert torch.equal(got[slot], expected), job.path
+        first = nvdec.plan(v, job.wanted)[0]
+        dropped += (int(job.frames.size) < int(max(np.flatnonzero(np.isin(v.index, job.wanted)))) - first + 1)
+    assert dropped > 0  # the B-frame files had packets left out
+    pool.close()
+
+
+def test_rgb_is_pyav_rgb24_up_to_rounding(videos):
+    from tpn.data.video import read_video_frames
+
+    jobs = _jobs(videos, 4)
+    got = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream).decode(jobs)
+    for slot, job in jobs:
+        ref = torch.from_numpy(read_video_frames(job.path, job.wanted)).permute(0, 3, 1, 2)
+        diff = (got[slot].int() - ref.int()).abs()
+        assert diff.max() <= 3 and diff.float().mean() < 1.5
+
+
+def test_demux_leaves_what_nvdec_does_not_take_to_the_cpu(tmp_path, videos):
+    frames = render("right_slow", (64, 48), 20, np.random.default_rng(0))
+    write_mp4(tmp_path / "rot.mp4", frames, rotation=90)
+    assert nvdec.demux(tmp_path / "rot.mp4") is None
+    write_webm(tmp_path / "vp9.webm", frames)
+    assert nvdec.demux(tmp_path / "vp9.webm") is None
+    v = nvdec.demux(videos[0])
+    assert v.codec == "h264" and (v.width, v.height) == SIZE and not v.bt709 and not v.full_range
+    write_mp4(tmp_path / "small.mp4", frames, codec="hevc")  # under NVDEC's HEVC minimum
+    assert nvdec.demux(tmp_path / "small.mp4") is None
+    assert v.data[0][:4] == b"\x00\x00\x00\x01"  # Annex B start code, not an mp4 length
+
+
+def test_gpu_item_draws_what_the_cpu_item_draws(tempo_data):  # noqa: F811
+    """The GPU path's item makes the same frames, crops, flips, jitter and labels as the CPU path."""
+    cfg = tiny_cfg(tempo_data, ["data.flip=0.5", "data.color_jitter=true", "data.train_crop=random_resized",
+                                "data.augment_on_device=true"])
+    ds = build_dataset(cfg.data, "train")
+    pool = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream)
+    for index in range(6):
+        cpu = ds._cpu_train_item(index, ds._rng(index))
+        gpu = ds._gpu_job(index, ds._rng(index))
+        assert torch.equal(gpu.aug, cpu.aug) and gpu.label == cpu.label and gpu.clip.shape == cpu.clip.shape
+        rgb = pool.decode([(0, gpu.job)])[0]
+        clip = nvdec.clips_from_frames(rgb, gpu.job)[0]
+        diff = (clip.int() - cpu.clip.int()).abs()
+        assert diff.float().mean() < 1.5 and diff.max() <= 12, index  # conversion + resize rounding
+
+
+def test_training_through_the_stage_with_a_broken_video(tempo_data, tmp_path, caplog):  # noqa: F811
+    """hybrid: half the items decoded by the stage (CPU stand-in), a missing file among them is
+    reported once and training goes on; the epoch record says how many clips each side made."""
+    from tpn.engine import train as train_mod
+
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = (tempo_data / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("\n".join(lines + ["missing.mp4 0"]) + "\n")
+    cfg = tiny_cfg(tempo_data, [f"data.train_list={root / 'train.txt'}", "data.decoder=hybrid",
+                                "data.nvdec_share=0.5", "data.num_workers=1", "train.epochs=1",
+                                "train.val_interval=0", "train.batch_size=4"])
+    orig = nvdec.build_stage
+    try:
+        nvdec.build_stage = partial(orig, factory=nvdec.PyAVStream)
+        with caplog.at_level(logging.INFO):
+            train_mod.train(cfg, tmp_path / "run", device="cpu")
+    finally:
+        nvdec.build_stage = orig
+    epoch = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"epoch"' in x and '"kind": "epoch"' in x][-1]
+    assert epoch["decode"]["gpu_clips"] > 0 and epoch["decode"]["cpu_clips"] > 0
+    assert "decoder hybrid: 50% of training items" in caplog.text
+
+
+def test_stage_reads_a_failed_job_on_the_cpu_and_replaces_an_unreadable_one(videos, tmp_path):
+    jobs = _jobs(videos, 3)
+    job0 = jobs[0][1]
+    broken = job0._replace(data=np.zeros_like(job0.data))  # garbage packets: nothing comes out
+    missing = jobs[1][1]._replace(path=str(tmp_path / "gone.mp4"), data=np.zeros_like(jobs[1][1].data))
+    reported = []
+    ds = type("D", (), {"_report": lambda self, i, e: reported.append((i, str(e)))})()
+    stage = nvdec.DecodeStage(ds, nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream), CPU)
+    from tpn.data.datasets import Batch
+
+    n = 3
+    batch = Batch(torch.zeros(n, 3, 8, 64, 64, dtype=torch.uint8), torch.arange(n), torch.arange(n),
+                  torch.ones(n, dtype=torch.bool), None, [broken, missing, jobs[2][1]])
+    out = list(stage.epoch(iter([batch])))[0]
+    assert stage.fallbacks == 2 and len(reported) == 1 and "gone.mp4" in reported[0][1]
+    assert out.clip[0].float().mean() > 0 and torch.equal(out.clip[1], out.clip[0])  # row 1 took row 0's clip
+    assert out.label.tolist() == [0, 0, 2]
+
+
+def test_choosing_the_decoder(tempo_data, caplog):  # noqa: F811
+    cfg = tiny_cfg(tempo_data)
+    ds = build_dataset(cfg.data, "train")
+    with caplog.at_level(logging.INFO):
+        assert nvdec.build_stage(ds, "auto", CPU, 2) is None
+    assert "decoder auto: pyav (NVDEC not usable: device cpu is not a CUDA GPU)" in caplog.text
+    with pytest.raises(TpnError, match="^data.decoder nvdec: device cpu is not a CUDA GPU$"):
+        nvdec.build_stage(ds, "nvdec", CPU, 2)
+    m = nvdec.calibrate(ds, nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream), workers=2, clips=8)
+    assert 0 < m["share"] <= 1 and m["gpu_clips_per_s"] > 0 and m["predicted"]["hybrid"] >= m["predicted"]["pyav"]
+    stage = nvdec.build_stage(ds, "auto", CPU, 2, factory=nvdec.PyAVStream)
+    assert float(ds._gpu_share[0]) == 0  # measured once the loader's workers run: at the first epoch
+    assert list(stage.epoch(iter([]))) == [] and 0 < float(ds._gpu_share[0]) <= 1 and stage.measured["share"] > 0
+    ds2 = build_dataset(replace(cfg.data, decoder="pyav"), "train")
+    assert nvdec.build_stage(ds2, "pyav", CPU, 2) is None and float(ds2._gpu_share[0]) == 0
