@@ -89,3 +89,63 @@ def test_nvdec_probe_nv12_conversion_matches_pyav_rgb(tmp_path):
     d601 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv).numpy() - ref)
     d709 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv, "bt709").numpy() - ref)
     assert d601.max() <= 3 and d601.mean() < 1.5 and d709.mean() > 3 * d601.mean()
+
+
+def write_test_report(folder, probs, labels, names=("a", "b", "c"), unreadable=()):
+    """A `tpn test --view-scores` folder: view_scores.npy [videos, 2 views, classes], predictions.json
+    (top-1 of the view average, correct) and metrics.json, as run_test writes them."""
+    import json
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    views = np.asarray(probs, np.float32)
+    avg = views.mean(1)
+    rows = []
+    for i, (p, label) in enumerate(zip(avg, labels)):
+        ok = i not in unreadable
+        pred = names[int(p.argmax())] if ok else None
+        rows.append({"index": i, "path": f"v{i}.mp4", "label": names[label], "readable": ok, "prediction": pred,
+                     "correct": (int(p.argmax()) == label) if ok else None})
+        if not ok:
+            views[i] = np.nan
+    np.save(folder / "view_scores.npy", views)
+    (folder / "predictions.json").write_text(json.dumps(rows))
+    correct = [r["correct"] for r in rows if r["readable"]]
+    (folder / "metrics.json").write_text(json.dumps({"top1": sum(correct) / len(correct)}))
+
+
+def test_precision_summary_counts_the_videos_whose_top1_differs(tmp_path):
+    import numpy as np
+    import pytest
+
+    from benchmarks.precision_summary import main, summarise
+
+    ref = [[[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],  # avg a (margin 0.2)
+           [[0.2, 0.7, 0.1], [0.2, 0.7, 0.1]],  # b
+           [[0.1, 0.2, 0.7], [0.1, 0.2, 0.7]],  # c
+           [[0.34, 0.33, 0.33], [0.34, 0.33, 0.33]],  # a by 0.01: the near tie that flips
+           [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]]]  # unreadable in the other run: left out of both
+    low = np.array(ref)
+    low[3] = [[0.32, 0.35, 0.33], [0.32, 0.35, 0.33]]  # now b
+    low[0] += [[-0.01, 0.01, 0], [0, 0, 0]]  # a, 0.005 lower in the average
+    labels = [0, 1, 2, 0, 1]
+    write_test_report(tmp_path / "fp32", ref, labels)
+    write_test_report(tmp_path / "bf16", low, labels, unreadable=(4,))
+    s = summarise([("fp32", tmp_path / "fp32"), ("bf16", tmp_path / "bf16")])
+    r = s["runs"]["bf16"]
+    assert r["videos"] == 4 and r["top1"] == 0.75 and s["runs"]["fp32"]["top1"] == 1.0
+    assert r["top1_equal_to_fp32"] == 0.75 and r["videos_differing"] == 1 and not r["meets_99.5%"]
+    assert r["differing"] == [{"path": "v3.mp4", "label": "a", "fp32": "a", "prediction": "b",
+                               "fp32_top1_minus_top2": pytest.approx(0.01, abs=1e-6)}]
+    assert r["max_abs_diff_mean_softmax"] == pytest.approx(0.02, abs=1e-6)
+    assert r["mean_abs_diff_mean_softmax"] == pytest.approx((0.005 * 2 + 0.02 + 0.02 + 0) / 12, abs=1e-6)
+    assert s["runs"]["fp32"]["top1_equal_to_fp32"] == 1.0 and s["runs"]["fp32"]["max_abs_diff_mean_softmax"] == 0
+    assert "use >= 200 videos" in s["warning"]
+    assert main([f"fp32={tmp_path / 'fp32'}", f"bf16={tmp_path / 'bf16'}", "--out", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.json").read_text().count('"videos_differing": 1') == 1
+    with pytest.raises(SystemExit, match=r"nope/predictions.json: not found"):
+        summarise([("fp32", tmp_path / "fp32"), ("x", tmp_path / "nope")])
+    write_test_report(tmp_path / "other", ref[:4], labels[:4])
+    with pytest.raises(SystemExit, match=r"other/predictions.json: not the videos of the fp32 run"):
+        summarise([("fp32", tmp_path / "fp32"), ("x", tmp_path / "other")])
