@@ -149,3 +149,37 @@ def test_precision_summary_counts_the_videos_whose_top1_differs(tmp_path):
     write_test_report(tmp_path / "other", ref[:4], labels[:4])
     with pytest.raises(SystemExit, match=r"other/predictions.json: not the videos of the fp32 run"):
         summarise([("fp32", tmp_path / "fp32"), ("x", tmp_path / "other")])
+
+
+def test_bench_gpu_ratios_and_the_tuning_mode():
+    """bench_gpu's `ratios` from its own records (numbers of the shape it writes), and its mode
+    names: +cdt turns on inductor's coordinate-descent tuning only where the mode compiles."""
+    import pytest
+
+    from benchmarks.bench_gpu import execution, ratios
+
+    def train(impl, batch, mode, clips, mem=None, reserved=None):
+        r = dict(kind="train", impl=impl, batch=batch, mode=mode, clips_per_s=clips)
+        if mem:
+            r.update(mem_per_clip_gb=mem, reserved_per_clip_gb=reserved or mem)
+        return r
+
+    records = [dict(kind="env"), train("tpn", 32, "bf16_cl_compile", 560.0, 0.36, 0.40),
+               train("tpn", 128, "bf16_cl_cg", 620.0, 0.01, 0.40), train("tpn", 32, "bf16_cl_compile_cdt", 600.0, 0.30, 0.33),
+               dict(kind="train", impl="tpn", batch=256, mode="bf16_cl_cg", error="OOM"),
+               train("mmaction2", 32, "amp_fp16", 270.0, 0.40), train("mmaction2", 64, "amp_fp16", 300.0, 0.39),
+               train("mmaction2", 32, "plain_cl_compile", 500.0, 0.36),
+               dict(kind="test30", impl="tpn", mode="bf16_cl_cg_fold", videos_per_s=62.0),
+               dict(kind="test30", impl="mmaction2", mode="amp_fp16", videos_per_s=31.0)]
+    r = ratios(records)
+    assert r["training"]["ratio"] == pytest.approx(620 / 300, abs=1e-3)  # the peer's own step, not our loop's 500
+    assert r["training"]["tpn"] == {"mode": "bf16_cl_cg", "batch": 128, "clips_per_s": 620.0}
+    assert r["compiled_loop_b32"]["ratio"] == 1.2 and r["compiled_loop_b32"]["tpn"]["mode"] == "bf16_cl_compile_cdt"
+    assert r["compiled_loop_b32_same_mode"]["ratio"] == 1.12
+    assert r["test30"]["ratio"] == 2.0
+    mem = r["memory_per_clip_b32_vs_mmaction2_amp"]
+    assert mem["mmaction2_gb"] == 0.40 and set(mem) == {"mmaction2_gb", "bf16_cl_compile", "bf16_cl_compile_cdt"}
+    assert mem["bf16_cl_compile_cdt"] == {"allocated": 0.75, "reserved": 0.825, "clips_per_s": 600.0}
+    assert ratios(records[:4]) == {}  # no mmaction2 side: no ratio
+    assert execution("bf16_cl_compile_cdt").inductor_tuning and execution("bf16_cl_cg_cdt").compile == "reduce-overhead"
+    assert not execution("bf16_cl_cdt").inductor_tuning and not execution("bf16_cl_compile").inductor_tuning

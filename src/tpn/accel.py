@@ -1,7 +1,7 @@
 """Fast execution on a GPU, the one place for its policy: uint8 clips in, normalisation,
 mixed precision (bf16, or fp16 with loss scaling), channels_last_3d and torch.compile (with
-inductor's kernel tuning as an option), shared by the training engine, testing and benchmarks (`benchmarks/train_step.py` builds a
-benchmark's training step on it).
+inductor's kernel tuning as an option), shared by the training engine, testing and benchmarks
+(`benchmarks/train_step.py` builds a benchmark's training step on it).
 
 Clips travel host -> device as uint8 (4x fewer bytes than float32); normalisation happens
 on the device, inside the compiled graph, where it fuses with the layout change.
