@@ -183,3 +183,22 @@ def test_bench_gpu_ratios_and_the_tuning_mode():
     assert ratios(records[:4]) == {}  # no mmaction2 side: no ratio
     assert execution("bf16_cl_compile_cdt").inductor_tuning and execution("bf16_cl_cg_cdt").compile == "reduce-overhead"
     assert not execution("bf16_cl_cdt").inductor_tuning and not execution("bf16_cl_compile").inductor_tuning
+
+
+def test_loss_curve_compares_modes_from_the_same_start(tmp_path):
+    """benchmarks/loss_curve.py on the CPU with the tiny config: the same seed and clips give the
+    fp32 curve bit for bit again; bf16 (CPU autocast) starts from the same weights and differs by
+    rounding; both learn the fixed synthetic clips."""
+    import json
+
+    from benchmarks.loss_curve import main
+
+    out = tmp_path / "curves.json"
+    r = main(["--device", "cpu", "--config", "tpn_tiny_synth", "--size", "32", "--batch", "4", "--clips", "8",
+              "--classes", "4", "--steps", "20", "--modes", "fp32,bf16,fp32", "--out", str(out)])
+    assert json.loads(out.read_text()) == r
+    fp32, bf16, again = (run["losses"] for run in r["runs"])
+    assert len(fp32) == 20 and fp32 == again and r["against_first"][1]["max_rel_diff"] == 0.0
+    assert abs(bf16[0] - fp32[0]) / fp32[0] < 0.01 and r["against_first"][0]["max_rel_diff"] > 0
+    for losses in (fp32, bf16):
+        assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
