@@ -1,5 +1,6 @@
 """The benchmark scripts' library parts, run small on the CPU: the data-loader and check
 benchmarks end to end and the benchmarks' training step."""
+import pytest
 import torch
 
 from benchmarks.bench_check import run as run_check
@@ -117,7 +118,6 @@ def write_test_report(folder, probs, labels, names=("a", "b", "c"), unreadable=(
 
 def test_precision_summary_counts_the_videos_whose_top1_differs(tmp_path):
     import numpy as np
-    import pytest
 
     from benchmarks.precision_summary import main, summarise
 
@@ -154,8 +154,6 @@ def test_precision_summary_counts_the_videos_whose_top1_differs(tmp_path):
 def test_bench_gpu_ratios_and_the_tuning_mode():
     """bench_gpu's `ratios` from its own records (numbers of the shape it writes), and its mode
     names: +cdt turns on inductor's coordinate-descent tuning only where the mode compiles."""
-    import pytest
-
     from benchmarks.bench_gpu import execution, ratios
 
     def train(impl, batch, mode, clips, mem=None, reserved=None):
@@ -202,3 +200,28 @@ def test_loss_curve_compares_modes_from_the_same_start(tmp_path):
     assert abs(bf16[0] - fp32[0]) / fp32[0] < 0.01 and r["against_first"][0]["max_rel_diff"] > 0
     for losses in (fp32, bf16):
         assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+@pytest.mark.slow
+def test_precision_study_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/precision_study.sh --tiny: data, training, the tests in fp32 / bf16 / fp16 (CPU
+    autocast) and the summary, with the few-videos warning."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, WORK=str(tmp_path / "w"), RESULTS=str(tmp_path / "r"), TPN=f"{sys.executable} -m tpn.cli",
+               PYTHONPATH=os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(["bash", "benchmarks/precision_study.sh", "--tiny"], cwd=repo, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads((tmp_path / "r" / "precision_summary.json").read_text())
+    assert list(s["runs"]) == ["fp32", "bf16", "fp16", "auto"] and s["reference"] == "fp32"
+    assert all(r["videos"] == 8 for r in s["runs"].values()) and "use >= 200 videos" in s["warning"]
+    assert s["runs"]["bf16"]["max_abs_diff_mean_softmax"] > 0 and s["runs"]["auto"]["max_abs_diff_mean_softmax"] < 1e-6
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {
+        "precision_summary.json", "predictions_fp32.csv", "predictions_bf16.csv", "predictions_fp16.csv",
+        "train_metrics.jsonl"}
