@@ -10,12 +10,13 @@ Parts run in the order given (put slow compiles, e.g. `+cdt`, last).
 
     python benchmarks/bench_gpu.py --parts tpn_train,tpn_test,peer_train,peer_test --out results.json
 
-Issue 18's comparison in one device call (one H100, about 9 minutes; carry .peer; the `+cdt`
-tuning runs at the first step and may not finish in the time left; what was measured is kept):
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl && \
-    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 benchmarks/bench_gpu.py \
-      --parts peer_train,peer_test,tpn_test,tpn_train --peer-train 32:amp_fp16,64:amp_fp16,32:plain_cl_compile \
-      --test bf16_cl_cg_fold --train 32:bf16_cl_compile,128:bf16_cl_cg,32:bf16_cl_compile_cp1,32:bf16_cl_compile_cdt \
+Issue 18's comparison in one device call (one H100; carry .peer; not run yet: the parts before
+`+cdt` are estimated at 6 minutes, and its tuning runs at its first step and may not finish in the
+time left; what was measured is kept):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl && \\
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && timeout 540 python3 benchmarks/bench_gpu.py \\
+      --parts peer_train,peer_test,tpn_test,tpn_train --peer-train 32:amp_fp16,64:amp_fp16,32:plain_cl_compile \\
+      --test bf16_cl_cg_fold --train 32:bf16_cl_compile,128:bf16_cl_cg,32:bf16_cl_compile_cp1,32:bf16_cl_compile_cdt \\
       --out $OUT/bench_gpu.json
 """
 from __future__ import annotations

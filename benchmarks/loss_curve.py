@@ -11,10 +11,11 @@ kernels), the yardstick for the others. --out is rewritten after every run.
 Clips: --clips videos of the synthetic tempo classes (tpn.data.synthetic.render: a learnable
 task, real pixels), 8 frames every 8th (the 8x8 geometry) at --size x --size, uint8 on the device.
 
-Issue 18's curves (one H100, one device call, about 9 minutes; the +cdt tuning runs at the lever's
-first step and takes minutes; the repeat of the reference reuses inductor's cache):
-    export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 && python3 benchmarks/loss_curve.py \\
-      --modes bf16_cl_compile,bf16_cl_compile_cdt,bf16_cl_compile --out $OUT/loss_curves.json
+Issue 18's curves (one H100, one device call; not run yet, estimated to fit 9 minutes; the repeat
+of the reference reuses inductor's cache; the +cdt tuning runs at the lever's first step and may
+take minutes, so it comes last, and --out keeps the runs before it):
+    export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 && timeout 540 python3 benchmarks/loss_curve.py \\
+      --modes bf16_cl_compile,bf16_cl_compile,bf16_cl_compile_cdt --out $OUT/loss_curves.json
 On CPU (a check of the script): --device cpu --config tpn_tiny_synth --size 32 --batch 4 --clips 8
 --steps 5 --modes fp32,bf16 (bf16 through CPU autocast).
 """
@@ -108,7 +109,7 @@ def summary(args, runs: list[dict], env: dict) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modes", default="bf16_cl_compile,bf16_cl_compile_cdt,bf16_cl_compile",
+    ap.add_argument("--modes", default="bf16_cl_compile,bf16_cl_compile,bf16_cl_compile_cdt",
                     help="bench_gpu mode names, the reference first (repeat it for the run-to-run difference)")
     ap.add_argument("--config", default="tpn_r50_8x8_k400")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")

@@ -10,10 +10,10 @@
 # folded, weights held in bf16 / fp16 (the default test path is bf16); bf16_compiled = bf16 folded
 # + torch.compile, as the shipped Kinetics configs test. "auto" = tempo_hard.sh's own test run (the
 # config's default execution). No fp8 path exists in tpn, so none is scored.
-# One H100, one device call (about 6 minutes; what it measured lies in $OUT):
+# One H100, one device call (not run yet, estimated at 5-7 minutes; what it measured lies in $OUT):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/av-*.whl && \
 #   export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && TPN="python3 -m tpn.cli" WORK=/tmp/prec \
-#   RESULTS=$OUT bash benchmarks/precision_study.sh 2>&1 | tee $OUT/precision_study.log       (carry .whl)
+#   RESULTS=$OUT timeout 540 bash benchmarks/precision_study.sh 2>&1 | tee $OUT/precision_study.log       (carry .whl)
 #   bash benchmarks/precision_study.sh --tiny     # CPU, a few minutes: checks the pipeline only
 # Env: WORK (data and runs), RESULTS (summary, per-video predictions, log: small files only), WORKERS,
 # EPOCHS, TVPC (test videos a class), PRECISIONS, TPN (the command), and tempo_hard.sh's.
