@@ -4,10 +4,20 @@ Training: clips/s of a full step (forward with aux head + backward + clip-grad +
 8x224x224 uint8 clips already on the GPU (normalised inside the step), and peak memory.
 Test: videos/s of the 30-view protocol (10 clips x 3 crops of 8x256x256).
 The peer is driven by its own harness (../shared/peer/mmaction2_tpn_bench.py, copied into
-.peer/ and carried to the device). One JSON line per measurement on stdout; all lines are
-also written to --out.
+.peer/ and carried to the device). One JSON line per measurement on stdout; after each one,
+--out holds every record so far and `ratios` (see `ratios`), so a run cut short keeps its results.
+Parts run in the order given (put slow compiles, e.g. `+cdt`, last).
 
     python benchmarks/bench_gpu.py --parts tpn_train,tpn_test,peer_train,peer_test --out results.json
+
+Issue 18's comparison in one device call (one H100; carry .peer; not run yet: the parts before
+`+cdt` are estimated at 6 minutes, and its tuning runs at its first step and may not finish in the
+time left; what was measured is kept):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl && \\
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && timeout 540 python3 benchmarks/bench_gpu.py \\
+      --parts peer_train,peer_test,tpn_test,tpn_train --peer-train 32:amp_fp16,64:amp_fp16,32:plain_cl_compile \\
+      --test bf16_cl_cg_fold --train 32:bf16_cl_compile,128:bf16_cl_cg,32:bf16_cl_compile_cp1,32:bf16_cl_compile_cdt \\
+      --out $OUT/bench_gpu.json
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step, also when imported as benchmarks.bench_gpu
 
 from tpn.config import load_config  # noqa: E402
 from tpn.accel import Execution, make_eval_forward  # noqa: E402
@@ -32,18 +43,24 @@ from train_step import make_train_step  # noqa: E402
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 RESULTS: list[dict] = []
+OUT_PATH: list[Path] = []  # --out, rewritten after every record
 
 
 def emit(**rec) -> None:
     RESULTS.append(rec)
     print(json.dumps(rec), flush=True)
+    if OUT_PATH:
+        OUT_PATH[0].write_text(json.dumps({"results": RESULTS, "ratios": ratios(RESULTS)}, indent=1))
 
 
 def sync() -> None:
     torch.cuda.synchronize()
 
 
-def timed(fn, steps: int, warmup: int) -> tuple[float, float]:
+def timed(fn, steps: int, warmup: int) -> tuple[float, float, float]:
+    """(seconds for `steps` calls after `warmup`, their peak allocated GB, peak reserved GB).
+    Under CUDA graphs the replayed steps allocate nothing: their working memory is reserved by
+    the graph pool, so for those modes the reserved peak is the one that bounds the footprint."""
     for _ in range(warmup):
         fn()
     sync()
@@ -52,16 +69,18 @@ def timed(fn, steps: int, warmup: int) -> tuple[float, float]:
     for _ in range(steps):
         fn()
     sync()
-    return time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**30
+    return time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
 def execution(mode: str) -> Execution:
     """Mode names: fp32 | bf16, +cl (channels_last_3d), +compile, +cg (compile with CUDA graphs),
+    +cdt (with compile: inductor's coordinate-descent tuning, train.inductor_tuning),
     +cp1 (activation checkpointing of stage 1), +fold (BN folded into convs, test only; the folded
     weights held in bf16 unless +fp32w), +pad4/+pad8 (model.backbone.stem_pad_channels), +s2d
     (model.backbone.stem_2d)."""
-    return Execution(torch.bfloat16 if "bf16" in mode else None, "cl" in mode,
-                     "reduce-overhead" if "cg" in mode else ("compile" in mode))
+    compile_ = "reduce-overhead" if "cg" in mode else ("compile" in mode)
+    return Execution(torch.bfloat16 if "bf16" in mode else None, "cl" in mode, compile_,
+                     inductor_tuning=bool(compile_) and "cdt" in mode)
 
 
 def model_overrides(mode: str) -> list[str]:
@@ -78,13 +97,16 @@ def tpn_train(batch: int, mode: str, steps: int) -> dict:
     step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train, lr=0.01)
     x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
     labels = torch.arange(batch, device="cuda") % 400
+    torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     step(x8, labels)
     sync()
     first = time.perf_counter() - t0
-    dt, mem = timed(lambda: step(x8, labels), steps, warmup=3 if ex.compile else 2)
+    first_mem = torch.cuda.max_memory_allocated() / 2**30  # compilation, tuning, graph recording
+    dt, mem, reserved = timed(lambda: step(x8, labels), steps, warmup=3 if ex.compile else 2)
     return dict(clips_per_s=batch * steps / dt, step_ms=1000 * dt / steps, peak_mem_gb=mem,
-                mem_per_clip_gb=mem / batch, first_step_s=first)
+                mem_per_clip_gb=mem / batch, peak_reserved_gb=reserved, reserved_per_clip_gb=reserved / batch,
+                first_step_peak_mem_gb=first_mem, first_step_s=first)
 
 
 @torch.no_grad()
@@ -100,8 +122,8 @@ def tpn_test(videos: int, mode: str, reps: int) -> dict:
         return F.softmax(logits.float(), -1).view(videos, 30, -1).mean(1)
 
     run()
-    dt, mem = timed(run, reps, warmup=1)
-    return dict(videos_per_s=videos * reps / dt, peak_mem_gb=mem)
+    dt, mem, reserved = timed(run, reps, warmup=1)
+    return dict(videos_per_s=videos * reps / dt, peak_mem_gb=mem, peak_reserved_gb=reserved)
 
 
 def load_peer():
@@ -112,9 +134,106 @@ def load_peer():
     return peer, model.cuda()
 
 
+PEER_OWN_STEP = ("fp32", "amp_fp16", "amp_bf16")  # mmaction2's own train_step; plain_* run in our loop
+
+
+def _best(records: list[dict], kind: str, impl: str, key: str, batch: int | None = None,
+          modes: tuple[str, ...] | None = None) -> dict | None:
+    found = [r for r in records if r.get("kind") == kind and r.get("impl") == impl and r.get(key)
+             and (batch is None or r.get("batch") == batch) and (modes is None or r.get("mode") in modes)]
+    return max(found, key=lambda r: r[key]) if found else None
+
+
+def _ratio(a: dict | None, b: dict | None, key: str) -> dict | None:
+    if not (a and b):
+        return None
+    side = lambda r: {k: r[k] for k in ("mode", "batch", key) if k in r}  # noqa: E731
+    return {"ratio": round(a[key] / b[key], 3), "tpn": side(a), "mmaction2": side(b)}
+
+
+def ratios(records: list[dict]) -> dict:
+    """tpn / mmaction2 from the records so far (a ratio with a side not measured is left out):
+    training (best clips/s of tpn, any batch and mode, over mmaction2's best through its own
+    train_step), compiled_loop_b32 (tpn's best at batch 32 over mmaction2's model in our compiled
+    bf16 loop, plain_cl_compile, at batch 32), compiled_loop_b32_same_mode (tpn bf16_cl_compile
+    over the same), test30 (best videos/s over best), and per tpn mode at batch 32 its memory per
+    clip over mmaction2 AMP fp16's at batch 32: steady peak allocated, and reserved (the bound
+    under CUDA graphs, whose replays allocate nothing); mmaction2's peak spans its warm-up steps."""
+    out = {
+        "training": _ratio(_best(records, "train", "tpn", "clips_per_s"),
+                           _best(records, "train", "mmaction2", "clips_per_s", modes=PEER_OWN_STEP), "clips_per_s"),
+        "compiled_loop_b32": _ratio(_best(records, "train", "tpn", "clips_per_s", batch=32),
+                                    _best(records, "train", "mmaction2", "clips_per_s", 32, ("plain_cl_compile",)),
+                                    "clips_per_s"),
+        "compiled_loop_b32_same_mode": _ratio(
+            _best(records, "train", "tpn", "clips_per_s", 32, ("bf16_cl_compile",)),
+            _best(records, "train", "mmaction2", "clips_per_s", 32, ("plain_cl_compile",)), "clips_per_s"),
+        "test30": _ratio(_best(records, "test30", "tpn", "videos_per_s"),
+                         _best(records, "test30", "mmaction2", "videos_per_s"), "videos_per_s"),
+    }
+    peer = _best(records, "train", "mmaction2", "mem_per_clip_gb", 32, ("amp_fp16",))
+    memory = {r["mode"]: {"allocated": round(r["mem_per_clip_gb"] / peer["mem_per_clip_gb"], 3),
+                          "reserved": round(r["reserved_per_clip_gb"] / peer["mem_per_clip_gb"], 3),
+                          "clips_per_s": r["clips_per_s"]}
+              for r in records if peer and r.get("kind") == "train" and r.get("impl") == "tpn"
+              and r.get("batch") == 32 and r.get("mem_per_clip_gb")}
+    if memory:
+        out["memory_per_clip_b32_vs_mmaction2_amp"] = {"mmaction2_gb": peer["mem_per_clip_gb"], **memory}
+    return {k: v for k, v in out.items() if v}
+
+
+def guarded(fn, *args, **kw) -> dict:
+    """fn's result, or its error as a result; the start time goes to stderr (a run cut short shows
+    what it was measuring)."""
+    shown = [a for a in args if isinstance(a, (int, str))]
+    print(f"{time.strftime('%H:%M:%S')} start {fn.__name__} {shown}", file=sys.stderr, flush=True)
+    try:
+        return fn(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - an OOM at a big batch is a result too
+        return dict(error=repr(e)[:300])
+    finally:
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+
+def peer_train(peer, pmodel, batch: int, mode: str, steps: int) -> dict:
+    if mode.startswith("plain"):
+        r = peer.bench_manual(pmodel, batch, steps=steps, warmup=8 if "compile" in mode else 5, dev="cuda",
+                              channels_last=True, compile_="compile" in mode)
+    else:
+        r = peer.bench_train(pmodel, batch, mode, steps=steps, warmup=5, dev="cuda")
+    r["mem_per_clip_gb"] = r["peak_mem_gb"] / batch if r.get("peak_mem_gb") else None
+    return r
+
+
+def run_part(part: str, args, peer_state: list) -> None:
+    if part == "tpn_train":
+        for item in args.train.split(","):
+            b, mode = item.split(":")
+            emit(kind="train", impl="tpn", batch=int(b), mode=mode, **guarded(tpn_train, int(b), mode, args.steps))
+    elif part == "tpn_test":
+        for mode in args.test.split(","):
+            emit(kind="test30", impl="tpn", videos=2, mode=mode, **guarded(tpn_test, 2, mode, reps=5))
+    elif part in ("peer_train", "peer_test"):
+        if not peer_state:
+            peer_state.extend(load_peer())
+        peer, pmodel = peer_state
+        if part == "peer_train":
+            for item in args.peer_train.split(","):
+                b, mode = item.split(":")
+                emit(kind="train", impl="mmaction2", batch=int(b), mode=mode,
+                     **guarded(peer_train, peer, pmodel, int(b), mode, args.steps))
+        else:
+            for mode in args.peer_test.split(","):
+                emit(kind="test30", impl="mmaction2", videos=2, mode=mode,
+                     **guarded(peer.bench_test, pmodel, 2, mode, reps=5, dev="cuda"))
+    else:
+        raise SystemExit(f"--parts: unknown part {part!r} (tpn_train, tpn_test, peer_train, peer_test)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="tpn_train,tpn_test,peer_train,peer_test")
+    ap.add_argument("--parts", default="tpn_train,tpn_test,peer_train,peer_test", help="run in this order")
     ap.add_argument("--train", default="8:fp32,8:bf16_cl,32:fp32,32:bf16_cl,32:bf16_cl_compile,64:bf16_cl_compile",
                     help="batch:mode pairs for tpn")
     ap.add_argument("--peer-train", default="8:amp_fp16,32:amp_fp16,64:amp_fp16",
@@ -124,57 +243,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="bench_gpu.json")
     args = ap.parse_args()
-    parts = set(args.parts.split(","))
+    OUT_PATH.append(Path(args.out))
     torch.backends.cudnn.benchmark = True
     cfg = load_config("tpn_r50_8x8_k400")
     info = measure(cfg)
     emit(kind="env", gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
          cudnn=torch.backends.cudnn.version(), date=time.strftime("%Y-%m-%d"),
-         tpn_params=info["params_total"], fwd_flops_per_view_224=info["flops"])
-    if "tpn_train" in parts:
-        for item in args.train.split(","):
-            b, mode = item.split(":")
-            try:
-                r = tpn_train(int(b), mode, args.steps)
-            except Exception as e:  # noqa: BLE001 - an OOM at a big batch is a result too
-                r = dict(error=repr(e)[:300])
-            torch.cuda.empty_cache()
-            torch._dynamo.reset()
-            emit(kind="train", impl="tpn", batch=int(b), mode=mode, **r)
-    if "tpn_test" in parts:
-        for mode in args.test.split(","):
-            try:
-                r = tpn_test(2, mode, reps=5)
-            except Exception as e:  # noqa: BLE001
-                r = dict(error=repr(e)[:300])
-            torch.cuda.empty_cache()
-            torch._dynamo.reset()
-            emit(kind="test30", impl="tpn", videos=2, mode=mode, **r)
-    if parts & {"peer_train", "peer_test"}:
-        peer, pmodel = load_peer()
-        if "peer_train" in parts:
-            for item in args.peer_train.split(","):
-                b, mode = item.split(":")
-                try:
-                    if mode.startswith("plain"):
-                        r = peer.bench_manual(pmodel, int(b), steps=args.steps, warmup=8 if "compile" in mode else 5,
-                                              dev="cuda", channels_last=True, compile_="compile" in mode)
-                    else:
-                        r = peer.bench_train(pmodel, int(b), mode, steps=args.steps, warmup=5, dev="cuda")
-                    r["mem_per_clip_gb"] = r["peak_mem_gb"] / int(b) if r.get("peak_mem_gb") else None
-                except Exception as e:  # noqa: BLE001
-                    r = dict(error=repr(e)[:300])
-                torch.cuda.empty_cache()
-                emit(kind="train", impl="mmaction2", batch=int(b), mode=mode, **r)
-        if "peer_test" in parts:
-            for mode in args.peer_test.split(","):
-                try:
-                    r = peer.bench_test(pmodel, 2, mode, reps=5, dev="cuda")
-                except Exception as e:  # noqa: BLE001
-                    r = dict(error=repr(e)[:300])
-                torch.cuda.empty_cache()
-                emit(kind="test30", impl="mmaction2", videos=2, mode=mode, **r)
-    Path(args.out).write_text(json.dumps(RESULTS, indent=1))
+         tpn_params=info["params_total"], fwd_flops_per_view_224=info["flops"], command=" ".join(sys.argv))
+    peer_state: list = []
+    for part in args.parts.split(","):
+        run_part(part, args, peer_state)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark scripts' library parts, run small on the CPU: the data-loader and check
 benchmarks end to end and the benchmarks' training step."""
+import pytest
 import torch
 
 from benchmarks.bench_check import run as run_check
@@ -89,3 +90,138 @@ def test_nvdec_probe_nv12_conversion_matches_pyav_rgb(tmp_path):
     d601 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv).numpy() - ref)
     d709 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv, "bt709").numpy() - ref)
     assert d601.max() <= 3 and d601.mean() < 1.5 and d709.mean() > 3 * d601.mean()
+
+
+def write_test_report(folder, probs, labels, names=("a", "b", "c"), unreadable=()):
+    """A `tpn test --view-scores` folder: view_scores.npy [videos, 2 views, classes], predictions.json
+    (top-1 of the view average, correct) and metrics.json, as run_test writes them."""
+    import json
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    views = np.asarray(probs, np.float32)
+    avg = views.mean(1)
+    rows = []
+    for i, (p, label) in enumerate(zip(avg, labels)):
+        ok = i not in unreadable
+        pred = names[int(p.argmax())] if ok else None
+        rows.append({"index": i, "path": f"v{i}.mp4", "label": names[label], "readable": ok, "prediction": pred,
+                     "correct": (int(p.argmax()) == label) if ok else None})
+        if not ok:
+            views[i] = np.nan
+    np.save(folder / "view_scores.npy", views)
+    (folder / "predictions.json").write_text(json.dumps(rows))
+    correct = [r["correct"] for r in rows if r["readable"]]
+    (folder / "metrics.json").write_text(json.dumps({"top1": sum(correct) / len(correct)}))
+
+
+def test_precision_summary_counts_the_videos_whose_top1_differs(tmp_path):
+    import numpy as np
+
+    from benchmarks.precision_summary import main, summarise
+
+    ref = [[[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],  # avg a (margin 0.2)
+           [[0.2, 0.7, 0.1], [0.2, 0.7, 0.1]],  # b
+           [[0.1, 0.2, 0.7], [0.1, 0.2, 0.7]],  # c
+           [[0.34, 0.33, 0.33], [0.34, 0.33, 0.33]],  # a by 0.01: the near tie that flips
+           [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]]]  # unreadable in the other run: left out of both
+    low = np.array(ref)
+    low[3] = [[0.32, 0.35, 0.33], [0.32, 0.35, 0.33]]  # now b
+    low[0] += [[-0.01, 0.01, 0], [0, 0, 0]]  # a, 0.005 lower in the average
+    labels = [0, 1, 2, 0, 1]
+    write_test_report(tmp_path / "fp32", ref, labels)
+    write_test_report(tmp_path / "bf16", low, labels, unreadable=(4,))
+    s = summarise([("fp32", tmp_path / "fp32"), ("bf16", tmp_path / "bf16")])
+    r = s["runs"]["bf16"]
+    assert r["videos"] == 4 and r["top1"] == 0.75 and s["runs"]["fp32"]["top1"] == 1.0
+    assert r["top1_equal_to_fp32"] == 0.75 and r["videos_differing"] == 1 and not r["meets_99.5%"]
+    assert r["differing"] == [{"path": "v3.mp4", "label": "a", "fp32": "a", "prediction": "b",
+                               "fp32_top1_minus_top2": pytest.approx(0.01, abs=1e-6)}]
+    assert r["max_abs_diff_mean_softmax"] == pytest.approx(0.02, abs=1e-6)
+    assert r["mean_abs_diff_mean_softmax"] == pytest.approx((0.005 * 2 + 0.02 + 0.02 + 0) / 12, abs=1e-6)
+    assert s["runs"]["fp32"]["top1_equal_to_fp32"] == 1.0 and s["runs"]["fp32"]["max_abs_diff_mean_softmax"] == 0
+    assert "use >= 200 videos" in s["warning"]
+    assert main([f"fp32={tmp_path / 'fp32'}", f"bf16={tmp_path / 'bf16'}", "--out", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.json").read_text().count('"videos_differing": 1') == 1
+    with pytest.raises(SystemExit, match=r"nope/predictions.json: not found"):
+        summarise([("fp32", tmp_path / "fp32"), ("x", tmp_path / "nope")])
+    write_test_report(tmp_path / "other", ref[:4], labels[:4])
+    with pytest.raises(SystemExit, match=r"other/predictions.json: not the videos of the fp32 run"):
+        summarise([("fp32", tmp_path / "fp32"), ("x", tmp_path / "other")])
+
+
+def test_bench_gpu_ratios_and_the_tuning_mode():
+    """bench_gpu's `ratios` from its own records (numbers of the shape it writes), and its mode
+    names: +cdt turns on inductor's coordinate-descent tuning only where the mode compiles."""
+    from benchmarks.bench_gpu import execution, ratios
+
+    def train(impl, batch, mode, clips, mem=None, reserved=None):
+        r = dict(kind="train", impl=impl, batch=batch, mode=mode, clips_per_s=clips)
+        if mem:
+            r.update(mem_per_clip_gb=mem, reserved_per_clip_gb=reserved or mem)
+        return r
+
+    records = [dict(kind="env"), train("tpn", 32, "bf16_cl_compile", 560.0, 0.36, 0.40),
+               train("tpn", 128, "bf16_cl_cg", 620.0, 0.01, 0.40), train("tpn", 32, "bf16_cl_compile_cdt", 600.0, 0.30, 0.33),
+               dict(kind="train", impl="tpn", batch=256, mode="bf16_cl_cg", error="OOM"),
+               train("mmaction2", 32, "amp_fp16", 270.0, 0.40), train("mmaction2", 64, "amp_fp16", 300.0, 0.39),
+               train("mmaction2", 32, "plain_cl_compile", 500.0, 0.36),
+               dict(kind="test30", impl="tpn", mode="bf16_cl_cg_fold", videos_per_s=62.0),
+               dict(kind="test30", impl="mmaction2", mode="amp_fp16", videos_per_s=31.0)]
+    r = ratios(records)
+    assert r["training"]["ratio"] == pytest.approx(620 / 300, abs=1e-3)  # the peer's own step, not our loop's 500
+    assert r["training"]["tpn"] == {"mode": "bf16_cl_cg", "batch": 128, "clips_per_s": 620.0}
+    assert r["compiled_loop_b32"]["ratio"] == 1.2 and r["compiled_loop_b32"]["tpn"]["mode"] == "bf16_cl_compile_cdt"
+    assert r["compiled_loop_b32_same_mode"]["ratio"] == 1.12
+    assert r["test30"]["ratio"] == 2.0
+    mem = r["memory_per_clip_b32_vs_mmaction2_amp"]
+    assert mem["mmaction2_gb"] == 0.40 and set(mem) == {"mmaction2_gb", "bf16_cl_compile", "bf16_cl_compile_cdt"}
+    assert mem["bf16_cl_compile_cdt"] == {"allocated": 0.75, "reserved": 0.825, "clips_per_s": 600.0}
+    assert ratios(records[:4]) == {}  # no mmaction2 side: no ratio
+    assert execution("bf16_cl_compile_cdt").inductor_tuning and execution("bf16_cl_cg_cdt").compile == "reduce-overhead"
+    assert not execution("bf16_cl_cdt").inductor_tuning and not execution("bf16_cl_compile").inductor_tuning
+
+
+def test_loss_curve_compares_modes_from_the_same_start(tmp_path):
+    """benchmarks/loss_curve.py on the CPU with the tiny config: the same seed and clips give the
+    fp32 curve bit for bit again; bf16 (CPU autocast) starts from the same weights and differs by
+    rounding; both learn the fixed synthetic clips."""
+    import json
+
+    from benchmarks.loss_curve import main
+
+    out = tmp_path / "curves.json"
+    r = main(["--device", "cpu", "--config", "tpn_tiny_synth", "--size", "32", "--batch", "4", "--clips", "8",
+              "--classes", "4", "--steps", "20", "--modes", "fp32,bf16,fp32", "--out", str(out)])
+    assert json.loads(out.read_text()) == r
+    fp32, bf16, again = (run["losses"] for run in r["runs"])
+    assert len(fp32) == 20 and fp32 == again and r["against_first"][1]["max_rel_diff"] == 0.0
+    assert abs(bf16[0] - fp32[0]) / fp32[0] < 0.01 and r["against_first"][0]["max_rel_diff"] > 0
+    for losses in (fp32, bf16):
+        assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+@pytest.mark.slow
+def test_precision_study_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/precision_study.sh --tiny: data, training, the tests in fp32 / bf16 / fp16 (CPU
+    autocast) and the summary, with the few-videos warning."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, WORK=str(tmp_path / "w"), RESULTS=str(tmp_path / "r"), TPN=f"{sys.executable} -m tpn.cli",
+               PYTHONPATH=os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(["bash", "benchmarks/precision_study.sh", "--tiny"], cwd=repo, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads((tmp_path / "r" / "precision_summary.json").read_text())
+    assert list(s["runs"]) == ["fp32", "bf16", "fp16", "auto"] and s["reference"] == "fp32"
+    assert all(r["videos"] == 8 for r in s["runs"].values()) and "use >= 200 videos" in s["warning"]
+    assert s["runs"]["bf16"]["max_abs_diff_mean_softmax"] > 0 and s["runs"]["auto"]["max_abs_diff_mean_softmax"] < 1e-6
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {
+        "precision_summary.json", "predictions_fp32.csv", "predictions_bf16.csv", "predictions_fp16.csv",
+        "train_metrics.jsonl"}

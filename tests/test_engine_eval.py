@@ -202,3 +202,43 @@ def test_test_report_is_a_real_csv_and_predicts_nothing_for_unreadable_videos(te
     skipped = json.loads((tmp_path / "test" / "metrics.json").read_text())["skipped_videos"]
     assert skipped == [{"path": str(tmp_path / "text.mp4"), "error": rows[1]["error"]},
                        {"path": str(tmp_path / "missing.mp4"), "error": "file not found"}]
+
+
+def test_precision_switch_sets_the_arithmetic_of_test_and_predict(tempo_data, tmp_path):  # noqa: F811
+    """`test.precision` / `--precision`: fp32 is the CPU default bit for bit; bf16 and fp16 run
+    CPU autocast and change the scores by rounding only."""
+    from tpn.checkpoint import save_atomic
+    from tpn.engine.evaluate import run_test
+    from tpn.models.build import build_model
+
+    cfg = tiny_cfg(tempo_data, ["data.num_workers=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.normal_(0, 0.1)
+    ckpt = tmp_path / "toy.pth"
+    save_atomic({"format": "tpn", "state_dict": model.state_dict()}, ckpt)
+    scores = {}
+    for p in ("auto", "fp32", "bf16", "fp16"):
+        run_test(tiny_cfg(tempo_data, ["data.num_workers=0", f"test.precision={p}"]), ckpt, tmp_path / p,
+                 views="1x3", device="cpu", progress=False, view_scores="tpn")
+        scores[p] = np.load(tmp_path / p / "view_scores.npy")
+    assert np.array_equal(scores["auto"], scores["fp32"])
+    for p in ("bf16", "fp16"):
+        diff = np.abs(scores[p] - scores["fp32"]).max()
+        assert 0 < diff < 0.05, (p, diff)
+    assert np.abs(scores["bf16"] - scores["fp32"]).max() > np.abs(scores["fp16"] - scores["fp32"]).max()
+    out = cli("test", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--work-dir", str(tmp_path / "cli"), "--views",
+              "1x3", "--device", "cpu", "--view-scores", "tpn", "--precision", "bf16",
+              *sets(TINY + data_overrides(tempo_data) + ["data.num_workers=0", "test.precision=fp32"]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert np.array_equal(np.load(tmp_path / "cli" / "view_scores.npy"), scores["bf16"])  # the flag wins over --set
+    video = str(tempo_data / json.loads((tmp_path / "fp32" / "predictions.json").read_text())[0]["path"])
+    top = {}
+    for p in ("fp32", "bf16"):
+        out = cli("predict", video, "--config", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--json", "--views",
+                  "1x3", "--device", "cpu", "--precision", p, *sets(TINY + data_overrides(tempo_data)))
+        assert out.returncode == 0, out.stderr[-2000:]
+        top[p] = json.loads(out.stdout)[0]["top"][0]["score"]
+    assert top["fp32"] != top["bf16"] and abs(top["fp32"] - top["bf16"]) < 0.05

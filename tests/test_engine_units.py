@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tpn.checkpoint import CheckpointError, save_atomic
-from tpn.config import load_config
+from tpn.config import ConfigError, load_config
 from tpn.engine.checkpoint import find_resume, rng_state, set_rng_state
 from tpn.engine.distributed import ShardedSampler
 from tpn.engine.evaluate import metrics, parse_views
@@ -154,3 +154,30 @@ def test_rate_text_keeps_slow_rates_readable():
     assert rate_text(8, 41.3, "videos") == "8 videos in 41.3 s, 0.194 videos/s"
     assert rate_text(720, 11.6, "videos") == "720 videos in 11.6 s, 62.1 videos/s"
     assert rate_text(20000, 4.0, "clips") == "20000 clips in 4.0 s, 5000 clips/s"
+
+
+def test_precision_and_inductor_tuning_switches():
+    """test.precision picks the autocast dtype on any device (auto: the training execution's);
+    train.inductor_tuning adds coordinate-descent tuning to the compile mode's inductor options."""
+    from tpn.accel import Execution, compile_options, execution
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device names only: nothing runs
+    t = load_config("tpn_tiny_synth").train
+    assert execution(t, cuda, precision="fp32") == Execution(None, True, False)
+    assert execution(t, cuda, precision="fp16").amp == torch.float16
+    assert execution(t, cpu, precision="bf16") == Execution(torch.bfloat16)  # CPU autocast, no layout change
+    assert execution(t, cpu, precision="auto") == Execution()
+    assert load_config("tpn_tiny_synth", ["test.precision=fp32"]).test.precision == "fp32"
+    with pytest.raises(ConfigError, match="test.precision"):
+        load_config("tpn_tiny_synth", ["test.precision=fp8"])
+    tuned = load_config("tpn_tiny_synth", ["train.compile=true", "train.inductor_tuning=true",
+                                           "train.compile_mode=reduce-overhead"]).train
+    assert execution(tuned, cuda) == Execution(torch.bfloat16, True, "reduce-overhead", True)
+    assert execution(tuned, cuda, compile_model=False).inductor_tuning is False  # tuning needs compile
+    assert execution(tuned, cpu) == Execution()
+    assert compile_options(execution(tuned, cuda)) == {
+        "options": {"triton.cudagraphs": True, "coordinate_descent_tuning": True}}
+    assert compile_options(Execution(compile=True, inductor_tuning=True)) == {
+        "options": {"coordinate_descent_tuning": True}}
+    assert compile_options(Execution(compile="reduce-overhead")) == {"mode": "reduce-overhead"}
+    assert compile_options(Execution(compile=True)) == {"mode": None}

@@ -1,7 +1,7 @@
 """Fast execution on a GPU, the one place for its policy: uint8 clips in, normalisation,
-mixed precision (bf16, or fp16 with loss scaling), channels_last_3d and torch.compile,
-shared by the training engine, testing and benchmarks (`benchmarks/train_step.py` builds a
-benchmark's training step on it).
+mixed precision (bf16, or fp16 with loss scaling), channels_last_3d and torch.compile (with
+inductor's kernel tuning as an option), shared by the training engine, testing and benchmarks
+(`benchmarks/train_step.py` builds a benchmark's training step on it).
 
 Clips travel host -> device as uint8 (4x fewer bytes than float32); normalisation happens
 on the device, inside the compiled graph, where it fuses with the layout change.
@@ -19,16 +19,20 @@ from tpn.data.transforms import normalize
 from tpn.models.layers import fold_batchnorm
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # test.precision / --precision
 
 
 @dataclass(frozen=True)
 class Execution:
     """How a model runs: autocast dtype (None: fp32), channels_last_3d, torch.compile (False,
-    True or a mode such as "reduce-overhead", which adds CUDA graphs)."""
+    True or a mode such as "reduce-overhead", which adds CUDA graphs), and with compile,
+    `inductor_tuning`: coordinate-descent tuning of the Triton kernels inductor generates (the
+    BatchNorm statistics, normalisation and ReLU kernels), benchmarked on the GPU at their first run."""
 
     amp: torch.dtype | None = None
     channels_last: bool = False
     compile: bool | str = False
+    inductor_tuning: bool = False
 
     @property
     def loss_scaling(self) -> bool:
@@ -36,14 +40,37 @@ class Execution:
         return self.amp == torch.float16
 
 
-def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool = True) -> Execution:
-    """The config's execution on `device`: autocast, channels_last_3d and compile on CUDA; fp32 on CPU."""
-    if device.type != "cuda":
-        return Execution()
+def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool = True,
+              precision: str = "auto") -> Execution:
+    """The config's execution on `device`: autocast, channels_last_3d and compile on CUDA; fp32 on CPU.
+
+    `precision` ("fp32", "bf16", "fp16"; `test.precision`) replaces the autocast dtype of
+    `train.amp` / `train.amp_dtype` on any device (on CPU through CPU autocast); "auto" keeps them.
+    """
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    cuda = device.type == "cuda"
+    if precision != "auto":
+        amp = PRECISIONS[precision]
+    else:
+        amp = AMP_DTYPES[train_cfg.amp_dtype] if train_cfg.amp and cuda else None
+    if not cuda:
+        return Execution(amp)
     mode = False
     if train_cfg.compile and compile_model:
         mode = True if train_cfg.compile_mode == "default" else train_cfg.compile_mode
-    return Execution(AMP_DTYPES[train_cfg.amp_dtype] if train_cfg.amp else None, train_cfg.channels_last, mode)
+    return Execution(amp, train_cfg.channels_last, mode, bool(mode) and train_cfg.inductor_tuning)
+
+
+def compile_options(ex: Execution) -> dict:
+    """torch.compile's keyword arguments for `ex`: its mode, or, with `inductor_tuning`, the mode's
+    inductor options plus coordinate-descent tuning (torch.compile takes a mode or options, not both)."""
+    mode = ex.compile if isinstance(ex.compile, str) else None
+    if not ex.inductor_tuning:
+        return {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**list_mode_options(mode or "default"), "coordinate_descent_tuning": True}}
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -66,7 +93,7 @@ def make_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float], 
     device = next(model.parameters()).device
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
     std_t = torch.tensor(std, dtype=torch.float32, device=device)
-    amp = ex.amp is not None and device.type == "cuda"
+    amp = ex.amp is not None
     if ex.channels_last:
         to_channels_last(model)
 
@@ -79,8 +106,7 @@ def make_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float], 
     if not ex.compile:
         return forward
     # static shapes: a new batch size recompiles instead of falling back to slower dynamic kernels
-    mode = ex.compile if isinstance(ex.compile, str) else None
-    return torch.compile(forward, mode=mode, dynamic=False)
+    return torch.compile(forward, dynamic=False, **compile_options(ex))
 
 
 def make_eval_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float], ex: Execution = Execution(),

@@ -145,6 +145,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     # reduce-overhead adds CUDA graphs (measured gain: docs/training.md)
+    # with compile on CUDA: coordinate-descent tuning of inductor's generated Triton kernels (BN
+    # statistics, normalisation, ReLU); the tuning runs at their first call and lengthens the warm-up
+    inductor_tuning: bool = False
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     seed: int = 0
@@ -157,6 +160,9 @@ class TrainConfig:
 class TestConfig:
     batch_size: int = 1  # videos per batch (each brings clips x crops views)
     fold_bn: bool = True  # fold BatchNorm into the convs for testing (same numbers, faster)
+    # autocast dtype of test/predict: auto = the training execution's (train.amp, train.amp_dtype on
+    # CUDA; fp32 on CPU); fp32, bf16 or fp16 on any device (tpn test/predict --precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 @dataclass

@@ -25,12 +25,17 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def precision_overrides(args) -> list[str]:
+    """`--set` overrides plus `--precision` (it sets `test.precision`, after any --set)."""
+    return list(args.overrides) + ([f"test.precision={args.precision}"] if args.precision else [])
+
+
 def _cmd_test(args) -> int:
     from tpn.config import load_config
     from tpn.engine.evaluate import run_test
     from tpn.engine.report import rate_text
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, precision_overrides(args))
     out = args.work_dir or f"work_dirs/{cfg.name}/test"
     from tpn.engine.distributed import teardown
 
@@ -51,7 +56,7 @@ def _cmd_predict(args) -> int:
     from tpn.config import load_config
     from tpn.engine.predict import predict_videos
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, precision_overrides(args))
     results = predict_videos(cfg, args.checkpoint, args.videos, topk=args.topk, views=args.views, device=args.device)
     failed = sum("error" in r for r in results)
     if args.json:
@@ -73,6 +78,13 @@ def _cmd_demo(args) -> int:
 
     run_demo(args.out, quick=args.quick, device=args.device, model=args.model)
     return 0
+
+
+def add_precision_option(p) -> None:
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype of the forward, on CUDA or CPU (config key test.precision; default: "
+                        "the training execution's: bf16 on CUDA, fp32 on CPU); fp32 with --set "
+                        "test.fold_bn=false runs the unfolded fp32 model")
 
 
 def add_engine_commands(sub, add_set) -> None:
@@ -97,6 +109,7 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--view-scores", default=None, choices=["tpn", "mmaction2"], metavar="ORDER",
                    help="also write view_scores.npy (softmax per view), views in tpn's order (clip-major) "
                         "or mmaction2's (crop-major: left, right, middle)")
+    add_precision_option(p)
     add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_test)
@@ -111,6 +124,7 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes per video (at most the model's; default 5)")
     p.add_argument("--views", default=None, help="CLIPSxCROPS (default: the config's test views)")
     p.add_argument("--json", action="store_true")
+    add_precision_option(p)
     add_device_option(p)
     add_set(p)
     p.set_defaults(func=_cmd_predict)

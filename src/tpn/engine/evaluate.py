@@ -183,12 +183,13 @@ def with_views(cfg, views: str | None):
 
 def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool = True):
     """(fn(x_uint8 views) -> logits, load info) for `checkpoint` on `device`, with the config's
-    GPU execution (`tpn.accel.execution`) and BatchNorm folded per `test.fold_bn`."""
+    GPU execution (`tpn.accel.execution`) in the autocast dtype of `test.precision` and BatchNorm
+    folded per `test.fold_bn`."""
     model = build_model(cfg)
     info = load_weights(model, checkpoint)
     model = model.to(device).eval()
-    forward = make_eval_forward(model, cfg.data.mean, cfg.data.std, execution(cfg.train, device, compile_model),
-                                fold_bn=cfg.test.fold_bn)
+    ex = execution(cfg.train, device, compile_model, precision=cfg.test.precision)
+    forward = make_eval_forward(model, cfg.data.mean, cfg.data.std, ex, fold_bn=cfg.test.fold_bn)
     return forward, info
 
 
