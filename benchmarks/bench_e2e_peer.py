@@ -1,12 +1,13 @@
 """One-run end-to-end benchmark: tpn against mmaction2 1.2.0 from the same original video files.
 
 Four parts, each its own call (two device calls, because decord and PyNvVideoCodec do not fit
-the 64 MiB carry limit together; `work_dirs/` survives between calls on a warm machine):
+the 64 MiB carry limit together; `work_dirs/` survives between calls on a warm machine, and on a
+fresh one `--part make` writes the same files again: each call records a digest of every set):
 
   make     deterministic video sets under --dir (`tpn.data.synthetic`, 10 classes, --seconds at
            30 fps): x264 preset medium (B-frames, b-pyramid, keyframe interval 250, as most
            Kinetics downloads) at 340x256 and 456x256, x265 medium at 340x256; the
-           `tpn data prepare`d copy of the first set (--prepare); `videos.txt`, `labels.txt`.
+           `tpn data prepare`d copy of the --prepare sets; `videos.txt`, `labels.txt`.
   peer     mmaction2 on each set: its own DataLoader (VideoDataset, decord, its packaged TPN
            train pipeline without ColorJitter, which raises OverflowError under numpy 2) feeding
            its train_step (AMP fp16 through mmengine's AmpOptimWrapper) at each --peer-batches;
@@ -24,12 +25,13 @@ the 64 MiB carry limit together; `work_dirs/` survives between calls on a warm m
 Every measurement is one JSON line appended to --jsonl as soon as it ends (a crash keeps what was
 measured); the same command run again skips what is already there (--redo measures it again),
 so a part cut short by --budget-s continues in the next call. Rates:
-  - `tpn train`: `tail_clips_per_s`, its log windows (metrics.jsonl) over the last --tail of the
-    iterations, after compilation and after the loader's prefetched batches (4 per worker) have
-    mostly been used up; `steady_clips_per_s` is tpn's own figure (all steps after the 5th).
+  - `tpn train`: `clips_per_s` is the rate of its log windows (metrics.jsonl, every --window
+    steps) over the last --tail of the iterations, after compilation and the drain of most of
+    what the loader prefetched (4 batches per worker; the summary flags a run faster than its
+    loader alone); `steady_clips_per_s` is tpn's own figure (every step after the 5th).
   - `tpn test`: two runs of the same command on N and N/4 videos, the larger first, steady
     videos/s = (N - N/4) / (T_N - T_N/4) from the times it prints: start-up and compilation cancel.
-  - mmaction2: the same windows (10 steps, synchronised) over the last --tail of the steps.
+  - mmaction2: windows of --window steps (synchronised) over the last --tail of the steps.
   - loaders alone: after draining what the workers prefetched.
 
     python benchmarks/bench_e2e_peer.py --part make --dir work_dirs/e2e_peer
@@ -212,6 +214,7 @@ def make_set(folder: Path, name: str, videos: int, seconds: float, fps: int, wor
     with VideoReader(root / rel[0]) as r:
         frames, keys = r.num_frames, len(r.keyframes)
     return dict(codec=codec, size=list(size), videos=videos, frames=frames, keyframes_first_video=keys, fps=fps,
+                digest=set_digest(root),
                 preset="medium", mb=round(sum((root / p).stat().st_size for p in rel) / 2**20, 1),
                 make_s=round(time.perf_counter() - t0, 1))
 
@@ -224,7 +227,7 @@ def prepare_set(folder: Path, name: str, workers: int) -> dict:
                  "--workers", str(workers)], out / "prepare.log", timeout=3600)
     (out / "labels.txt").write_text((src / "labels.txt").read_text())
     lines = (out / "videos.txt").read_text().splitlines()
-    return dict(source=name, videos=len(lines), mb=round(sum(p.stat().st_size for p in out.rglob("*.mp4")) / 2**20, 1))
+    return dict(source=name, videos=len(lines), digest=set_digest(out), mb=round(sum(p.stat().st_size for p in out.rglob("*.mp4")) / 2**20, 1))
 
 
 def write_list(set_dir: Path, name: str, lines: int) -> Path:
@@ -237,6 +240,18 @@ def write_list(set_dir: Path, name: str, lines: int) -> Path:
 
 def video_paths(set_dir: Path) -> list[Path]:
     return [set_dir / ln.split()[0] for ln in (set_dir / "videos.txt").read_text().splitlines()]
+
+
+def set_digest(set_dir: Path) -> str | None:
+    """A hash of a set's files (names and bytes): both device calls must read the same videos."""
+    import hashlib
+
+    if not (set_dir / "videos.txt").is_file():
+        return None
+    h = hashlib.sha1()
+    for p in sorted(set(video_paths(set_dir))):
+        h.update(str(p.relative_to(set_dir)).encode() + hashlib.sha1(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 def part_make(args, rec: Recorder) -> None:
@@ -820,7 +835,9 @@ def _set_ratios(out: dict, gpu) -> dict:
 
 
 def summarise(records: list[dict], batch: int = 32, nvdec_fps: float | None = None) -> dict:
-    """The results file: machines, rates, ratios and the targets with their bounds."""
+    """The results file: machines, rates, ratios and the targets with their bounds. Records are
+    taken in time order, so the JSON lines of several calls can be given in any order."""
+    records = sorted(records, key=lambda r: r.get("at", ""))
     latest = latest_records(records)
     machines = {r["part"]: {k: v for k, v in r.items() if k not in ("what", "part")}
                 for r in records if r.get("what") == "machine"}
@@ -841,6 +858,8 @@ def summarise(records: list[dict], batch: int = 32, nvdec_fps: float | None = No
     for s in names:
         res["sets"][s], rows = summarise_set(latest, s, ctx)
         res["targets"] += rows
+    digests = [r.get("files") or {} for r in records if r.get("what") == "machine" and r.get("part") in ("peer", "tpn")]
+    res["same_files_in_all_calls"] = {s: len({d.get(s) for d in digests if d.get(s)}) == 1 for s in names}
     res["notes"] = _notes(res)
     res["errors"] = [{k: r.get(k) for k in ("part", "what", "set", "decoder", "batch", "error")}
                      for r in latest.values() if "error" in r]
@@ -850,6 +869,9 @@ def summarise(records: list[dict], batch: int = 32, nvdec_fps: float | None = No
 def _notes(res: dict) -> list[str]:
     """Consistency checks a reader should see next to the numbers."""
     notes = []
+    for s, same in res["same_files_in_all_calls"].items():
+        if not same:
+            notes.append(f"{s}: the peer and tpn calls read different files (set digests differ)")
     if not res["same_gpu_in_all_parts"]:
         notes.append("the parts ran on different GPUs: ratios across parts compare different machines")
     for s, r in res["sets"].items():
@@ -933,7 +955,8 @@ def main(argv=None) -> None:
         print(f"wrote {out}")
         return
     rec = Recorder(args.jsonl or folder / f"{args.part}.jsonl", args.part, args.budget_s, args.redo, args.only)
-    rec.emit(what="machine", **machine_info(), argv=sys.argv[1:] if argv is None else list(argv))
+    files = {n: set_digest(folder / n) for n in args.sets + [f"{p}_prepared" for p in args.prepare]}
+    rec.emit(what="machine", **machine_info(), argv=sys.argv[1:] if argv is None else list(argv), files=files)
     {"make": part_make, "peer": part_peer, "tpn": part_tpn}[args.part](args, rec)
     rec.close()
 

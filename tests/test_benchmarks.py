@@ -156,6 +156,9 @@ def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
     t = rows["e2e_over_peer", "h264_128x96", "pyav"]
     assert t["met"] and t["bound"] == pytest.approx(min(500.0, cpu) / 250.0, abs=1e-3)
     assert rows["test_over_peer", "h264_128x96", "pyav"]["met"] and not rows["prepared_over_gpu_step", "h264_128x96", "pyav"]["met"]
+    digests = [r["files"] for r in read_jsonl(d / "tpn.jsonl") if r["what"] == "machine"]
+    assert all(f[n] == made[n]["digest"] for f in digests for n in made)  # the files each call read
+    assert res["same_files_in_all_calls"] == {"h264_128x96": True, "hevc_128x96": True}
     assert res["errors"] == [dict(part="tpn", what="train", set="hevc_128x96", decoder="nvdec", batch=32, error="ConfigError: x")]
     with pytest.raises(SystemExit, match="--sets: 'h264_big' is not CODEC_WIDTHxHEIGHT"):
         main(["--part", "make", "--dir", str(d), "--sets", "h264_big"])
