@@ -591,7 +591,8 @@ class Peer:
                     test_pipeline=[p["type"] for p in self.test_pipeline],
                     left_out="ColorJitter (raises OverflowError under numpy 2)",
                     train_step="mmengine AmpOptimWrapper fp16, SGD nesterov, clip_grad 40" if self.cuda else "fp32 (CPU)",
-                    test_step="test_step under fp16 autocast" if self.cuda else "fp32 (CPU)", workers=self.args.workers)
+                    test_step="test_step under fp16 autocast" if self.cuda else "fp32 (CPU)", test_batch=2,
+                    workers=self.args.workers)
 
     @property
     def cuda(self) -> bool:
