@@ -117,6 +117,7 @@ class Recorder:
         except Exception as e:  # noqa: BLE001 - one failing measurement leaves the others
             res = dict(error=f"{type(e).__name__}: {e}".splitlines()[0][:400],
                        trace=traceback.format_exc().splitlines()[-4:])
+        _release_gpu()  # a measurement's loader workers and GPU memory go before the next one starts
         rec = self.emit(what=what, set=set, decoder=decoder, batch=batch, seconds=round(time.perf_counter() - t0, 1),
                         **res)
         if "error" not in rec:
@@ -505,7 +506,6 @@ def part_tpn(args, rec: Recorder) -> None:
     folder, runs = Path(args.dir), Path(args.dir) / "runs"
     rec.measure("gpu_step", lambda: gpu_step(args), batch=args.batch)
     rec.measure("gpu_test", lambda: gpu_test(args))
-    _release_gpu()
     for name in args.sets + [f"{p}_prepared" for p in args.prepare]:
         set_dir = folder / name
         if not (set_dir / "videos.txt").is_file():
@@ -700,7 +700,7 @@ def part_peer(args, rec: Recorder) -> None:
             rec.measure("peer_e2e", lambda b=b: peer.e2e(d, b), set=name, batch=b)
         rec.measure("peer_test", lambda: peer.test(d), set=name)
     del peer
-    _release_gpu()
+    _release_gpu()  # mmaction2's model leaves the GPU before tpn's run
     if args.cross_check:  # the same `tpn train` as the tpn part's first one: same machine, same speed?
         name = args.sets[0]
         rec.measure("train", lambda: tpn_train(args, folder / name, "pyav", folder / "runs" / f"{name}_pyav_peer_call"),
