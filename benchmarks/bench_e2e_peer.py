@@ -860,7 +860,8 @@ def summarise(records: list[dict], batch: int = 32, nvdec_fps: float | None = No
         res["sets"][s], rows = summarise_set(latest, s, ctx)
         res["targets"] += rows
     digests = [r.get("files") or {} for r in records if r.get("what") == "machine" and r.get("part") in ("peer", "tpn")]
-    res["same_files_in_all_calls"] = {s: len({d.get(s) for d in digests if d.get(s)}) == 1 for s in names}
+    seen = {s: {d[s] for d in digests if d.get(s)} for s in names}
+    res["same_files_in_all_calls"] = {s: len(v) == 1 if v else None for s, v in seen.items()}  # None: no digest
     res["notes"] = _notes(res)
     res["errors"] = [{k: r.get(k) for k in ("part", "what", "set", "decoder", "batch", "error")}
                      for r in latest.values() if "error" in r]
@@ -871,7 +872,7 @@ def _notes(res: dict) -> list[str]:
     """Consistency checks a reader should see next to the numbers."""
     notes = []
     for s, same in res["same_files_in_all_calls"].items():
-        if not same:
+        if same is False:
             notes.append(f"{s}: the peer and tpn calls read different files (set digests differ)")
     if not res["same_gpu_in_all_parts"]:
         notes.append("the parts ran on different GPUs: ratios across parts compare different machines")
