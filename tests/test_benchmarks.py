@@ -225,3 +225,74 @@ def test_precision_study_runs_end_to_end_on_the_cpu(tmp_path):
     assert {p.name for p in (tmp_path / "r").iterdir()} == {
         "precision_summary.json", "predictions_fp32.csv", "predictions_bf16.csv", "predictions_fp16.csv",
         "train_metrics.jsonl"}
+def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
+    """`benchmarks/bench_e2e_peer.py` on the CPU at a tiny size: `--part make` writes x264 (B-frames,
+    one keyframe) and x265 sets with the same content and the `tpn data prepare`d copy; the tpn part's
+    decode measurements run, once (a second call skips them); `--part summary` turns records into
+    ratios and into the bounds that decoding puts on each target."""
+    import json
+
+    import pytest
+
+    from benchmarks.bench_e2e_peer import main, read_jsonl, video_paths
+    from tpn.data.video import VideoReader
+
+    d = tmp_path / "e2e"
+    sets = ["--dir", str(d), "--sets", "h264_128x96,hevc_128x96", "--prepare", "h264_128x96"]
+    main(["--part", "make", *sets, "--videos", "3", "--seconds", "2", "--make-workers", "2"])
+    made = {r["set"]: r for r in read_jsonl(d / "make.jsonl") if r["what"] == "make"}
+    assert made["h264_128x96"]["frames"] == made["hevc_128x96"]["frames"] == 60
+    assert made["h264_128x96"]["keyframes_first_video"] == 1 and made["h264_128x96_prepared"]["videos"] == 3
+    for name, codec in (("h264_128x96", "h264"), ("hevc_128x96", "hevc"), ("h264_128x96_prepared", "h264")):
+        paths = video_paths(d / name)
+        assert len(paths) == 3 and (d / name / "labels.txt").read_text().count("\n") == 10
+        with VideoReader(paths[0]) as r:
+            assert r.stream.codec_context.name == codec
+            assert len(r.keyframes) == (30 if name.endswith("prepared") else 1)  # prepare: a keyframe every 2
+
+    tpn = ["--part", "tpn", *sets, "--config", "tpn_tiny_synth", "--device", "cpu", "--only", "pyav_fps,frames"]
+    main(tpn)
+    main(tpn)  # everything already measured: nothing added
+    recs = [r for r in read_jsonl(d / "tpn.jsonl") if r["what"] != "machine"]
+    assert sorted((r["what"], r["set"]) for r in recs) == sorted(
+        (w, s) for w in ("pyav_fps", "frames") for s in ("h264_128x96", "hevc_128x96", "h264_128x96_prepared"))
+    frames = {r["set"]: r for r in recs if r["what"] == "frames"}
+    orig = frames["h264_128x96"]
+    assert 0 < orig["train_frames_per_clip"] < orig["train_frames_per_clip_decode_all"] <= 60  # B-frames skipped
+
+    # the mmaction2 and GPU figures as a device run writes them (made up here: the arithmetic is tested)
+    fake = [dict(part="tpn", what="gpu_step", batch=32, clips_per_s=500.0),
+            dict(part="tpn", what="gpu_test", clips_per_s=None, videos_per_s=50.0),
+            dict(part="tpn", what="train", set="h264_128x96", decoder="pyav", batch=32, clips_per_s=400.0),
+            dict(part="tpn", what="loader", set="h264_128x96", decoder="pyav", batch=32, clips_per_s=420.0),
+            dict(part="tpn", what="train", set="h264_128x96_prepared", decoder="pyav", batch=32, clips_per_s=450.0),
+            dict(part="tpn", what="test", set="h264_128x96", decoder="pyav", videos_per_s=60.0),
+            dict(part="peer", what="peer_e2e", set="h264_128x96", batch=32, clips_per_s=200.0),
+            dict(part="peer", what="peer_e2e", set="h264_128x96", batch=64, clips_per_s=250.0),
+            dict(part="peer", what="peer_test", set="h264_128x96", videos_per_s=25.0),
+            dict(part="tpn", what="train", set="hevc_128x96", decoder="nvdec", batch=32, error="ConfigError: x")]
+    (d / "fake.jsonl").write_text("".join(json.dumps(dict(r, decoder=r.get("decoder", ""), set=r.get("set", ""))) + "\n"
+                                          for r in fake))
+    out = tmp_path / "summary.json"
+    main(["--part", "summary", "--dir", str(d), "--inputs", str(d / "make.jsonl"), str(d / "tpn.jsonl"),
+          str(d / "fake.jsonl"), "--out", str(out), "--nvdec-fps", "6000"])
+    res = json.loads(out.read_text())
+    s = res["sets"]["h264_128x96"]
+    assert s["peer_best_e2e_clips_per_s"] == 250.0
+    assert s["ratios"]["e2e_over_peer"] == {"pyav": 1.6} and s["ratios"]["e2e_over_gpu_step"] == {"pyav": 0.8}
+    assert s["ratios"]["prepared_over_gpu_step"] == {"pyav": 0.9} and s["ratios"]["test_over_peer"] == {"pyav": 2.4}
+    cores = res["machine"]["tpn"]["cores"]
+    dec = s["decode"]
+    cpu = cores * dec["pyav_fps_per_core"] / dec["train_frames_per_clip"]
+    assert s["bounds"]["train_clips_per_s"]["pyav"] == pytest.approx(cpu, abs=0.05)
+    assert s["bounds"]["train_clips_per_s"]["hybrid"] == pytest.approx(cpu + 6000 / dec["train_frames_per_clip"], abs=0.1)
+    rows = {(t["target"], t["set"], t["decoder"]): t for t in res["targets"]}
+    t = rows["e2e_over_peer", "h264_128x96", "pyav"]
+    assert t["met"] and t["bound"] == pytest.approx(min(500.0, cpu) / 250.0, abs=1e-3)
+    assert rows["test_over_peer", "h264_128x96", "pyav"]["met"] and not rows["prepared_over_gpu_step", "h264_128x96", "pyav"]["met"]
+    digests = [r["files"] for r in read_jsonl(d / "tpn.jsonl") if r["what"] == "machine"]
+    assert all(f[n] == made[n]["digest"] for f in digests for n in made)  # the files each call read
+    assert res["same_files_in_all_calls"] == {"h264_128x96": True, "hevc_128x96": True}
+    assert res["errors"] == [dict(part="tpn", what="train", set="hevc_128x96", decoder="nvdec", batch=32, error="ConfigError: x")]
+    with pytest.raises(SystemExit, match="--sets: 'h264_big' is not CODEC_WIDTHxHEIGHT"):
+        main(["--part", "make", "--dir", str(d), "--sets", "h264_big"])
