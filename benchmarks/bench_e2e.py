@@ -40,7 +40,7 @@ from tpn.data.synthetic import generate_dataset  # noqa: E402
 from tpn.data.transforms import apply_augment  # noqa: E402
 from tpn.data.video import VideoReader  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
-from train_step import make_train_step  # noqa: E402
+from train_step import in_gpu_rate, make_train_step  # noqa: E402
 
 
 def dataset_cfg(root: Path, on_device: bool):
@@ -96,16 +96,7 @@ def main() -> None:
                original_mb=round(size(root), 1), date=time.strftime("%Y-%m-%d"),
                **{f"prepared_gop{g}_mb": round(size(d), 1) for g, d in prepared.items()})
 
-    x8 = torch.randint(0, 255, (args.batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
-    y8 = torch.arange(args.batch, device="cuda") % 10
-    for _ in range(4):
-        step(x8, y8)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step(x8, y8)
-    torch.cuda.synchronize()
-    res["synthetic_clips_per_s"] = args.batch * args.steps / (time.perf_counter() - t)
+    res["synthetic_clips_per_s"] = in_gpu_rate(step, args.batch, args.steps)
     print(json.dumps(res), flush=True)
 
     def feed(batch):

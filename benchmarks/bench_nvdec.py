@@ -163,23 +163,14 @@ def main() -> None:
     emit(res, "gpu_only", gpu_only(root, (1, 2, 4, 8), 64), args.out)
     step = None
     if args.e2e:
-        from train_step import make_train_step
+        from train_step import in_gpu_rate, make_train_step
 
         from tpn.models.build import build_model
         cfg = recipe(root, "pyav")
         torch.backends.cudnn.benchmark = True
         model = build_model(cfg).cuda().train()
         step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), cfg.train)
-        x8 = torch.randint(0, 255, (args.batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
-        y8 = torch.arange(args.batch, device="cuda") % 10
-        for _ in range(4):
-            step(x8, y8)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step(x8, y8)
-        torch.cuda.synchronize()
-        emit(res, "step_clips_per_s", round(args.batch * args.steps / (time.perf_counter() - t), 1), args.out)
+        emit(res, "step_clips_per_s", round(in_gpu_rate(step, args.batch, args.steps), 1), args.out)
     for dec in args.decoders.split(","):
         try:
             emit(res, f"path_{dec}", run_loader(root, dec, args, step), args.out)

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tpn.data import sampling  # noqa: E402
 from tpn.data.nal import nonref_test  # noqa: E402
+from tpn.data.nvdec import plan  # noqa: E402
 from tpn.data.pool import map_in_processes  # noqa: E402
 from tpn.data.synthetic import render, write_mp4  # noqa: E402
 from tpn.data.video import VideoError, VideoReader  # noqa: E402
@@ -109,19 +110,15 @@ def demux_annexb(path) -> AnnexB:
 
 
 def clip_plan(video: AnnexB, wanted, drop: bool) -> list[int]:
-    """Decode-order positions of the packets to send for frames `wanted`: from the keyframe at or
-    before the first wanted frame to the packet of the wanted frame last in decode order, without
-    the non-reference packets of unwanted frames when `drop`."""
-    wanted = set(int(w) for w in wanted)
-    first = min(wanted)
-    keys = np.flatnonzero(video.key)
-    starts = keys[video.index[keys] <= first]
-    if len(starts) == 0:
-        raise VideoError(f"no keyframe at or before frame {first}")
-    start = int(starts[np.argmax(video.index[starts])])
-    end = max(int(np.flatnonzero(video.index == w)[0]) for w in wanted)
-    return [i for i in range(start, end + 1)
-            if not (drop and video.nonref[i] and int(video.index[i]) not in wanted)]
+    """Decode-order positions of the packets to send for frames `wanted` (`tpn.data.nvdec.plan`:
+    from the keyframe at or before the first wanted frame to the packet of the wanted frame last in
+    decode order, without the non-reference packets of unwanted frames); every packet of that
+    span when not `drop`."""
+    wanted = sorted(int(w) for w in wanted)
+    if drop:
+        return plan(video, wanted)
+    span = plan(replace(video, nonref=np.zeros_like(video.nonref)), wanted)
+    return list(range(span[0], span[-1] + 1))
 
 
 def decode_clip(video: AnnexB, wanted, decoder, drop: bool = True, pts_index: dict | None = None):
