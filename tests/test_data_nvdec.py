@@ -99,19 +99,22 @@ def test_demux_leaves_what_nvdec_does_not_take_to_the_cpu(tmp_path, videos):
     assert v.data[0][:4] == b"\x00\x00\x00\x01"  # Annex B start code, not an mp4 length
 
 
-def test_gpu_item_draws_what_the_cpu_item_draws(tempo_data):  # noqa: F811
-    """The GPU path's item makes the same frames, crops, flips, jitter and labels as the CPU path."""
-    cfg = tiny_cfg(tempo_data, ["data.flip=0.5", "data.color_jitter=true", "data.train_crop=random_resized",
-                                "data.augment_on_device=true"])
+@pytest.mark.parametrize("crop,k", [("random_resized", 1), ("random", 2)])
+def test_gpu_item_draws_what_the_cpu_item_draws(tempo_data, crop, k):  # noqa: F811
+    """The GPU path's item makes the same frames, crops, flips, jitter and labels as the CPU path
+    (k clips of one video with data.clips_per_decode)."""
+    cfg = tiny_cfg(tempo_data, ["data.flip=0.5", "data.color_jitter=true", f"data.train_crop={crop}",
+                                "data.augment_on_device=true", f"data.clips_per_decode={k}", "train.batch_size=4"])
     ds = build_dataset(cfg.data, "train")
     pool = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream)
     for index in range(6):
         cpu = ds._cpu_train_item(index, ds._rng(index))
         gpu = ds._gpu_job(index, ds._rng(index))
-        assert torch.equal(gpu.aug, cpu.aug) and gpu.label == cpu.label and gpu.clip.shape == cpu.clip.shape
+        assert torch.equal(gpu.aug, cpu.aug) and torch.equal(torch.as_tensor(gpu.label), torch.as_tensor(cpu.label))
+        assert gpu.clip.shape == cpu.clip.shape
         rgb = pool.decode([(0, gpu.job)])[0]
-        clip = nvdec.clips_from_frames(rgb, gpu.job)[0]
-        diff = (clip.int() - cpu.clip.int()).abs()
+        clips = nvdec.clips_from_frames(rgb, gpu.job)
+        diff = (clips.int() - cpu.clip.reshape(clips.shape).int()).abs()
         assert diff.float().mean() < 1.5 and diff.max() <= 12, index  # conversion + resize rounding
 
 
@@ -174,3 +177,21 @@ def test_choosing_the_decoder(tempo_data, caplog):  # noqa: F811
     assert list(stage.epoch(iter([]))) == [] and 0 < float(ds._gpu_share[0]) <= 1 and stage.measured["share"] > 0
     ds2 = build_dataset(replace(cfg.data, decoder="pyav"), "train")
     assert nvdec.build_stage(ds2, "pyav", CPU, 2) is None and float(ds2._gpu_share[0]) == 0
+
+
+def test_stage_fills_every_row_of_a_batch_of_multi_clip_items(tempo_data):  # noqa: F811
+    """Through the loader (collate_clips: k clips an item, one job an item) and the stage, each row
+    holds the clip the CPU path makes for it."""
+    from tpn.data.loader import build_loader
+
+    cfg = tiny_cfg(tempo_data, ["data.clips_per_decode=2", "train.batch_size=4", "data.augment_on_device=true"])
+    ds = build_dataset(cfg.data, "train")
+    ds.set_gpu_share(1.0)
+    stage = nvdec.DecodeStage(ds, nvdec.DecoderPool(CPU, 2, nvdec.PyAVStream), CPU)
+    batch = next(stage.epoch(iter(build_loader(ds, 4, 0, persistent_workers=False))))
+    assert batch.job is None and batch.clip.shape[0] == 4 and stage.gpu_clips == 4
+    cpu = [ds._cpu_train_item(i, ds._rng(i)) for i in range(2)]
+    expected = torch.cat([c.clip for c in cpu])
+    diff = (batch.clip.int() - expected.int()).abs()
+    assert diff.float().mean() < 1.5 and diff.max() <= 12
+    assert torch.equal(batch.label, torch.cat([c.label for c in cpu])) and torch.equal(batch.aug, torch.cat([c.aug for c in cpu]))

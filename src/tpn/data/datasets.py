@@ -393,8 +393,11 @@ class VideoDataset(Dataset):
         except VideoError:
             rng.bit_generator.state = state  # the CPU path raises the same, from the same draws
             return None
-        geometry = [self._draw_geometry(video.height, video.width, rng) for _ in range(k)]
-        augs = torch.stack([T.draw_augment(rng, c.flip, c.color_jitter) for _ in range(k)])
+        geometry, augs = [], []
+        for _ in range(k):  # per clip its crop, then its flip/jitter: the CPU path's order of draws
+            geometry.append(self._draw_geometry(video.height, video.width, rng))
+            augs.append(T.draw_augment(rng, c.flip, c.color_jitter))
+        augs = torch.stack(augs)
         job = nvdec.make_job(path, video, wanted, [g[0] for g in geometry], [g[1] for g in geometry],
                              c.crop_size, augs)
         labels = [self.flip_labels.get(label, label) if a[0] > 0 else label for a in augs]

@@ -44,6 +44,11 @@ def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoa
                         persistent_workers=False, seed=None)
 
 
+# Batches whose scores stay on the device before one read-back: a read-back waits for the GPU, so
+# doing it after every batch would leave the GPU idle while the next batch is fetched and copied.
+PENDING = 8
+
+
 @torch.no_grad()
 def predict_probs(forward, loader, d: Dist, progress: bool = False,
                   per_view: dict | None = None) -> dict[int, tuple[np.ndarray, int, bool]]:
@@ -55,17 +60,26 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False,
         from tqdm import tqdm
 
         it = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
+    pending = []  # results still on the device: read back every PENDING batches, not after each
+
+    def read_back():
+        for view_probs, labels, index, ok in pending:
+            vp = view_probs.cpu().numpy()
+            for i in range(vp.shape[0]):
+                out[int(index[i])] = (vp[i].mean(0), int(labels[i]), bool(ok[i]))
+                if per_view is not None:
+                    views_out[int(index[i])] = vp[i]
+        pending.clear()
+
     for batch in it:
-        x, labels, index, ok = batch.clip.to(d.device, non_blocking=True), batch.label, batch.index, batch.ok
+        x = batch.clip.to(d.device, non_blocking=True)
         views = x.shape[1] if x.dim() == 6 else 1
         flat = x.flatten(0, 1) if x.dim() == 6 else x
         logits = forward(flat).float()
-        view_probs = F.softmax(logits, dim=-1).view(x.shape[0], views, -1)
-        probs = view_probs.mean(1).cpu().numpy()
-        for i in range(x.shape[0]):
-            out[int(index[i])] = (probs[i], int(labels[i]), bool(ok[i]))
-            if per_view is not None:
-                views_out[int(index[i])] = view_probs[i].cpu().numpy()
+        pending.append((F.softmax(logits, dim=-1).view(x.shape[0], views, -1), batch.label, batch.index, batch.ok))
+        if len(pending) >= PENDING:
+            read_back()
+    read_back()
     merged = {}
     for part, part_views in gather_objects((out, views_out), d):
         merged.update(part)
