@@ -195,3 +195,34 @@ def test_stage_fills_every_row_of_a_batch_of_multi_clip_items(tempo_data):  # no
     diff = (batch.clip.int() - expected.int()).abs()
     assert diff.float().mean() < 1.5 and diff.max() <= 12
     assert torch.equal(batch.label, torch.cat([c.label for c in cpu])) and torch.equal(batch.aug, torch.cat([c.aug for c in cpu]))
+
+
+def _write_bt709(path, frames) -> None:
+    """An x264 file whose frames say BT.709 (as most HD downloads), which PyAV's rgb24 then uses."""
+    from av.video.reformatter import Colorspace
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.colorspace = Colorspace.ITU709
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p", dst_colorspace=Colorspace.ITU709)
+            vf.colorspace = Colorspace.ITU709
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_bt709_videos_convert_with_the_matrix_pyav_uses(tmp_path):
+    from tpn.data.video import read_video_frames
+
+    path = tmp_path / "hd.mp4"
+    _write_bt709(path, render("up_fast", SIZE, 30, np.random.default_rng(1)))
+    v = nvdec.demux(path)
+    assert v.bt709 and not v.full_range
+    wanted = np.arange(0, 30, 4)
+    job = nvdec.make_job(path, v, wanted, [(v.height, v.width)], [(0, 0, v.height, v.width)], 64, NO_AUG)
+    rgb = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream).decode([(0, job)])[0]
+    ref = torch.from_numpy(read_video_frames(path, wanted)).permute(0, 3, 1, 2)
+    assert (rgb.int() - ref.int()).abs().max() <= 3  # BT.601 coefficients would be off by far more

@@ -82,11 +82,17 @@ class Packets(NamedTuple):
     index: np.ndarray   # display index of each packet's frame (rank of its timestamp)
 
 
-def _colour(frame) -> tuple[bool, bool]:
-    """(BT.709, full range) as PyAV's rgb24 conversion reads them from a frame."""
-    space = str(getattr(frame, "colorspace", "") or "").upper()
-    rng = str(getattr(frame, "color_range", "") or "").upper()
-    return "709" in space, frame.format.name == "yuvj420p" or "JPEG" in rng or rng.endswith("2")
+# AVColorSpace values PyAV's rgb24 conversion reads from a frame: BT.709 (1); BT.601 for unspecified (2),
+# BT.470BG (5) and SMPTE 170M (6). Other matrices (BT.2020, ...) stay on the CPU path.
+BT709, BT601 = {1}, {2, 5, 6}
+
+
+def _colour(frame) -> tuple[bool, bool] | None:
+    """(BT.709, full range) as PyAV's rgb24 conversion reads them from a frame; None for other matrices."""
+    space = int(frame.colorspace)
+    if space not in BT709 | BT601:
+        return None
+    return space in BT709, frame.format.name == "yuvj420p" or int(frame.color_range) == 2  # AVCOL_RANGE_JPEG
 
 
 def demux(path) -> Packets | None:
@@ -114,7 +120,7 @@ def demux(path) -> Packets | None:
                     continue
                 if first is None:  # rotation and colour are on frames: decode the first keyframe
                     first = next(iter([*stream.decode(packet), *stream.decode(None)]), None)
-                    if first is None or first.rotation:
+                    if first is None or first.rotation or _colour(first) is None:
                         return None
                 k = packet.is_keyframe
                 pts.append(packet.pts), key.append(k)
