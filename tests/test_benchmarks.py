@@ -296,3 +296,19 @@ def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
     assert res["errors"] == [dict(part="tpn", what="train", set="hevc_128x96", decoder="nvdec", batch=32, error="ConfigError: x")]
     with pytest.raises(SystemExit, match="--sets: 'h264_big' is not CODEC_WIDTHxHEIGHT"):
         main(["--part", "make", "--dir", str(d), "--sets", "h264_big"])
+
+
+def test_profile_reader_groups_a_clips_time(tmp_path):
+    """benchmarks/profile_reader.py on 3 s videos: the groups cover the profiled time and decoding
+    is among them."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "p.json"
+    subprocess.run([sys.executable, "benchmarks/profile_reader.py", "--dir", str(tmp_path / "v"), "--clips", "6",
+                    "--seconds", "3", "--out", str(out)], cwd=repo, check=True, capture_output=True, timeout=300)
+    r = json.loads(out.read_text())
+    assert abs(sum(r["share"].values()) - 1) < 0.01 and r["share"]["decode"] > 0.2 and r["clips"] == 6
