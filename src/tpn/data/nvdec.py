@@ -21,7 +21,8 @@ Frames are the ones PyAV decodes at the same indices: the Y and UV planes are eq
 byte; RGB differs by the conversion's rounding and the resize's (measured in docs/data.md).
 
 What NVDEC is not given stays on the CPU path of the worker: codecs other than H.264/HEVC, other
-pixel formats than 8-bit 4:2:0, rotated videos, videos without usable timestamps, raw frames.
+pixel formats than 8-bit 4:2:0, odd sizes, sizes outside NVDEC's (`MIN_SIZE`, `MAX_SIDE`), colour
+matrices other than BT.601/BT.709, rotated videos, videos without usable timestamps, raw frames.
 A clip that does not come out of the GPU decoder is read again with PyAV in the stage; a video
 that PyAV cannot read either is reported and its rows take another clip of the batch.
 """
