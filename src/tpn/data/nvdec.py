@@ -33,6 +33,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -346,7 +347,7 @@ class DecoderPool:
         if not hasattr(loc, "decoders"):
             loc.decoders = {}
             loc.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        ctx = torch.cuda.stream(loc.stream) if loc.stream is not None else _nullcontext()
+        ctx = torch.cuda.stream(loc.stream) if loc.stream is not None else nullcontext()
         with ctx:
             def get(codec, w, h):
                 if (codec, w, h) not in loc.decoders:
@@ -377,14 +378,6 @@ class DecoderPool:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------ the stage between loader and step
@@ -443,7 +436,7 @@ class DecodeStage:
 
     def _finish(self, batch):
         """(batch with every clip on the device, the event that marks them ready or None)."""
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
         with ctx:
             x = batch.clip.to(self.device, non_blocking=True)
             if batch.job is not None:
