@@ -175,6 +175,9 @@ def test_choosing_the_decoder(tempo_data, caplog):  # noqa: F811
     stage = nvdec.build_stage(ds, "auto", CPU, 2, factory=nvdec.PyAVStream)
     assert float(ds._gpu_share[0]) == 0  # measured once the loader's workers run: at the first epoch
     assert list(stage.epoch(iter([]))) == [] and 0 < float(ds._gpu_share[0]) <= 1 and stage.measured["share"] > 0
+    timed = nvdec.build_stage(ds, "auto", CPU, 2, factory=nvdec.PyAVStream, trial=(2, 2, 4))
+    assert list(timed.epoch(iter([]))) == [] and isinstance(timed.trial, nvdec.Trial)
+    assert float(ds._gpu_share[0]) == 0 and [n for n, _ in timed.trial.candidates] == ["pyav", "hybrid"]
     ds2 = build_dataset(replace(cfg.data, decoder="pyav"), "train")
     assert nvdec.build_stage(ds2, "pyav", CPU, 2) is None and float(ds2._gpu_share[0]) == 0
 
@@ -226,3 +229,40 @@ def test_bt709_videos_convert_with_the_matrix_pyav_uses(tmp_path):
     rgb = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream).decode([(0, job)])[0]
     ref = torch.from_numpy(read_video_frames(path, wanted)).permute(0, 3, 1, 2)
     assert (rgb.int() - ref.int()).abs().max() <= 3  # BT.601 coefficients would be off by far more
+
+
+def test_auto_keeps_the_share_that_trained_faster(tempo_data, caplog):  # noqa: F811
+    """`Trial`: batches the step takes are timed at share 0 and at the measured share, the first `lag`
+    after each switch skipped; the faster share is kept and logged."""
+    ds = build_dataset(tiny_cfg(tempo_data).data, "train")
+    now = [0.0]
+    notes = []
+    trial = nvdec.Trial(ds, [("pyav", 0.0), ("hybrid", 0.3)], lag=3, window=4, batch=8,
+                        log_choice=lambda fmt, *a: notes.append(fmt % a), clock=lambda: now[0])
+    assert float(ds._gpu_share[0]) == 0
+    for step_s in [9, 9, 9, 1, 1, 1, 1] + [9, 9, 9, 0.5, 0.5, 0.5, 0.5]:  # lag steps are not timed
+        if trial.seen == 0 and trial.phase == 1:
+            assert float(ds._gpu_share[0]) == pytest.approx(0.3)
+        now[0] += step_s
+        trial.tick()
+    assert trial.rates == {"pyav": 8.0, "hybrid": 16.0} and trial.done
+    assert float(ds._gpu_share[0]) == pytest.approx(0.3)
+    assert notes == ["decoder auto: hybrid (measured in training: pyav 8.0, hybrid 16.0 clips/s; GPU share 0.30)"]
+    slow = nvdec.Trial(ds, [("pyav", 0.0), ("hybrid", 0.3)], lag=1, window=2, batch=8, log_choice=lambda *a: None,
+                       clock=lambda: now[0])
+    for step_s in [1, 1, 1, 1, 5, 5]:
+        now[0] += step_s
+        slow.tick()
+    assert slow.done and float(ds._gpu_share[0]) == 0  # hybrid trained slower: back to pyav
+
+
+def test_the_stage_ticks_its_trial_once_per_batch_taken(tempo_data):  # noqa: F811
+    ds = build_dataset(tiny_cfg(tempo_data).data, "train")
+    ticks = []
+    stage = nvdec.DecodeStage(ds, nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream), CPU,
+                              choose=lambda d, p: ({}, type("T", (), {"tick": lambda self: ticks.append(1)})()))
+    from tpn.data.datasets import Batch
+
+    batches = [Batch(torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8), torch.zeros(2), torch.zeros(2),
+                     torch.ones(2, dtype=torch.bool)) for _ in range(5)]
+    assert len(list(stage.epoch(iter(batches)))) == 5 and len(ticks) == 5

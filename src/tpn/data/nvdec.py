@@ -381,6 +381,44 @@ class DecoderPool:
 
 
 # ------------------------------------------------------------------ the stage between loader and step
+class Trial:
+    """`auto` in training: the batches the step takes are timed at each candidate GPU share in turn
+    (`lag` batches skipped after each switch: those already made at the old share, in the loader's
+    queues), `window` batches each; then the share of the faster is kept and logged. `tick()` is
+    called each time the training loop asks for a batch; `clock` is a time function."""
+
+    def __init__(self, dataset, candidates: list[tuple[str, float]], lag: int, window: int, batch: int,
+                 log_choice=log.info, clock=time.perf_counter):
+        self.dataset, self.candidates, self.lag, self.window, self.batch = dataset, candidates, lag, window, batch
+        self.log_choice, self.clock = log_choice, clock
+        self.rates: dict[str, float] = {}
+        self.phase, self.seen, self.t0 = 0, 0, None
+        self.done = False
+        dataset.set_gpu_share(candidates[0][1])
+
+    def tick(self) -> None:
+        if self.done:
+            return
+        self.seen += 1
+        if self.seen == self.lag:
+            self.t0 = self.clock()
+        elif self.seen == self.lag + self.window:
+            name, _ = self.candidates[self.phase]
+            self.rates[name] = round(self.window * self.batch / max(self.clock() - self.t0, 1e-9), 1)
+            self.phase, self.seen = self.phase + 1, 0
+            if self.phase < len(self.candidates):
+                self.dataset.set_gpu_share(self.candidates[self.phase][1])
+            else:
+                self._decide()
+
+    def _decide(self) -> None:
+        best = max(self.candidates, key=lambda c: self.rates[c[0]])
+        self.dataset.set_gpu_share(best[1])
+        self.done = True
+        self.log_choice("decoder auto: %s (measured in training: %s clips/s; GPU share %.2f)", best[0],
+                        ", ".join(f"{n} {self.rates[n]}" for n, _ in self.candidates), best[1])
+
+
 class DecodeStage:
     """Wraps a training loader: a background thread takes each batch, moves its clips to `device`,
     decodes its `ClipJob`s there (`DecoderPool`) and writes them into their rows, `depth` batches
@@ -390,14 +428,15 @@ class DecodeStage:
 
     def __init__(self, dataset, pool: DecoderPool, device: torch.device, depth: int = 2, choose=None):
         self.dataset, self.pool, self.device, self.depth = dataset, pool, device, depth
-        self.choose, self.measured = choose, None  # choose(dataset, pool): the GPU share, at the first epoch
+        # choose(dataset, pool) -> (measurements, Trial or None): the GPU share, at the first epoch
+        self.choose, self.measured, self.trial = choose, None, None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.gpu_clips = self.cpu_clips = self.fallbacks = 0
         self.decode_s = 0.0
 
     def epoch(self, batches):
         if self.choose is not None:  # the loader's workers exist by now (iter(loader) started them)
-            self.measured, self.choose = self.choose(self.dataset, self.pool), None
+            (self.measured, self.trial), self.choose = self.choose(self.dataset, self.pool), None
         q: queue.Queue = queue.Queue(self.depth)
         stop = threading.Event()
 
@@ -431,6 +470,8 @@ class DecodeStage:
                     torch.cuda.current_stream(self.device).wait_event(event)
                     batch.clip.record_stream(torch.cuda.current_stream(self.device))
                 yield batch
+                if self.trial is not None:  # the step is done with the batch: the loop asks for the next
+                    self.trial.tick()
         finally:
             stop.set()
 
@@ -545,10 +586,12 @@ def calibrate(dataset, pool: DecoderPool, workers: int, clips: int = 32, seed: i
 
 
 def build_stage(dataset, decoder: str, device: torch.device, workers: int, threads: int = 4,
-                share: float | None = None, log_choice=log.info, factory=None) -> DecodeStage | None:
+                share: float | None = None, log_choice=log.info, factory=None,
+                trial: tuple[int, int, int] | None = None) -> DecodeStage | None:
     """The GPU decoding stage for `data.decoder` (None: the loader's CPU workers decode everything),
     with `dataset`'s share of GPU items set; the choice and its measurements are logged.
-    `nvdec`/`hybrid` without a usable NVDEC is an error; `auto` then falls back to PyAV."""
+    `nvdec`/`hybrid` without a usable NVDEC is an error; `auto` then falls back to PyAV. `trial`
+    (lag, window, batch): `auto` decides by timing training itself (`Trial`), not by prediction."""
     from tpn.errors import TpnError
 
     if decoder == "pyav" or dataset.rawframes:
@@ -572,21 +615,28 @@ def build_stage(dataset, decoder: str, device: torch.device, workers: int, threa
     # (and NVDEC sessions opened) can crash; until then the workers decode everything
     dataset.set_gpu_share(0)
     return DecodeStage(dataset, pool, device, choose=partial(choose, decoder=decoder, workers=workers,
-                                                             log_choice=log_choice))
+                                                             log_choice=log_choice, trial=trial))
 
 
-def choose(dataset, pool: DecoderPool, decoder: str, workers: int, log_choice=log.info) -> dict:
-    """`calibrate`, then set `dataset`'s GPU share for `decoder` (auto: the fastest predicted path;
-    hybrid: the balanced share) and log the choice with what was measured."""
+def choose(dataset, pool: DecoderPool, decoder: str, workers: int, log_choice=log.info,
+           trial: tuple[int, int, int] | None = None) -> tuple[dict, Trial | None]:
+    """`calibrate`, then set `dataset`'s GPU share for `decoder` (hybrid: the balanced share; auto:
+    the fastest predicted path, or with `trial` = (lag, window, batch) a `Trial` in training between
+    pyav and that path) and log the choice with what was measured."""
     m = calibrate(dataset, pool, workers)
     best = "hybrid" if decoder == "hybrid" else max(m.get("predicted", {"pyav": 1}).items(), key=lambda kv: kv[1])[0]
+    if decoder == "auto" and trial is not None and m["share"] > 0:
+        other, share = ("nvdec", 1.0) if best == "nvdec" else ("hybrid", m["share"])
+        log_choice("decoder auto: timing training at GPU share 0 (pyav) and %.2f (%s); measured alone: %s",
+                   share, other, m)
+        return m, Trial(dataset, [("pyav", 0.0), (other, share)], *trial, log_choice=log_choice)
     if best == "pyav" or m["share"] <= 0:
         dataset.set_gpu_share(0)
         log_choice("decoder %s: pyav (measured here: %s)", decoder, m)
-        return m
+        return m, None
     dataset.set_gpu_share(1.0 if best == "nvdec" else m["share"])
     log_choice("decoder %s: %s, %.0f%% of training items on NVDEC (measured here: NVDEC %.0f clips/s with %d "
                "threads, PyAV %.1f clips/s per worker x %d workers; predicted clips/s %s)", decoder, best,
                100 * float(dataset._gpu_share[0]), m["gpu_clips_per_s"], pool.threads,
                m["cpu_clips_per_s_per_process"], m["workers"], m["predicted"])
-    return m
+    return m, None

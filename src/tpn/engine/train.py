@@ -41,6 +41,8 @@ from tpn.models.build import build_model
 
 log = logging.getLogger("tpn.train")
 
+PREFETCH = 4  # batches each training loader worker keeps ready
+
 
 # ------------------------------------------------------------------ learning rate
 def base_lr(cfg: Config, world: int) -> float:
@@ -158,7 +160,7 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     # generator, not the global RNG, and augmentation from (seed, epoch, index): exact resume
     loader = build_loader(train_set, t.batch_size, cfg.data.num_workers, sampler=sampler,
                           pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=True, seed=t.seed,
-                          prefetch_factor=4)
+                          prefetch_factor=PREFETCH)
     # the sampler counts videos; a batch of t.batch_size clips holds clips_per_decode per video
     videos_per_batch = t.batch_size // train_set.clips_per_item
     iters_per_epoch = len(sampler) // videos_per_batch // t.accum_steps
@@ -166,8 +168,12 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
                        f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
     dc = cfg.data
+    # auto times training at each share: skip the batches already queued at the old share (the
+    # workers' prefetch and the stage's), then time 50
+    in_flight = max(1, dc.num_workers) * PREFETCH + 4
     stage = nvdec.build_stage(train_set, dc.decoder, d.device, dc.num_workers, dc.nvdec_threads, dc.nvdec_share,
-                              log_choice=log.info if d.main else (lambda *a: None))
+                              log_choice=log.info if d.main else (lambda *a: None),
+                              trial=(in_flight, 50, t.batch_size))
     return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch, stage)
 
 
