@@ -29,8 +29,9 @@ so a part cut short by --budget-s continues in the next call. Rates:
     steps) over the last --tail of the iterations, after compilation and the drain of most of
     what the loader prefetched (4 batches per worker; the summary flags a run faster than its
     loader alone); `steady_clips_per_s` is tpn's own figure (every step after the 5th).
-  - `tpn test`: two runs of the same command on N and N/4 videos, the larger first, steady
-    videos/s = (N - N/4) / (T_N - T_N/4) from the times it prints: start-up and compilation cancel.
+  - `tpn test`: after an uncounted run on 2 videos (it fills inductor's cache), two runs of the
+    same command on N and N/4 videos, the larger first, steady videos/s = (N - N/4) / (T_N - T_N/4)
+    from the times it prints: start-up and compilation cancel.
   - mmaction2: windows of --window steps (synchronised) over the last --tail of the steps.
   - loaders alone: after draining what the workers prefetched.
 
