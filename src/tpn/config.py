@@ -115,9 +115,9 @@ class DataConfig:
     clips_per_decode: int = 1
     # who decodes training clips (docs/data.md, "Choosing a decoding path"): "pyav" the loader's CPU
     # workers; "nvdec" the GPU (tpn[nvdec]), workers only demux; "hybrid" both, `nvdec_share` of the
-    # items on the GPU (null: measured at the first epoch); "auto" the path predicted fastest from a short
-    # measurement of each side alone at the first epoch, not of training under load; choice and figures
-    # in the log (pyav without a CUDA GPU or PyNvVideoCodec). Val and test decode on the CPU.
+    # items on the GPU (null: measured at the first epoch); "auto" in tpn train times training at GPU
+    # share 0 and at the measured share and keeps the faster; choice and figures in the log (pyav
+    # without a CUDA GPU or PyNvVideoCodec). Val and test decode on the CPU.
     decoder: Literal["auto", "pyav", "nvdec", "hybrid"] = "pyav"
     nvdec_threads: int = 4  # decoder threads (each its own NVDEC sessions and CUDA stream) per process
     nvdec_share: float | None = None
