@@ -53,3 +53,19 @@ def test_two_processes_match_one_in_training_and_testing(tempo_data, tmp_path): 
         assert r1["prediction"] == r2["prediction"] and abs(float(r1["score"]) - float(r2["score"])) < 1e-5
     m = [json.loads((tmp_path / t / "metrics.json").read_text()) for t in ("t1", "t2")]
     assert m[0]["videos"] == m[1]["videos"] == 7 and m[0]["top1"] == m[1]["top1"]
+
+
+def test_two_processes_train_through_the_gpu_decoding_path(tempo_data, tmp_path):  # noqa: F811
+    """data.decoder nvdec under torchrun, FFmpeg standing in for NVDEC (TPN_DECODER_STANDIN): each
+    process decodes its own shard's clips through its own stage; training ends as with pyav."""
+    common = TINY + data_overrides(tempo_data) + [
+        "train.epochs=1", "train.val_interval=0", "data.num_workers=1", "train.batch_size=2", "data.decoder=nvdec"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TPN_DECODER_STANDIN="pyav")
+    two = torchrun(2, "train", "tpn_tiny_synth", "--work-dir", str(tmp_path / "two"), "--device", "cpu",
+                   *sets(common), env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "decoder nvdec: 100% of training items decoded on cpu" in two.stderr
+    epoch = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "epoch"' in x][0]
+    assert epoch["decode"]["gpu_clips"] == 16 and epoch["decode"]["cpu_clips"] == 0  # rank 0's half of 32
+    assert torch.load(tmp_path / "two" / "epoch_0001.pth", weights_only=True)["global_iter"] == 8

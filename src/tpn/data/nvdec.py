@@ -25,10 +25,15 @@ pixel formats than 8-bit 4:2:0, odd sizes, sizes outside NVDEC's (`MIN_SIZE`, `M
 matrices other than BT.601/BT.709, rotated videos, videos without usable timestamps, raw frames.
 A clip that does not come out of the GPU decoder is read again with PyAV in the stage; a video
 that PyAV cannot read either is reported and its rows take another clip of the batch.
+
+`TPN_DECODER_STANDIN=pyav` in the environment puts FFmpeg's decoder (`PyAVStream`, the same
+packets and calls) in NVDEC's place on any device: the tests run the whole path, torchrun
+included, on CPUs with it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -597,6 +602,8 @@ def build_stage(dataset, decoder: str, device: torch.device, workers: int, threa
     if decoder == "pyav" or dataset.rawframes:
         dataset.set_gpu_share(0)
         return None
+    if factory is None and os.environ.get("TPN_DECODER_STANDIN") == "pyav":
+        factory = PyAVStream  # FFmpeg fed the same packets on the CPU: the GPU path's logic without a GPU
     why = nvdec_available(device) if factory is None else None  # another factory: the tests' CPU stand-in
     factory = factory or NvdecStream
     if why is not None:
