@@ -115,7 +115,7 @@ def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
     for _ in range(args.workers + 2):  # every worker has delivered
         take(step is not None)
     torch.cuda.synchronize()
-    rec = dict(decoder=decoder, share=round(float(ds._gpu_share[0]), 3), choice=notes)
+    rec = dict(decoder=decoder, share=round(ds.gpu_share, 3), choice=notes)
     if step is not None:
         t = time.perf_counter()
         for _ in range(args.steps):

@@ -34,7 +34,10 @@ def torch_bilinear(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False).permute(1, 0, 2, 3)
 
 
-def _taps(src: int, dst: int, clamp_weight: bool):
+def opencv_taps(src: int, dst: int, clamp_weight: bool):
+    """OpenCV's INTER_LINEAR taps for one axis: (index 0, index 1, weight 0, weight 1), the source
+    coordinate (d + 0.5) * scale - 0.5 in float32, weights rounded to 11 bits; `clamp_weight`: a
+    border tap gets weight 0 (OpenCV's x axis; its y axis keeps the weights)."""
     f = ((np.arange(dst) + 0.5) * (1.0 / (dst / src)) - 0.5).astype(np.float32)
     i = np.floor(f).astype(np.int64)
     f = f - i.astype(np.float32)
@@ -51,8 +54,8 @@ def torch_fixed_point(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     h, w = size
     x = clip.permute(1, 2, 3, 0)
     t, hi, wi, c = x.shape
-    c0, c1, _, a1 = _taps(wi, w, True)
-    r0, r1, b0, b1 = _taps(hi, h, False)
+    c0, c1, _, a1 = opencv_taps(wi, w, True)
+    r0, r1, b0, b1 = opencv_taps(hi, h, False)
     rows = np.unique(np.concatenate([r0, r1]))
     pos = torch.from_numpy(np.searchsorted(rows, np.concatenate([r0, r1])))
     flat = x.index_select(1, torch.from_numpy(rows)).reshape(t * len(rows), wi * c).to(torch.int16)

@@ -78,18 +78,10 @@ def _opencv_linear_u8(img: np.ndarray, h: int, w: int) -> np.ndarray:
     float32, weights rounded to 11 bits (half to even); x clamped at the borders with weight 0,
     y rows clamped with their weights kept; horizontal sums in int32, then the vertical
     ((b0 * (r0 >> 4)) >> 16) + ((b1 * (r1 >> 4)) >> 16) + 2 >> 2."""
-    def taps(src, dst, clamp_weight):
-        f = ((np.arange(dst) + 0.5) * (1.0 / (dst / src)) - 0.5).astype(np.float32)
-        i = np.floor(f).astype(np.int64)
-        f = f - i.astype(np.float32)
-        if clamp_weight:
-            f[(i < 0) | (i >= src - 1)] = 0
-        w1 = np.rint(f * np.float32(2048)).astype(np.int64)
-        w0 = np.rint((np.float32(1) - f) * np.float32(2048)).astype(np.int64)
-        return np.clip(i, 0, src - 1), np.clip(i + 1, 0, src - 1), w0, w1
+    from benchmarks.bench_resize import opencv_taps
 
-    x0, x1, a0, a1 = taps(img.shape[1], w, True)
-    y0, y1, b0, b1 = taps(img.shape[0], h, False)
+    x0, x1, a0, a1 = opencv_taps(img.shape[1], w, True)
+    y0, y1, b0, b1 = opencv_taps(img.shape[0], h, False)
     s = img.astype(np.int64)
     rows = (s[:, x0] * a0[:, None] + s[:, x1] * a1[:, None]) >> 4
     out = ((b0[:, None, None] * rows[y0]) >> 16) + ((b1[:, None, None] * rows[y1]) >> 16)

@@ -364,12 +364,16 @@ class VideoDataset(Dataset):
         return T.draw_train_geometry(h, w, c.train_crop, c.crop_size, c.short_side, rng)
 
     # -- GPU decoding (data.decoder nvdec / hybrid: tpn.data.nvdec) ---------------
-    def set_gpu_share(self, share: float) -> None:
+    @property
+    def gpu_share(self) -> float:
         """Share of training items whose frames the GPU decodes (0: none, 1: all it can take)."""
+        return float(self._gpu_share[0])
+
+    def set_gpu_share(self, share: float) -> None:
         self._gpu_share[0] = float(share)
 
     def _on_gpu(self, index: int) -> bool:
-        share = float(self._gpu_share[0])
+        share = self.gpu_share
         if share <= 0 or self.rawframes:
             return False
         draw = zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()) / 2**32

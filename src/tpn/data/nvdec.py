@@ -119,7 +119,7 @@ def demux(path) -> Packets | None:
             return None
         judge = nonref_test(cc.name, cc.extradata)
         bsf = BitStreamFilterContext(f"{cc.name}_mp4toannexb", stream)
-        data, pts, key, nonref, first = [], [], [], [], None
+        data, pts, key, nonref, first, colour = [], [], [], [], None, None
         reader.container.seek(0, stream=stream, backward=True, any_frame=False)
         try:
             for packet in reader.container.demux(stream):
@@ -127,7 +127,8 @@ def demux(path) -> Packets | None:
                     continue
                 if first is None:  # rotation and colour are on frames: decode the first keyframe
                     first = next(iter([*stream.decode(packet), *stream.decode(None)]), None)
-                    if first is None or first.rotation or _colour(first) is None:
+                    colour = _colour(first) if first is not None and not first.rotation else None
+                    if colour is None:
                         return None
                 k = packet.is_keyframe
                 pts.append(packet.pts), key.append(k)
@@ -138,11 +139,11 @@ def demux(path) -> Packets | None:
                 data.append(bytes(out[0]))
         except av.FFmpegError as e:
             raise VideoError(f"{path}: cannot read packets ({_why(e)})") from None
-    if len(pts) != reader.num_frames:
+    if colour is None or len(pts) != reader.num_frames:
         return None
     index = np.empty(len(pts), dtype=np.int64)
     index[np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")] = np.arange(len(pts))
-    return Packets(cc.name, cc.width, cc.height, *_colour(first), data, np.asarray(key, bool),
+    return Packets(cc.name, cc.width, cc.height, *colour, data, np.asarray(key, bool),
                    np.asarray(nonref, bool), index)
 
 
@@ -398,8 +399,11 @@ class Trial:
         self.log_choice, self.clock = log_choice, clock
         self.rates: dict[str, float] = {}
         self.phase, self.seen, self.t0 = 0, 0, None
-        self.done = False
         dataset.set_gpu_share(candidates[0][1])
+
+    @property
+    def done(self) -> bool:
+        return self.phase >= len(self.candidates)
 
     def tick(self) -> None:
         if self.done:
@@ -419,7 +423,6 @@ class Trial:
     def _decide(self) -> None:
         best = max(self.candidates, key=lambda c: self.rates[c[0]])
         self.dataset.set_gpu_share(best[1])
-        self.done = True
         self.log_choice("decoder auto: %s (measured in training: %s clips/s; GPU share %.2f)", best[0],
                         ", ".join(f"{n} {self.rates[n]}" for n, _ in self.candidates), best[1])
 
@@ -436,7 +439,7 @@ class DecodeStage:
         # choose(dataset, pool) -> (measurements, Trial or None): the GPU share, at the first epoch
         self.choose, self.measured, self.trial = choose, None, None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.gpu_clips = self.cpu_clips = self.fallbacks = 0
+        self.clips = self.gpu_clips = self.fallbacks = 0
         self.decode_s = 0.0
 
     def epoch(self, batches):
@@ -489,7 +492,7 @@ class DecodeStage:
                 t0 = time.perf_counter()
                 self._fill(batch, x)
                 self.decode_s += time.perf_counter() - t0
-            self.cpu_clips += x.shape[0]
+            self.clips += x.shape[0]
             event = None
             if self.stream is not None:
                 event = torch.cuda.Event()
@@ -515,7 +518,6 @@ class DecodeStage:
                 clips = apply_augment(clips, job.aug)
             x[i * k:(i + 1) * k] = clips
             self.gpu_clips += k
-            self.cpu_clips -= k
         if bad:
             self._replace(batch, x, bad, k)
 
@@ -546,8 +548,8 @@ class DecodeStage:
                     field[rows] = field[src]
 
     def stats(self) -> dict:
-        return dict(gpu_clips=self.gpu_clips, cpu_clips=self.cpu_clips, fallbacks=self.fallbacks,
-                    gpu_decode_s=round(self.decode_s, 2), gpu_share=round(float(self.dataset._gpu_share[0]), 3))
+        return dict(gpu_clips=self.gpu_clips, cpu_clips=self.clips - self.gpu_clips, fallbacks=self.fallbacks,
+                    gpu_decode_s=round(self.decode_s, 2), gpu_share=round(self.dataset.gpu_share, 3))
 
     def close(self) -> None:
         self.pool.close()
@@ -616,7 +618,7 @@ def build_stage(dataset, decoder: str, device: torch.device, workers: int, threa
     if decoder == "nvdec" or (decoder == "hybrid" and share is not None):
         dataset.set_gpu_share(1.0 if decoder == "nvdec" else share)
         log_choice("decoder %s: %.0f%% of training items decoded on %s (%d decoder threads)", decoder,
-                   100 * float(dataset._gpu_share[0]), device, pool.threads)
+                   100 * dataset.gpu_share, device, pool.threads)
         return DecodeStage(dataset, pool, device)
     # measured once the loader's workers run: a worker forked after the decoder threads started
     # (and NVDEC sessions opened) can crash; until then the workers decode everything
@@ -644,6 +646,6 @@ def choose(dataset, pool: DecoderPool, decoder: str, workers: int, log_choice=lo
     dataset.set_gpu_share(1.0 if best == "nvdec" else m["share"])
     log_choice("decoder %s: %s, %.0f%% of training items on NVDEC (measured here: NVDEC %.0f clips/s with %d "
                "threads, PyAV %.1f clips/s per worker x %d workers; predicted clips/s %s)", decoder, best,
-               100 * float(dataset._gpu_share[0]), m["gpu_clips_per_s"], pool.threads,
+               100 * dataset.gpu_share, m["gpu_clips_per_s"], pool.threads,
                m["cpu_clips_per_s_per_process"], m["workers"], m["predicted"])
     return m, None
