@@ -181,6 +181,7 @@ def test_bench_gpu_ratios_and_the_tuning_mode():
     assert ratios(records[:4]) == {}  # no mmaction2 side: no ratio
     assert execution("bf16_cl_compile_cdt").inductor_tuning and execution("bf16_cl_cg_cdt").compile == "reduce-overhead"
     assert not execution("bf16_cl_cdt").inductor_tuning and not execution("bf16_cl_compile").inductor_tuning
+    assert execution("bf16_cl_compile_ab50").activation_budget == 0.5 and execution("bf16_cl_ab50").activation_budget == 1.0
 
 
 def test_loss_curve_compares_modes_from_the_same_start(tmp_path):

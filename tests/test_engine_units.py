@@ -181,3 +181,35 @@ def test_precision_and_inductor_tuning_switches():
         "options": {"coordinate_descent_tuning": True}}
     assert compile_options(Execution(compile="reduce-overhead")) == {"mode": "reduce-overhead"}
     assert compile_options(Execution(compile=True)) == {"mode": None}
+
+
+def test_activation_budget_is_in_force_while_the_graph_compiles(monkeypatch):
+    """train.activation_budget reaches torch's activation memory budget during every call of the
+    compiled forward (graphs compile inside a call), and only with compile; 0 and values over 1
+    are refused with the field's name."""
+    import torch._functorch.config as functorch_config
+
+    from tpn.accel import Execution, execution, make_forward
+
+    seen = []
+
+    def fake_compile(fn, **kwargs):  # records the budget torch.compile would partition with
+        def run(*args):
+            seen.append(functorch_config.activation_memory_budget)
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = torch.nn.Conv3d(3, 4, 1)
+    x8 = torch.randint(0, 255, (1, 3, 2, 4, 4), dtype=torch.uint8)
+    for budget in (0.4, 1.0):
+        out = make_forward(model, (0, 0, 0), (1, 1, 1), Execution(compile=True, activation_budget=budget))(x8)
+        assert out.shape == (1, 4, 2, 4, 4) and seen[-1] == budget
+    assert functorch_config.activation_memory_budget == 1.0  # restored after the call
+    cuda = torch.device("cuda")  # a device name only: nothing runs
+    t = load_config("tpn_tiny_synth", ["train.compile=true", "train.activation_budget=0.5"]).train
+    assert execution(t, cuda).activation_budget == 0.5
+    assert execution(t, cuda, compile_model=False).activation_budget == 1.0
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="train.activation_budget"):
+            load_config("tpn_tiny_synth", [f"train.activation_budget={bad}"])

@@ -27,12 +27,15 @@ class Execution:
     """How a model runs: autocast dtype (None: fp32), channels_last_3d, torch.compile (False,
     True or a mode such as "reduce-overhead", which adds CUDA graphs), and with compile,
     `inductor_tuning`: coordinate-descent tuning of the Triton kernels inductor generates (the
-    BatchNorm statistics, normalisation and ReLU kernels), benchmarked on the GPU at their first run."""
+    BatchNorm statistics, normalisation and ReLU kernels), benchmarked on the GPU at their first run;
+    `activation_budget` < 1: the share of the activations the compiled graph may save for the
+    backward (torch's activation memory budget: cheap ops are recomputed in the backward instead)."""
 
     amp: torch.dtype | None = None
     channels_last: bool = False
     compile: bool | str = False
     inductor_tuning: bool = False
+    activation_budget: float = 1.0
 
     @property
     def loss_scaling(self) -> bool:
@@ -59,7 +62,8 @@ def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool 
     mode = False
     if train_cfg.compile and compile_model:
         mode = True if train_cfg.compile_mode == "default" else train_cfg.compile_mode
-    return Execution(amp, train_cfg.channels_last, mode, bool(mode) and train_cfg.inductor_tuning)
+    return Execution(amp, train_cfg.channels_last, mode, bool(mode) and train_cfg.inductor_tuning,
+                     train_cfg.activation_budget if mode else 1.0)
 
 
 def compile_options(ex: Execution) -> dict:
@@ -106,7 +110,16 @@ def make_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float], 
     if not ex.compile:
         return forward
     # static shapes: a new batch size recompiles instead of falling back to slower dynamic kernels
-    return torch.compile(forward, dynamic=False, **compile_options(ex))
+    compiled = torch.compile(forward, dynamic=False, **compile_options(ex))
+    if ex.activation_budget >= 1.0:
+        return compiled
+    import torch._functorch.config as functorch_config
+
+    def budgeted(*args):  # the budget is read when a graph is (re)compiled, inside a call
+        with functorch_config.patch(activation_memory_budget=ex.activation_budget):
+            return compiled(*args)
+
+    return budgeted
 
 
 def make_eval_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float], ex: Execution = Execution(),

@@ -149,6 +149,9 @@ class TrainConfig:
     # with compile on CUDA: coordinate-descent tuning of inductor's generated Triton kernels (BN
     # statistics, normalisation, ReLU); the tuning runs at their first call and lengthens the warm-up
     inductor_tuning: bool = False
+    # with compile: the share of the activations torch.compile may keep for the backward (1.0 keeps
+    # what is fastest); lower values recompute cheap ops (BN apply, ReLU) in the backward instead
+    activation_budget: float = 1.0
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     seed: int = 0
@@ -410,6 +413,7 @@ RANGES: dict[str, Range] = {
                                           "milestones")},
     "train.gamma": POSITIVE,
     "train.momentum": Range(0, 1, hi_open=True),
+    "train.activation_budget": Range(0, 1, lo_open=True),
     **{f"train.{k}": AT_LEAST_0 for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad", "val_interval", "seed",
                                           "keep_last", "ckpt_interval_iters")},
     "test.batch_size": AT_LEAST_1,

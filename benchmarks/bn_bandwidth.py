@@ -1,0 +1,102 @@
+"""How close training BatchNorm + ReLU runs to the GPU's memory bandwidth, per R50 tensor shape.
+
+Issue 18 asks whether BatchNorm's memory traffic can be cut. This measures, for each BN'd tensor
+shape of TPN R50 8x8 at batch 32 (8x224x224 clips, channels_last_3d, bf16), the time of
+y = relu(batch_norm(x)) forward + backward (batch statistics, running statistics updated) as
+torch.compile generates it (what training runs) and in eager mode (cuDNN's BN), against a bound:
+the fewest bytes any implementation without conv fusion must move (forward: read x for the
+statistics, read x and write y; backward: read dy and x for the two reductions, read them again
+and write dx: 7 passes over the tensor) at the bandwidth a device-to-device copy reaches.
+`efficiency` = bound / measured time: 1.0 means a hand-written kernel cannot beat it.
+
+    python benchmarks/bn_bandwidth.py --out bn_bandwidth.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# (channels, spatial side) of every BN'd tensor of the R50 8x8 backbone at 224 crop, with how
+# many BN layers have it (stem; stage 1-4 conv1/conv2 and conv3/downsample outputs)
+SHAPES = [(64, 112, 1), (64, 56, 6), (256, 56, 4), (128, 56, 1), (128, 28, 7), (512, 28, 5),
+          (256, 28, 1), (256, 14, 11), (1024, 14, 7), (512, 14, 1), (512, 7, 5), (2048, 7, 4)]
+
+
+def cuda_time(fn, reps: int = 20) -> float:
+    """Seconds per call of `fn` (already warm), by CUDA events."""
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps / 1000
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a device-to-device copy of 1 GiB (read + write counted)."""
+    a = torch.empty(2**29, dtype=torch.bfloat16, device="cuda")
+    b = torch.empty_like(a)
+    return 2 * a.numel() * a.element_size() / cuda_time(lambda: b.copy_(a))
+
+
+def bn_relu(x, w, b, rm, rv):
+    return F.relu(F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5))
+
+
+def measure(shape: tuple[int, int, int], batch: int, compiled) -> dict:
+    c, side, layers = shape
+    x = torch.randn(batch, c, 8, side, side, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    w = torch.ones(c, device="cuda", requires_grad=True)
+    b = torch.zeros(c, device="cuda", requires_grad=True)
+    rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
+    dy = torch.randn_like(x)
+
+    def step(fn):
+        def run():
+            y = fn(x, w, b, rm, rv)
+            y.backward(dy)
+        return run
+
+    rec = dict(channels=c, side=side, layers=layers, mbytes=round(x.numel() * 2 / 2**20, 1))
+    rec["compiled_ms"] = 1000 * cuda_time(step(compiled))
+    rec["eager_ms"] = 1000 * cuda_time(step(bn_relu))
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--out", default="bn_bandwidth.json")
+    args = ap.parse_args()
+    bw = copy_bandwidth()
+    compiled = torch.compile(bn_relu, dynamic=False)
+    rows = []
+    for shape in SHAPES:
+        rec = measure(shape, args.batch, compiled)
+        bound_ms = 1000 * 7 * rec["mbytes"] * 2**20 / bw
+        rec.update(bound_ms=bound_ms, efficiency_compiled=bound_ms / rec["compiled_ms"],
+                   efficiency_eager=bound_ms / rec["eager_ms"])
+        rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
+        print(json.dumps(rows[-1]), flush=True)
+    total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("compiled_ms", "eager_ms", "bound_ms")}
+    out = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+               batch=args.batch, copy_gb_per_s=round(bw / 1e9, 1), shapes=rows,
+               step_totals_ms={k: round(v, 2) for k, v in total.items()},
+               efficiency_compiled=round(total["bound_ms"] / total["compiled_ms"], 3),
+               efficiency_eager=round(total["bound_ms"] / total["eager_ms"], 3))
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k != "shapes"}))
+
+
+if __name__ == "__main__":
+    main()
