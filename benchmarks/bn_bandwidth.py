@@ -3,7 +3,8 @@
 Issue 18 asks whether BatchNorm's memory traffic can be cut. This measures, for each BN'd tensor
 shape of TPN R50 8x8 at batch 32 (8x224x224 clips, channels_last_3d, bf16), the time of
 y = relu(batch_norm(x)) forward + backward (batch statistics, running statistics updated) as
-torch.compile generates it (what training runs) and in eager mode (cuDNN's BN), against a bound:
+torch.compile generates it (what training runs), in eager mode (cuDNN's BN) and as tpn's Triton
+kernels (`train.fused_bn`, `tpn.models.fused_bn`, compiled the same way), against a bound:
 the fewest bytes any implementation without conv fusion must move (forward: read x for the
 statistics, read x and write y; backward: read dy and x for the two reductions, read them again
 and write dx: 7 passes over the tensor) at the bandwidth a device-to-device copy reaches.
@@ -52,7 +53,7 @@ def bn_relu(x, w, b, rm, rv):
     return F.relu(F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5))
 
 
-def measure(shape: tuple[int, int, int], batch: int, compiled) -> dict:
+def measure(shape: tuple[int, int, int], batch: int, compiled, fused) -> dict:
     c, side, layers = shape
     x = torch.randn(batch, c, 8, side, side, device="cuda", dtype=torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
@@ -70,30 +71,39 @@ def measure(shape: tuple[int, int, int], batch: int, compiled) -> dict:
     rec = dict(channels=c, side=side, layers=layers, mbytes=round(x.numel() * 2 / 2**20, 1))
     rec["compiled_ms"] = 1000 * cuda_time(step(compiled))
     rec["eager_ms"] = 1000 * cuda_time(step(bn_relu))
+    if fused is not None:
+        bn = torch.nn.BatchNorm3d(c).cuda()
+        rec["fused_ms"] = 1000 * cuda_time(step(lambda x, w, b, rm, rv: fused(x, bn)))
     return rec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--no-fused", action="store_true", help="leave out tpn's Triton kernels")
     ap.add_argument("--out", default="bn_bandwidth.json")
     args = ap.parse_args()
     bw = copy_bandwidth()
+    torch._dynamo.config.recompile_limit = 64  # one graph per shape
     compiled = torch.compile(bn_relu, dynamic=False)
+    fused = None
+    if not args.no_fused:
+        from tpn.models.fused_bn import bn_act
+        fused = torch.compile(bn_act, dynamic=False)
     rows = []
     for shape in SHAPES:
-        rec = measure(shape, args.batch, compiled)
+        rec = measure(shape, args.batch, compiled, fused)
         bound_ms = 1000 * 7 * rec["mbytes"] * 2**20 / bw
-        rec.update(bound_ms=bound_ms, efficiency_compiled=bound_ms / rec["compiled_ms"],
-                   efficiency_eager=bound_ms / rec["eager_ms"])
+        rec.update({f"efficiency_{k}": bound_ms / rec[f"{k}_ms"] for k in ("compiled", "eager", "fused") if f"{k}_ms" in rec})
+        rec["bound_ms"] = bound_ms
         rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
         print(json.dumps(rows[-1]), flush=True)
-    total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("compiled_ms", "eager_ms", "bound_ms")}
+    total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("compiled_ms", "eager_ms", "fused_ms", "bound_ms")
+             if k in rows[0]}
     out = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                batch=args.batch, copy_gb_per_s=round(bw / 1e9, 1), shapes=rows,
                step_totals_ms={k: round(v, 2) for k, v in total.items()},
-               efficiency_compiled=round(total["bound_ms"] / total["compiled_ms"], 3),
-               efficiency_eager=round(total["bound_ms"] / total["eager_ms"], 3))
+               **{f"efficiency_{k[:-3]}": round(total["bound_ms"] / v, 3) for k, v in total.items() if k != "bound_ms"})
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "shapes"}))
 

@@ -133,3 +133,38 @@ def test_training_with_nvdec(tmp_path):
         "data.decoder=nvdec", "data.num_workers=2", "train.epochs=1", "train.val_interval=0", "train.batch_size=4"])
     s = train(cfg, tmp_path / "run", device="cuda")
     assert s["epochs"][0]["decode"]["gpu_clips"] > 0 and s["epochs"][0]["decode"]["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_bn_kernels_on_the_gpu(compiled):
+    """train.fused_bn's Triton kernels compiled for the GPU (eager and inside torch.compile): fp32
+    equal to torch's BatchNorm -> add -> ReLU (output, all gradients, running statistics); bf16
+    output within half a bf16 step of the fp32 result (rounded once, to nearest)."""
+    from tpn.models import fused_bn
+
+    torch.manual_seed(0)
+    fn = torch.compile(fused_bn.bn_act, dynamic=False) if compiled else fused_bn.bn_act
+    for shape in [(4, 96, 8, 28, 28), (3, 70, 5, 9, 9)]:
+        bn, ref = torch.nn.BatchNorm3d(shape[1]).cuda(), torch.nn.BatchNorm3d(shape[1]).cuda()
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        ref.load_state_dict(bn.state_dict())
+        leaf = lambda s: (torch.randn(shape, device="cuda") * s + 1).contiguous(  # noqa: E731
+            memory_format=torch.channels_last_3d).requires_grad_()
+        x, r = leaf(3.0), leaf(1.0)
+        x2, r2 = (t.detach().clone().requires_grad_() for t in (x, r))
+        y = fn(x, bn, r, True)
+        y2 = torch.relu(ref(x2) + r2)
+        dy = torch.randn_like(y2)
+        y.backward(dy)
+        y2.backward(dy)
+        for a, b in [(y, y2), (x.grad, x2.grad), (r.grad, r2.grad), (bn.running_mean, ref.running_mean),
+                     (bn.running_var, ref.running_var)]:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        for a, b in [(bn.weight.grad, ref.weight.grad), (bn.bias.grad, ref.bias.grad)]:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-2)  # sums over ~10^5 rows
+        xb, rb = x.detach().bfloat16(), r.detach().bfloat16()
+        yb = fn(xb, bn, rb, True)
+        exact = torch.relu(torch.nn.functional.batch_norm(xb.float(), None, None, bn.weight, bn.bias, True) + rb.float())
+        assert ((yb.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-3).all()

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from tpn.config import TrainConfig
 from tpn.data.transforms import normalize
-from tpn.models.layers import fold_batchnorm
+from tpn.models.layers import fold_batchnorm, set_fused_bn
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # test.precision / --precision
@@ -29,13 +29,15 @@ class Execution:
     `inductor_tuning`: coordinate-descent tuning of the Triton kernels inductor generates (the
     BatchNorm statistics, normalisation and ReLU kernels), benchmarked on the GPU at their first run;
     `activation_budget` < 1: the share of the activations the compiled graph may save for the
-    backward (torch's activation memory budget: cheap ops are recomputed in the backward instead)."""
+    backward (torch's activation memory budget: cheap ops are recomputed in the backward instead);
+    `fused_bn`: training BatchNorm (+ add) (+ ReLU) as Triton kernels (`tpn.models.fused_bn`)."""
 
     amp: torch.dtype | None = None
     channels_last: bool = False
     compile: bool | str = False
     inductor_tuning: bool = False
     activation_budget: float = 1.0
+    fused_bn: bool = False
 
     @property
     def loss_scaling(self) -> bool:
@@ -63,7 +65,7 @@ def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool 
     if train_cfg.compile and compile_model:
         mode = True if train_cfg.compile_mode == "default" else train_cfg.compile_mode
     return Execution(amp, train_cfg.channels_last, mode, bool(mode) and train_cfg.inductor_tuning,
-                     train_cfg.activation_budget if mode else 1.0)
+                     train_cfg.activation_budget if mode else 1.0, train_cfg.fused_bn)
 
 
 def compile_options(ex: Execution) -> dict:
@@ -100,6 +102,8 @@ def make_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float], 
     amp = ex.amp is not None
     if ex.channels_last:
         to_channels_last(model)
+    if ex.fused_bn:
+        set_fused_bn(model)
 
     def forward(x8: torch.Tensor, labels: torch.Tensor | None = None):
         x = normalize(x8, mean_t, std_t)  # keeps the layout: loader batches come channels_last_3d

@@ -152,6 +152,9 @@ class TrainConfig:
     # with compile: the share of the activations torch.compile may keep for the backward (1.0 keeps
     # what is fastest); lower values recompute cheap ops (BN apply, ReLU) in the backward instead
     activation_budget: float = 1.0
+    # CUDA: training BatchNorm (+ residual add) (+ ReLU) of the backbone and neck as Triton kernels
+    # (tpn.models.fused_bn; the same model, measured in docs/training.md)
+    fused_bn: bool = False
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     seed: int = 0

@@ -19,7 +19,11 @@ def conv3d(cin: int, cout: int, kernel, stride=1, padding=0, groups: int = 1) ->
 
 
 class ConvBN(nn.Module):
-    """Conv3d (no bias) -> BatchNorm3d -> optional ReLU; names `conv`, `bn` as mmaction2's ConvModule."""
+    """Conv3d (no bias) -> BatchNorm3d -> (+ residual) -> optional ReLU; names `conv`, `bn` as
+    mmaction2's ConvModule. With `fused_bn` set (`set_fused_bn`, `train.fused_bn`), a training-mode
+    BN on a channels-last tensor runs as Triton kernels (`tpn.models.fused_bn`): the same model."""
+
+    fused_bn: bool = False
 
     def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0, groups: int = 1, act: bool = True):
         super().__init__()
@@ -27,11 +31,29 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm3d(cout)
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm_act(self.conv(x), residual)
+
+    def norm_act(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """[relu](bn(x) [+ residual]) of the conv's output `x`."""
+        if self.fused_bn and self.bn is not None:
+            from tpn.models import fused_bn
+
+            if fused_bn.supported(self.bn, x):
+                return fused_bn.bn_act(x, self.bn, residual, self.act)
         if self.bn is not None:  # None once folded into the conv (`fold_batchnorm`)
             x = self.bn(x)
+        if residual is not None:
+            x = x + residual
         return torch.relu_(x) if self.act else x
+
+
+def set_fused_bn(model: nn.Module, on: bool = True) -> nn.Module:
+    """Every ConvBN of `model` runs its training BN (+ add + ReLU) as Triton kernels (`on`) or as torch ops."""
+    for m in model.modules():
+        if isinstance(m, ConvBN):
+            m.fused_bn = on
+    return model
 
 
 @torch.no_grad()
@@ -54,8 +76,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """relu(residual(x)): a block defines `_residual` (its branch plus shortcut); with `with_cp`
-    that is recomputed in the backward instead of keeping its activations."""
+    """A block defines `_residual`: relu(branch(x) + shortcut(x)), the add and ReLU done by its last
+    ConvBN; with `with_cp` that is recomputed in the backward instead of keeping its activations."""
 
     with_cp: bool = False
 
@@ -67,7 +89,7 @@ class ResidualBlock(nn.Module):
             out = checkpoint(self._residual, x, use_reentrant=False)
         else:
             out = self._residual(x)
-        return torch.relu_(out)
+        return out
 
 class StagedBackbone(nn.Module):
     """What the 3D and the TSM ResNets share: a stem `conv1`, stages `layer1..N` run in order

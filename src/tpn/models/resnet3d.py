@@ -35,7 +35,7 @@ class Bottleneck3d(ResidualBlock):
         k1, p1 = ((3, 1, 1), (1, 0, 0)) if inflate else (1, 0)
         self.conv1 = ConvBN(inplanes, planes, k1, padding=p1)
         self.conv2 = ConvBN(planes, planes, (1, 3, 3), (temporal_stride, spatial_stride, spatial_stride), (0, 1, 1))
-        self.conv3 = ConvBN(planes, planes * self.expansion, 1, act=False)
+        self.conv3 = ConvBN(planes, planes * self.expansion, 1)  # its ReLU comes after the residual add
         out = planes * self.expansion
         needs_proj = spatial_stride != 1 or temporal_stride != 1 or inplanes != out
         self.downsample = (
@@ -45,8 +45,8 @@ class Bottleneck3d(ResidualBlock):
         self.with_cp = with_cp
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv3(self.conv2(self.conv1(x)))
-        return out + (x if self.downsample is None else self.downsample(x))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.conv3(self.conv2(self.conv1(x)), residual=shortcut)
 
 
 class ResNet3dSlowOnly(StagedBackbone):
@@ -106,8 +106,7 @@ class ResNet3dSlowOnly(StagedBackbone):
             y = _clips(F.conv2d(_frames(x), w[:, :, 0], cb.conv.bias, cb.conv.stride[1:], cb.conv.padding[1:]), n)
         else:
             y = F.conv3d(x, w, cb.conv.bias, cb.conv.stride, cb.conv.padding)
-        y = cb.bn(y) if cb.bn is not None else y
-        y = torch.relu_(y) if cb.act else y
+        y = cb.norm_act(y)
         if self.stem_2d:
             return _clips(F.max_pool2d(_frames(y), 3, 2, 1), n)
         return self.maxpool(y)

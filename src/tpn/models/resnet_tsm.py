@@ -50,7 +50,7 @@ class BottleneckTSM(ResidualBlock):
         super().__init__()
         self.conv1 = ConvBN2d(inplanes, planes, 1)
         self.conv2 = ConvBN2d(planes, planes, 3, stride, 1)
-        self.conv3 = ConvBN2d(planes, planes * self.expansion, 1, act=False)
+        self.conv3 = ConvBN2d(planes, planes * self.expansion, 1)  # its ReLU comes after the residual add
         out = planes * self.expansion
         self.downsample = ConvBN2d(inplanes, out, 1, stride, act=False) if stride != 1 or inplanes != out else None
         self.num_segments = num_segments
@@ -60,8 +60,8 @@ class BottleneckTSM(ResidualBlock):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         y = temporal_shift(x, self.num_segments, self.shift_div) if self.shift else x
-        out = self.conv3(self.conv2(self.conv1(y)))
-        return out + (x if self.downsample is None else self.downsample(x))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.conv3(self.conv2(self.conv1(y)), residual=shortcut)
 
 
 class ResNetTSM(StagedBackbone):

@@ -1,0 +1,196 @@
+"""Training BatchNorm (+ residual add) (+ ReLU) as three Triton kernels forward and three backward,
+over channels-last tensors seen as [rows, channels] (`train.fused_bn`).
+
+Same model as `BatchNorm` -> `+ residual` -> `ReLU`: batch statistics over all rows (biased variance
+to normalise, unbiased to update the running variance, `momentum`, `eps`, `num_batches_tracked` as
+torch's BatchNorm), computed in fp32 from the stored bf16/fp32 values. What differs is rounding:
+the normalised value, the residual add and the ReLU are computed in fp32 and rounded once.
+
+Forward: (1) per block of rows, each channel's mean and squared deviations (combined exactly, as
+Chan et al.); (2) y = relu(x * scale + shift + residual). Backward: (3) per block, each channel's
+sum(g) and sum(g * x_hat), where g is dy masked by the ReLU (recomputed from x, or read from y when
+a residual was added; with a residual, g is also its gradient, written here); (4) dx. The small
+per-channel combinations of the blocks' partial results are torch ops (fused by torch.compile).
+
+Needs Triton (installed with CUDA builds of torch). Tests run the kernels on the CPU through
+Triton's interpreter (TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+BLOCK_M = 128  # rows per program
+BLOCK_C = 64  # channels per program
+
+
+@triton.jit
+def _stats_kernel(x_ptr, part_ptr, M, C, BM: tl.constexpr, BC: tl.constexpr):
+    """part[block, 0, c] = the block's mean of channel c, part[block, 1, c] = its sum of squared deviations."""
+    pm, pc = tl.program_id(0), tl.program_id(1)
+    rows = pm * BM + tl.arange(0, BM)
+    cols = pc * BC + tl.arange(0, BC)
+    mask = (rows < M)[:, None] & (cols < C)[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    n = tl.minimum(M - pm * BM, BM).to(tl.float32)
+    mean = tl.sum(x, axis=0) / n
+    d = tl.where(mask, x - mean[None, :], 0.0)
+    base = part_ptr + pm.to(tl.int64) * 2 * C + cols
+    tl.store(base, mean, mask=cols < C)
+    tl.store(base + C, tl.sum(d * d, axis=0), mask=cols < C)
+
+
+@triton.jit
+def _apply_kernel(x_ptr, r_ptr, y_ptr, scale_ptr, shift_ptr, M, C,
+                  HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    """y = [relu](x * scale + shift [+ r]), computed in fp32, stored in y's dtype."""
+    pm, pc = tl.program_id(0), tl.program_id(1)
+    rows = pm * BM + tl.arange(0, BM)
+    cols = pc * BC + tl.arange(0, BC)
+    mask = (rows < M)[:, None] & (cols < C)[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    scale = tl.load(scale_ptr + cols, mask=cols < C, other=0.0)
+    shift = tl.load(shift_ptr + cols, mask=cols < C, other=0.0)
+    z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+    if HAS_RES:
+        z += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        z = tl.maximum(z, 0.0)
+    tl.store(y_ptr + offs, z.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_stats_kernel(x_ptr, y_ptr, dy_ptr, g_ptr, mean_ptr, rstd_ptr, scale_ptr, shift_ptr, part_ptr, M, C,
+                       HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    """part[block, 0, c] = sum(g), part[block, 1, c] = sum(g * x_hat); g = dy where the output was
+    positive (ReLU), from y with a residual (then g, the residual's gradient, is stored), else from
+    x * scale + shift as the forward computed it."""
+    pm, pc = tl.program_id(0), tl.program_id(1)
+    rows = pm * BM + tl.arange(0, BM)
+    cols = pc * BC + tl.arange(0, BC)
+    cmask = cols < C
+    mask = (rows < M)[:, None] & cmask[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        if HAS_RES:
+            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.where(y > 0.0, g, 0.0)
+        else:
+            scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
+            shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+            g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
+    if HAS_RES:
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
+    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
+    xhat = (x - mean[None, :]) * rstd[None, :]
+    base = part_ptr + pm.to(tl.int64) * 2 * C + cols
+    tl.store(base, tl.sum(g, axis=0), mask=cmask)
+    tl.store(base + C, tl.sum(g * xhat, axis=0), mask=cmask)
+
+
+@triton.jit
+def _grad_input_kernel(x_ptr, y_ptr, dy_ptr, g_ptr, dx_ptr, mean_ptr, rstd_ptr, scale_ptr, shift_ptr,
+                       k_g_ptr, k_xhat_ptr, M, C,
+                       HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    """dx = scale * (g - sum(g) / M - x_hat * sum(g * x_hat) / M); the two sums arrive divided by M."""
+    pm, pc = tl.program_id(0), tl.program_id(1)
+    rows = pm * BM + tl.arange(0, BM)
+    cols = pc * BC + tl.arange(0, BC)
+    cmask = cols < C
+    mask = (rows < M)[:, None] & cmask[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
+    if HAS_RES:
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if RELU:
+            shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+            g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
+    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
+    k_g = tl.load(k_g_ptr + cols, mask=cmask, other=0.0)
+    k_xhat = tl.load(k_xhat_ptr + cols, mask=cmask, other=0.0)
+    xhat = (x - mean[None, :]) * rstd[None, :]
+    dx = scale[None, :] * (g - k_g[None, :] - xhat * k_xhat[None, :])
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _grid(m: int, c: int) -> tuple[int, int]:
+    return triton.cdiv(m, BLOCK_M), triton.cdiv(c, BLOCK_C)
+
+
+class _BNAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, eps: float, relu: bool):
+        c = x.shape[1]  # x: dense channels-last, so its storage is [rows, C] from its data pointer
+        m = x.numel() // c
+        grid = _grid(m, c)
+        part = torch.empty(grid[0], 2, c, device=x.device, dtype=torch.float32)
+        _stats_kernel[grid](x, part, m, c, BM=BLOCK_M, BC=BLOCK_C)
+        counts = torch.full((grid[0], 1), float(BLOCK_M), device=x.device)
+        counts[-1] = m - (grid[0] - 1) * BLOCK_M
+        means, m2s = part[:, 0], part[:, 1]
+        mean = (means * counts).sum(0) / m
+        var = (m2s + counts * (means - mean) ** 2).sum(0) / m
+        rstd = torch.rsqrt(var + eps)
+        scale = weight.float() * rstd
+        shift = bias.float() - mean * scale
+        y = torch.empty_like(x)
+        _apply_kernel[grid](x, x if residual is None else residual, y, scale, shift, m, c,
+                            HAS_RES=residual is not None, RELU=relu, BM=BLOCK_M, BC=BLOCK_C)
+        ctx.save_for_backward(x, y, mean, rstd, scale, shift)
+        ctx.has_res, ctx.relu = residual is not None, relu
+        ctx.dtypes = weight.dtype, None if residual is None else residual.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x, y, mean, rstd, scale, shift = ctx.saved_tensors
+        fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+        dy = dy.contiguous(memory_format=fmt)
+        c = x.shape[1]
+        m = x.numel() // c
+        grid = _grid(m, c)
+        g = torch.empty_like(x) if ctx.has_res else None
+        part = torch.empty(grid[0], 2, c, device=x.device, dtype=torch.float32)
+        _grad_stats_kernel[grid](x, y, dy, dy if g is None else g, mean, rstd, scale, shift, part, m, c,
+                                 HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C)
+        sums = part.sum(0)
+        dbias, dweight = sums[0], sums[1]
+        dx = torch.empty_like(x)
+        _grad_input_kernel[grid](x, y, dy, dy if g is None else g, dx, mean, rstd, scale, shift, dbias / m, dweight / m,
+                                 m, c, HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C)
+        wdt, rdt = ctx.dtypes
+        return dx, dweight.to(wdt), dbias.to(wdt), None if g is None else g.to(rdt), None, None
+
+
+def supported(bn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `bn` on `x` can take the kernels: a plain BatchNorm2d/3d in training mode that tracks
+    running statistics with a momentum and has a weight and bias, on a channels-last tensor of more than one value per channel."""
+    if type(bn) not in (nn.BatchNorm2d, nn.BatchNorm3d) or not (bn.training and bn.track_running_stats and bn.affine):
+        return False
+    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return bn.momentum is not None and x.is_contiguous(memory_format=fmt) and x.numel() > x.shape[1]
+
+
+def bn_act(x: torch.Tensor, bn: nn.Module, residual: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """[relu](bn(x) [+ residual]) for a training-mode BatchNorm `bn` (see `supported`), updating its
+    running statistics and `num_batches_tracked` as torch's BatchNorm does."""
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+    y, mean, var = _BNAct.apply(x, bn.weight, bn.bias, residual, bn.eps, relu)
+    with torch.no_grad():
+        m = x.numel() // x.shape[1]
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+        bn.running_var.lerp_((var * (m / max(m - 1, 1))).to(bn.running_var.dtype), bn.momentum)
+        bn.num_batches_tracked.add_(1)
+    return y
