@@ -10,7 +10,12 @@ statistics, read x and write y; backward: read dy and x for the two reductions, 
 and write dx: 7 passes over the tensor) at the bandwidth a device-to-device copy reaches.
 `efficiency` = bound / measured time: 1.0 means a hand-written kernel cannot beat it.
 
-    python benchmarks/bn_bandwidth.py --out bn_bandwidth.json
+Times are the GPU time of the kernels a call runs (torch.profiler, summed), not wall time: a
+small tensor's call is otherwise bound by Python and launch overhead, which in the training step
+overlaps the GPU's work. --configs also times tpn's kernels at other tile sizes
+(BLOCK_M x BLOCK_C x warps), to choose `tpn.models.fused_bn`'s.
+
+    python benchmarks/bn_bandwidth.py --out bn_bandwidth.json --configs 128x64x4,256x64x8,64x128x4
 """
 from __future__ import annotations
 
@@ -28,18 +33,18 @@ SHAPES = [(64, 112, 1), (64, 56, 6), (256, 56, 4), (128, 56, 1), (128, 28, 7), (
           (256, 28, 1), (256, 14, 11), (1024, 14, 7), (512, 14, 1), (512, 7, 5), (2048, 7, 4)]
 
 
-def cuda_time(fn, reps: int = 20) -> float:
-    """Seconds per call of `fn` (already warm), by CUDA events."""
+def cuda_time(fn, reps: int = 10) -> float:
+    """GPU seconds per call of `fn`: the summed time of the kernels it runs (after 3 warm-up calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
     for _ in range(3):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / 1000
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in p.key_averages()) / reps / 1e6
 
 
 def copy_bandwidth() -> float:
@@ -53,7 +58,7 @@ def bn_relu(x, w, b, rm, rv):
     return F.relu(F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5))
 
 
-def measure(shape: tuple[int, int, int], batch: int, compiled, fused) -> dict:
+def measure(shape: tuple[int, int, int], batch: int, compiled, fused, configs=()) -> dict:
     c, side, layers = shape
     x = torch.randn(batch, c, 8, side, side, device="cuda", dtype=torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
@@ -74,6 +79,13 @@ def measure(shape: tuple[int, int, int], batch: int, compiled, fused) -> dict:
     if fused is not None:
         bn = torch.nn.BatchNorm3d(c).cuda()
         rec["fused_ms"] = 1000 * cuda_time(step(lambda x, w, b, rm, rv: fused(x, bn)))
+        from tpn.models import fused_bn as fb
+
+        default = fb.BLOCK_M, fb.BLOCK_C, fb.NUM_WARPS
+        for cfg in configs:  # eager calls: the kernels' time does not depend on compile
+            fb.BLOCK_M, fb.BLOCK_C, fb.NUM_WARPS = (int(v) for v in cfg.split("x"))
+            rec[f"fused_{cfg}_ms"] = 1000 * cuda_time(step(lambda x, w, b, rm, rv: fb.bn_act(x, bn)))
+        fb.BLOCK_M, fb.BLOCK_C, fb.NUM_WARPS = default
     return rec
 
 
@@ -81,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-fused", action="store_true", help="leave out tpn's Triton kernels")
+    ap.add_argument("--configs", default="", help="also time tpn's kernels at these BLOCK_MxBLOCK_CxWARPS")
     ap.add_argument("--out", default="bn_bandwidth.json")
     args = ap.parse_args()
     bw = copy_bandwidth()
@@ -92,14 +105,13 @@ def main() -> None:
         fused = torch.compile(bn_act, dynamic=False)
     rows = []
     for shape in SHAPES:
-        rec = measure(shape, args.batch, compiled, fused)
+        rec = measure(shape, args.batch, compiled, fused, [c for c in args.configs.split(",") if c])
         bound_ms = 1000 * 7 * rec["mbytes"] * 2**20 / bw
-        rec.update({f"efficiency_{k}": bound_ms / rec[f"{k}_ms"] for k in ("compiled", "eager", "fused") if f"{k}_ms" in rec})
+        rec.update({f"efficiency_{k[:-3]}": bound_ms / v for k, v in list(rec.items()) if k.endswith("_ms")})
         rec["bound_ms"] = bound_ms
         rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
         print(json.dumps(rows[-1]), flush=True)
-    total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("compiled_ms", "eager_ms", "fused_ms", "bound_ms")
-             if k in rows[0]}
+    total = {k: sum(r[k] * r["layers"] for r in rows) for k in rows[0] if k.endswith("_ms")}
     out = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                batch=args.batch, copy_gb_per_s=round(bw / 1e9, 1), shapes=rows,
                step_totals_ms={k: round(v, 2) for k, v in total.items()},

@@ -24,6 +24,7 @@ import triton.language as tl
 
 BLOCK_M = 128  # rows per program
 BLOCK_C = 64  # channels per program
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -134,7 +135,7 @@ class _BNAct(torch.autograd.Function):
         m = x.numel() // c
         grid = _grid(m, c)
         part = torch.empty(grid[0], 2, c, device=x.device, dtype=torch.float32)
-        _stats_kernel[grid](x, part, m, c, BM=BLOCK_M, BC=BLOCK_C)
+        _stats_kernel[grid](x, part, m, c, BM=BLOCK_M, BC=BLOCK_C, num_warps=NUM_WARPS)
         counts = torch.full((grid[0], 1), float(BLOCK_M), device=x.device)
         counts[-1] = m - (grid[0] - 1) * BLOCK_M
         means, m2s = part[:, 0], part[:, 1]
@@ -145,7 +146,7 @@ class _BNAct(torch.autograd.Function):
         shift = bias.float() - mean * scale
         y = torch.empty_like(x)
         _apply_kernel[grid](x, x if residual is None else residual, y, scale, shift, m, c,
-                            HAS_RES=residual is not None, RELU=relu, BM=BLOCK_M, BC=BLOCK_C)
+                            HAS_RES=residual is not None, RELU=relu, BM=BLOCK_M, BC=BLOCK_C, num_warps=NUM_WARPS)
         ctx.save_for_backward(x, y, mean, rstd, scale, shift)
         ctx.has_res, ctx.relu = residual is not None, relu
         ctx.dtypes = weight.dtype, None if residual is None else residual.dtype
@@ -163,12 +164,12 @@ class _BNAct(torch.autograd.Function):
         g = torch.empty_like(x) if ctx.has_res else None
         part = torch.empty(grid[0], 2, c, device=x.device, dtype=torch.float32)
         _grad_stats_kernel[grid](x, y, dy, dy if g is None else g, mean, rstd, scale, shift, part, m, c,
-                                 HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C)
+                                 HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C, num_warps=NUM_WARPS)
         sums = part.sum(0)
         dbias, dweight = sums[0], sums[1]
         dx = torch.empty_like(x)
         _grad_input_kernel[grid](x, y, dy, dy if g is None else g, dx, mean, rstd, scale, shift, dbias / m, dweight / m,
-                                 m, c, HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C)
+                                 m, c, HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C, num_warps=NUM_WARPS)
         wdt, rdt = ctx.dtypes
         return dx, dweight.to(wdt), dbias.to(wdt), None if g is None else g.to(rdt), None, None
 
