@@ -163,7 +163,10 @@ def test_precision_and_inductor_tuning_switches():
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device names only: nothing runs
     t = load_config("tpn_tiny_synth").train
-    assert execution(t, cuda, precision="fp32") == Execution(None, True, False)
+    import importlib.util
+
+    eager_bn = importlib.util.find_spec("triton") is not None  # train.fused_bn: auto, without compile
+    assert execution(t, cuda, precision="fp32") == Execution(None, True, False, fused_bn=eager_bn)
     assert execution(t, cuda, precision="fp16").amp == torch.float16
     assert execution(t, cpu, precision="bf16") == Execution(torch.bfloat16)  # CPU autocast, no layout change
     assert execution(t, cpu, precision="auto") == Execution()
@@ -209,7 +212,31 @@ def test_activation_budget_is_in_force_while_the_graph_compiles(monkeypatch):
     cuda = torch.device("cuda")  # a device name only: nothing runs
     t = load_config("tpn_tiny_synth", ["train.compile=true", "train.activation_budget=0.5"]).train
     assert execution(t, cuda).activation_budget == 0.5
+    assert not execution(t, cuda).fused_bn  # auto: inductor's kernels under compile
     assert execution(t, cuda, compile_model=False).activation_budget == 1.0
     for bad in ("0", "1.5"):
         with pytest.raises(ConfigError, match="train.activation_budget"):
             load_config("tpn_tiny_synth", [f"train.activation_budget={bad}"])
+
+
+def test_fused_bn_switch(monkeypatch):
+    """train.fused_bn: auto turns the Triton BN kernels on for eager CUDA training and off under
+    compile and on the CPU; true forces them; without Triton, auto stays off and true is refused."""
+    import importlib.util
+
+    from tpn.accel import execution
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device names only: nothing runs
+    eager, compiled = (load_config("tpn_tiny_synth", [f"train.compile={c}"]).train for c in ("false", "true"))
+    forced = load_config("tpn_tiny_synth", ["train.compile=true", "train.fused_bn=true"]).train
+    assert eager.fused_bn == "auto"
+    found = importlib.util.find_spec("triton") is not None
+    assert execution(eager, cuda).fused_bn == found and not execution(compiled, cuda).fused_bn
+    assert not execution(eager, cpu).fused_bn
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    assert not execution(eager, cuda).fused_bn
+    with pytest.raises(ValueError, match="train.fused_bn: true needs Triton"):
+        execution(forced, cuda)
+    with pytest.raises(ConfigError, match="train.fused_bn"):
+        load_config("tpn_tiny_synth", ["train.fused_bn=sometimes"])

@@ -144,14 +144,16 @@ def test_fused_bn_kernels_on_the_gpu(compiled):
 
     torch.manual_seed(0)
     fn = torch.compile(fused_bn.bn_act, dynamic=False) if compiled else fused_bn.bn_act
-    for shape in [(4, 96, 8, 28, 28), (3, 70, 5, 9, 9)]:
-        bn, ref = torch.nn.BatchNorm3d(shape[1]).cuda(), torch.nn.BatchNorm3d(shape[1]).cuda()
+    for shape in [(4, 96, 8, 28, 28), (3, 70, 5, 9, 9), (16, 64, 28, 28)]:  # the last: TSM's 2D frames
+        kind, fmt = ((torch.nn.BatchNorm3d, torch.channels_last_3d) if len(shape) == 5
+                     else (torch.nn.BatchNorm2d, torch.channels_last))
+        bn, ref = kind(shape[1]).cuda(), kind(shape[1]).cuda()
         with torch.no_grad():
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.5, 0.5)
         ref.load_state_dict(bn.state_dict())
         leaf = lambda s: (torch.randn(shape, device="cuda") * s + 1).contiguous(  # noqa: E731
-            memory_format=torch.channels_last_3d).requires_grad_()
+            memory_format=fmt).requires_grad_()
         x, r = leaf(3.0), leaf(1.0)
         x2, r2 = (t.detach().clone().requires_grad_() for t in (x, r))
         y = fn(x, bn, r, True)

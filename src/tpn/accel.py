@@ -8,6 +8,7 @@ on the device, inside the compiled graph, where it fuses with the layout change.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -64,8 +65,13 @@ def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool 
     mode = False
     if train_cfg.compile and compile_model:
         mode = True if train_cfg.compile_mode == "default" else train_cfg.compile_mode
+    fused_bn = train_cfg.fused_bn is True or (train_cfg.fused_bn == "auto" and not mode)
+    if fused_bn and importlib.util.find_spec("triton") is None:
+        if train_cfg.fused_bn is True:
+            raise ValueError("train.fused_bn: true needs Triton (pip install triton; CUDA builds of torch bring it)")
+        fused_bn = False
     return Execution(amp, train_cfg.channels_last, mode, bool(mode) and train_cfg.inductor_tuning,
-                     train_cfg.activation_budget if mode else 1.0, train_cfg.fused_bn)
+                     train_cfg.activation_budget if mode else 1.0, fused_bn)
 
 
 def compile_options(ex: Execution) -> dict:
