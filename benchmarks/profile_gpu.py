@@ -9,6 +9,7 @@ other. Variants:
   cdt         as base, with inductor's coordinate-descent tuning of its Triton kernels
   cdtcg       cdt + CUDA graphs
   mat         as base, compiled with mode="max-autotune-no-cudagraphs"
+  fbn         as base, with train.fused_bn (tpn's Triton BatchNorm kernels)
 --test-profile adds the top kernels of the 30-view test forward (BN folded, bf16, compiled).
     python benchmarks/profile_gpu.py --batch 32 --variants base,cudagraphs,cp1 --out prof.json
 """
@@ -40,8 +41,11 @@ def category(name: str) -> str:
     return "other"
 
 
+TOP = [20]  # --top: kernels listed per profile
+
+
 def kernel_profile(fn, reps: int = 3) -> dict:
-    """Share of GPU time per category and the top 20 kernels of `fn` (already warm)."""
+    """GPU ms per call, share of GPU time per category and the top kernels of `fn` (already warm)."""
     from torch.profiler import ProfilerActivity, profile as prof
 
     with prof(activities=[ProfilerActivity.CUDA]) as p:
@@ -53,10 +57,12 @@ def kernel_profile(fn, reps: int = 3) -> dict:
     groups: dict[str, float] = {}
     for e in events:
         groups[category(e.key)] = groups.get(category(e.key), 0.0) + e.self_device_time_total
-    top = sorted(events, key=lambda e: -e.self_device_time_total)[:20]
-    return dict(gpu_time_share={k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:TOP[0]]
+    shares = {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+    return dict(gpu_ms_per_call=round(total / reps / 1000, 3), gpu_time_share=shares,
                 top_kernels=[dict(name=e.key[:110], share=round(e.self_device_time_total / total, 4),
-                                  calls=e.count // reps) for e in top])
+                                  ms=round(e.self_device_time_total / reps / 1000, 4), calls=e.count // reps)
+                             for e in top])
 
 
 @torch.no_grad()
@@ -96,7 +102,8 @@ def run_variant(variant: str, batch: int, steps: int, profile: bool) -> dict:
         model = build_model(cfg).cuda().train()
         mode = {"cudagraphs": "reduce-overhead", "cdtcg": "reduce-overhead",
                 "mat": "max-autotune-no-cudagraphs"}.get(variant, True)
-        step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, mode), cfg.train)
+        ex = Execution(torch.bfloat16, True, mode, fused_bn=variant == "fbn")
+        step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train)
         x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
         labels = torch.arange(batch, device="cuda") % 400
         for _ in range(4):
@@ -125,16 +132,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--variants", default="base,cudagraphs,cp1")
     ap.add_argument("--no-profile", action="store_true", help="no kernel profile of the first variant")
+    ap.add_argument("--profile-all", action="store_true", help="a kernel profile of every variant")
+    ap.add_argument("--top", type=int, default=20, help="kernels listed per profile")
     ap.add_argument("--test-profile", type=int, default=0, metavar="VIDEOS",
                     help="also profile the 30-view test forward at this many videos per batch")
     ap.add_argument("--test-variants", default="fold_bf16w", help="fold, fold_bf16w, fold_bf16w_cg")
     ap.add_argument("--out", default="profile_gpu.json")
     args = ap.parse_args()
+    TOP[0] = args.top
     torch.backends.cudnn.benchmark = True
     results = [dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))]
     for i, v in enumerate(v for v in args.variants.split(",") if v):
         try:
-            rec = run_variant(v, args.batch, args.steps, profile=(i == 0 and not args.no_profile))
+            rec = run_variant(v, args.batch, args.steps, profile=(i == 0 or args.profile_all) and not args.no_profile)
         except Exception as e:  # noqa: BLE001
             rec = dict(variant=v, error=repr(e)[:300])
         torch.cuda.empty_cache()
