@@ -34,6 +34,8 @@ from train_step import make_train_step  # noqa: E402
 
 def category(name: str) -> str:
     n = name.lower()
+    if n.startswith(("_stats_kernel", "_apply_kernel", "_grad_stats_kernel", "_grad_input_kernel")):
+        return "tpn fused BN (Triton, train.fused_bn)"
     if n.startswith("triton"):
         return "triton (fused pointwise/reduction)"
     if any(k in n for k in ("conv", "xmma", "cudnn", "gemm", "sm90", "cutlass", "implicit", "wgrad", "dgrad")):
