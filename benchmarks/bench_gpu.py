@@ -78,13 +78,14 @@ def execution(mode: str) -> Execution:
     +cdt (with compile: inductor's coordinate-descent tuning, train.inductor_tuning),
     +cp1 (activation checkpointing of stage 1), +fold (BN folded into convs, test only; the folded
     weights held in bf16 unless +fp32w), +pad4/+pad8 (model.backbone.stem_pad_channels), +s2d
-    (model.backbone.stem_2d), +abNN (with compile: train.activation_budget=0.NN), +fbn (train.fused_bn)."""
+    (model.backbone.stem_2d), +abNN (with compile: train.activation_budget=0.NN), +fbn (train.fused_bn), +fbnb (experiment: fused_bn
+    without the blocks' residual ConvBNs), +mm (with compile: test.gemm_tuning)."""
     compile_ = "reduce-overhead" if "cg" in mode else ("compile" in mode)
     budget = re.search(r"ab(\d\d)", mode)
     return Execution(torch.bfloat16 if "bf16" in mode else None, "cl" in mode, compile_,
                      inductor_tuning=bool(compile_) and "cdt" in mode,
                      activation_budget=int(budget.group(1)) / 100 if budget and compile_ else 1.0,
-                     fused_bn="fbn" in mode)
+                     fused_bn="fbn" in mode, gemm_tuning=bool(compile_) and "mm" in mode)
 
 
 def model_overrides(mode: str) -> list[str]:

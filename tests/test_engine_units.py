@@ -183,6 +183,9 @@ def test_precision_and_inductor_tuning_switches():
     assert compile_options(Execution(compile=True, inductor_tuning=True)) == {
         "options": {"coordinate_descent_tuning": True}}
     assert compile_options(Execution(compile="reduce-overhead")) == {"mode": "reduce-overhead"}
+    assert compile_options(Execution(compile="reduce-overhead", gemm_tuning=True)) == {  # test.gemm_tuning
+        "options": {"triton.cudagraphs": True, "max_autotune": True, "conv_1x1_as_mm": True}}
+    assert load_config("tpn_tiny_synth").test.gemm_tuning is False
     assert compile_options(Execution(compile=True)) == {"mode": None}
 
 

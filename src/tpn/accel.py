@@ -31,7 +31,9 @@ class Execution:
     BatchNorm statistics, normalisation and ReLU kernels), benchmarked on the GPU at their first run;
     `activation_budget` < 1: the share of the activations the compiled graph may save for the
     backward (torch's activation memory budget: cheap ops are recomputed in the backward instead);
-    `fused_bn`: training BatchNorm (+ add) (+ ReLU) as Triton kernels (`tpn.models.fused_bn`)."""
+    `fused_bn`: training BatchNorm (+ add) (+ ReLU) as Triton kernels (`tpn.models.fused_bn`);
+    with compile, `gemm_tuning`: 1x1x1 convs as matrix multiplies, autotuned between cuBLAS and
+    Triton templates into which the bias, residual add and ReLU fuse (inductor's max-autotune)."""
 
     amp: torch.dtype | None = None
     channels_last: bool = False
@@ -39,6 +41,7 @@ class Execution:
     inductor_tuning: bool = False
     activation_budget: float = 1.0
     fused_bn: bool = False
+    gemm_tuning: bool = False
 
     @property
     def loss_scaling(self) -> bool:
@@ -75,14 +78,20 @@ def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool 
 
 
 def compile_options(ex: Execution) -> dict:
-    """torch.compile's keyword arguments for `ex`: its mode, or, with `inductor_tuning`, the mode's
-    inductor options plus coordinate-descent tuning (torch.compile takes a mode or options, not both)."""
+    """torch.compile's keyword arguments for `ex`: its mode, or, with `inductor_tuning` or
+    `gemm_tuning`, the mode's inductor options plus coordinate-descent tuning and/or 1x1 convs as
+    autotuned GEMMs (torch.compile takes a mode or options, not both)."""
     mode = ex.compile if isinstance(ex.compile, str) else None
-    if not ex.inductor_tuning:
+    if not (ex.inductor_tuning or ex.gemm_tuning):
         return {"mode": mode}
     from torch._inductor import list_mode_options
 
-    return {"options": {**list_mode_options(mode or "default"), "coordinate_descent_tuning": True}}
+    options = dict(list_mode_options(mode or "default"))
+    if ex.inductor_tuning:
+        options["coordinate_descent_tuning"] = True
+    if ex.gemm_tuning:
+        options.update(max_autotune=True, conv_1x1_as_mm=True)
+    return {"options": options}
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

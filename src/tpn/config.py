@@ -171,6 +171,9 @@ class TestConfig:
     # autocast dtype of test/predict: auto = the training execution's (train.amp, train.amp_dtype on
     # CUDA; fp32 on CPU); fp32, bf16 or fp16 on any device (tpn test/predict --precision)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # with train.compile on CUDA: 1x1x1 convs as GEMMs autotuned with their bias/add/ReLU fused
+    # (inductor max-autotune); measured +1.9% 30-view videos/s after ~4 min of tuning (docs/training.md)
+    gemm_tuning: bool = False
 
 
 @dataclass

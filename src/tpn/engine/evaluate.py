@@ -203,6 +203,7 @@ def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool
     info = load_weights(model, checkpoint)
     model = model.to(device).eval()
     ex = execution(cfg.train, device, compile_model, precision=cfg.test.precision)
+    ex = replace(ex, gemm_tuning=cfg.test.gemm_tuning and bool(ex.compile))
     forward = make_eval_forward(model, cfg.data.mean, cfg.data.std, ex, fold_bn=cfg.test.fold_bn)
     return forward, info
 
