@@ -28,34 +28,42 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _stats_kernel(x_ptr, part_ptr, M, C, BM: tl.constexpr, BC: tl.constexpr):
-    """part[block, 0, c] = the block's mean of channel c, part[block, 1, c] = its sum of squared deviations."""
+def _tile(M, C, BM: tl.constexpr, BC: tl.constexpr):
+    """This program's [BM rows, BC channels] tile: element offsets, its mask, channel indices and their mask."""
     pm, pc = tl.program_id(0), tl.program_id(1)
     rows = pm * BM + tl.arange(0, BM)
     cols = pc * BC + tl.arange(0, BC)
-    mask = (rows < M)[:, None] & (cols < C)[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    cmask = cols < C
+    mask = (rows < M)[:, None] & cmask[None, :]
+    return rows.to(tl.int64)[:, None] * C + cols[None, :], mask, cols, cmask
+
+
+@triton.jit
+def _channel(ptr, cols, cmask):
+    """A per-channel fp32 vector, broadcast over the tile's rows."""
+    return tl.load(ptr + cols, mask=cmask, other=0.0)[None, :]
+
+
+@triton.jit
+def _stats_kernel(x_ptr, part_ptr, M, C, BM: tl.constexpr, BC: tl.constexpr):
+    """part[block, 0, c] = the block's mean of channel c, part[block, 1, c] = its sum of squared deviations."""
+    offs, mask, cols, cmask = _tile(M, C, BM, BC)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    n = tl.minimum(M - pm * BM, BM).to(tl.float32)
+    n = tl.minimum(M - tl.program_id(0) * BM, BM).to(tl.float32)
     mean = tl.sum(x, axis=0) / n
     d = tl.where(mask, x - mean[None, :], 0.0)
-    base = part_ptr + pm.to(tl.int64) * 2 * C + cols
-    tl.store(base, mean, mask=cols < C)
-    tl.store(base + C, tl.sum(d * d, axis=0), mask=cols < C)
+    base = part_ptr + tl.program_id(0).to(tl.int64) * 2 * C + cols
+    tl.store(base, mean, mask=cmask)
+    tl.store(base + C, tl.sum(d * d, axis=0), mask=cmask)
 
 
 @triton.jit
 def _apply_kernel(x_ptr, r_ptr, y_ptr, scale_ptr, shift_ptr, M, C,
                   HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     """y = [relu](x * scale + shift [+ r]), computed in fp32, stored in y's dtype."""
-    pm, pc = tl.program_id(0), tl.program_id(1)
-    rows = pm * BM + tl.arange(0, BM)
-    cols = pc * BC + tl.arange(0, BC)
-    mask = (rows < M)[:, None] & (cols < C)[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    scale = tl.load(scale_ptr + cols, mask=cols < C, other=0.0)
-    shift = tl.load(shift_ptr + cols, mask=cols < C, other=0.0)
-    z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+    offs, mask, cols, cmask = _tile(M, C, BM, BC)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = x * _channel(scale_ptr, cols, cmask) + _channel(shift_ptr, cols, cmask)
     if HAS_RES:
         z += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if RELU:
@@ -64,63 +72,49 @@ def _apply_kernel(x_ptr, r_ptr, y_ptr, scale_ptr, shift_ptr, M, C,
 
 
 @triton.jit
+def _grad_after_relu(dy_ptr, x, offs, mask, cols, cmask, scale_ptr, shift_ptr, RELU: tl.constexpr):
+    """dy where x * scale + shift (as the forward computed it, no residual) was positive."""
+    g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        g = tl.where(x * _channel(scale_ptr, cols, cmask) + _channel(shift_ptr, cols, cmask) > 0.0, g, 0.0)
+    return g
+
+
+@triton.jit
 def _grad_stats_kernel(x_ptr, y_ptr, dy_ptr, g_ptr, mean_ptr, rstd_ptr, scale_ptr, shift_ptr, part_ptr, M, C,
                        HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     """part[block, 0, c] = sum(g), part[block, 1, c] = sum(g * x_hat); g = dy where the output was
     positive (ReLU), from y with a residual (then g, the residual's gradient, is stored), else from
     x * scale + shift as the forward computed it."""
-    pm, pc = tl.program_id(0), tl.program_id(1)
-    rows = pm * BM + tl.arange(0, BM)
-    cols = pc * BC + tl.arange(0, BC)
-    cmask = cols < C
-    mask = (rows < M)[:, None] & cmask[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    offs, mask, cols, cmask = _tile(M, C, BM, BC)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if RELU:
-        if HAS_RES:
-            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = tl.where(y > 0.0, g, 0.0)
-        else:
-            scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
-            shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
-            g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
     if HAS_RES:
+        g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if RELU:
+            g = tl.where(tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32) > 0.0, g, 0.0)
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
-    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
-    xhat = (x - mean[None, :]) * rstd[None, :]
-    base = part_ptr + pm.to(tl.int64) * 2 * C + cols
+    else:
+        g = _grad_after_relu(dy_ptr, x, offs, mask, cols, cmask, scale_ptr, shift_ptr, RELU)
+    xhat = (x - _channel(mean_ptr, cols, cmask)) * _channel(rstd_ptr, cols, cmask)
+    base = part_ptr + tl.program_id(0).to(tl.int64) * 2 * C + cols
     tl.store(base, tl.sum(g, axis=0), mask=cmask)
     tl.store(base + C, tl.sum(g * xhat, axis=0), mask=cmask)
 
 
 @triton.jit
-def _grad_input_kernel(x_ptr, y_ptr, dy_ptr, g_ptr, dx_ptr, mean_ptr, rstd_ptr, scale_ptr, shift_ptr,
-                       k_g_ptr, k_xhat_ptr, M, C,
-                       HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
-    """dx = scale * (g - sum(g) / M - x_hat * sum(g * x_hat) / M); the two sums arrive divided by M."""
-    pm, pc = tl.program_id(0), tl.program_id(1)
-    rows = pm * BM + tl.arange(0, BM)
-    cols = pc * BC + tl.arange(0, BC)
-    cmask = cols < C
-    mask = (rows < M)[:, None] & cmask[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+def _grad_input_kernel(x_ptr, dy_ptr, g_ptr, dx_ptr, mean_ptr, rstd_ptr, scale_ptr, shift_ptr, k_g_ptr, k_xhat_ptr,
+                       M, C, HAS_RES: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    """dx = scale * (g - sum(g) / M - x_hat * sum(g * x_hat) / M); the two sums arrive divided by M
+    (k_g, k_xhat); g as `_grad_stats_kernel` made it (stored there with a residual)."""
+    offs, mask, cols, cmask = _tile(M, C, BM, BC)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
     if HAS_RES:
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if RELU:
-            shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
-            g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
-    mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
-    k_g = tl.load(k_g_ptr + cols, mask=cmask, other=0.0)
-    k_xhat = tl.load(k_xhat_ptr + cols, mask=cmask, other=0.0)
-    xhat = (x - mean[None, :]) * rstd[None, :]
-    dx = scale[None, :] * (g - k_g[None, :] - xhat * k_xhat[None, :])
+        g = _grad_after_relu(dy_ptr, x, offs, mask, cols, cmask, scale_ptr, shift_ptr, RELU)
+    xhat = (x - _channel(mean_ptr, cols, cmask)) * _channel(rstd_ptr, cols, cmask)
+    k_g, k_xhat = _channel(k_g_ptr, cols, cmask), _channel(k_xhat_ptr, cols, cmask)
+    dx = _channel(scale_ptr, cols, cmask) * (g - k_g - xhat * k_xhat)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -168,7 +162,7 @@ class _BNAct(torch.autograd.Function):
         sums = part.sum(0)
         dbias, dweight = sums[0], sums[1]
         dx = torch.empty_like(x)
-        _grad_input_kernel[grid](x, y, dy, dy if g is None else g, dx, mean, rstd, scale, shift, dbias / m, dweight / m,
+        _grad_input_kernel[grid](x, dy, dy if g is None else g, dx, mean, rstd, scale, shift, dbias / m, dweight / m,
                                  m, c, HAS_RES=ctx.has_res, RELU=ctx.relu, BM=BLOCK_M, BC=BLOCK_C, num_warps=NUM_WARPS)
         wdt, rdt = ctx.dtypes
         return dx, dweight.to(wdt), dbias.to(wdt), None if g is None else g.to(rdt), None, None
@@ -176,7 +170,8 @@ class _BNAct(torch.autograd.Function):
 
 def supported(bn: nn.Module, x: torch.Tensor) -> bool:
     """Whether `bn` on `x` can take the kernels: a plain BatchNorm2d/3d in training mode that tracks
-    running statistics with a momentum and has a weight and bias, on a channels-last tensor of more than one value per channel."""
+    running statistics with a momentum and has a weight and bias, on a channels-last tensor of more
+    than one value per channel."""
     if type(bn) not in (nn.BatchNorm2d, nn.BatchNorm3d) or not (bn.training and bn.track_running_stats and bn.affine):
         return False
     fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
