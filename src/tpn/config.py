@@ -153,7 +153,7 @@ class TrainConfig:
     # what is fastest); lower values recompute cheap ops (BN apply, ReLU) in the backward instead
     activation_budget: float = 1.0
     # CUDA: training BatchNorm (+ residual add) (+ ReLU) as Triton kernels (tpn.models.fused_bn; the
-    # same model). auto: on without compile (measured 1.53x the bf16 eager step), off with compile
+    # same model). auto: on without compile (measured 1.50-1.53x the bf16 eager step), off with compile
     # (inductor's own kernels fuse across ops and were faster); docs/training.md
     fused_bn: bool | Literal["auto"] = "auto"
     cudnn_benchmark: bool = True
