@@ -31,8 +31,8 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm3d(cout)
         self.act = act
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return self.norm_act(self.conv(x), residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_act(self.conv(x))
 
     def norm_act(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """[relu](bn(x) [+ residual]) of the conv's output `x`."""

@@ -45,8 +45,9 @@ class Bottleneck3d(ResidualBlock):
         self.with_cp = with_cp
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3.conv(self.conv2(self.conv1(x)))  # convs in mmaction2's order: conv3, then downsample
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.conv3(self.conv2(self.conv1(x)), residual=shortcut)
+        return self.conv3.norm_act(out, residual=shortcut)
 
 
 class ResNet3dSlowOnly(StagedBackbone):

@@ -60,8 +60,9 @@ class BottleneckTSM(ResidualBlock):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         y = temporal_shift(x, self.num_segments, self.shift_div) if self.shift else x
+        out = self.conv3.conv(self.conv2(self.conv1(y)))  # convs in mmaction2's order: conv3, then downsample
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.conv3(self.conv2(self.conv1(y)), residual=shortcut)
+        return self.conv3.norm_act(out, residual=shortcut)
 
 
 class ResNetTSM(StagedBackbone):
