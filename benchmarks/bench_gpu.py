@@ -43,6 +43,7 @@ from train_step import make_train_step  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
+CONFIG = ["tpn_r50_8x8_k400"]  # --config: tpn's model (the ratios are defined for this one)
 RESULTS: list[dict] = []
 OUT_PATH: list[Path] = []  # --out, rewritten after every record
 
@@ -96,7 +97,7 @@ def model_overrides(mode: str) -> list[str]:
 
 def tpn_train(batch: int, mode: str, steps: int) -> dict:
     torch.manual_seed(0)
-    cfg = load_config("tpn_r50_8x8_k400", model_overrides(mode))
+    cfg = load_config(CONFIG[0], model_overrides(mode))
     model = build_model(cfg).cuda().train()
     ex = execution(mode)
     step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train, lr=0.01)
@@ -120,7 +121,7 @@ def tpn_train(batch: int, mode: str, steps: int) -> dict:
 
 @torch.no_grad()
 def tpn_test(videos: int, mode: str, reps: int) -> dict:
-    cfg = load_config("tpn_r50_8x8_k400", model_overrides(mode))
+    cfg = load_config(CONFIG[0], model_overrides(mode))
     model = build_model(cfg).cuda().eval()
     fwd = make_eval_forward(model, cfg.data.mean, cfg.data.std, execution(mode), fold_bn="fold" in mode,
                             low_precision_weights="fp32w" not in mode)
@@ -250,15 +251,18 @@ def main() -> None:
     ap.add_argument("--test", default="fp32,bf16_cl,bf16_cl_compile")
     ap.add_argument("--peer-test", default="amp_fp16")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--config", default=CONFIG[0], help="tpn's model for tpn_train / tpn_test (e.g. a TSM-TPN config)")
     ap.add_argument("--out", default="bench_gpu.json")
     args = ap.parse_args()
     OUT_PATH.append(Path(args.out))
+    CONFIG[0] = args.config
     torch.backends.cudnn.benchmark = True
-    cfg = load_config("tpn_r50_8x8_k400")
+    cfg = load_config(args.config)
     info = measure(cfg)
     emit(kind="env", gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
          cudnn=torch.backends.cudnn.version(), date=time.strftime("%Y-%m-%d"),
-         tpn_params=info["params_total"], fwd_flops_per_view_224=info["flops"], command=" ".join(sys.argv))
+         tpn_params=info["params_total"], fwd_flops_per_view_224=info["flops"], config=args.config,
+         command=" ".join(sys.argv))
     peer_state: list = []
     for part in args.parts.split(","):
         run_part(part, args, peer_state)
