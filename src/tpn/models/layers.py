@@ -86,10 +86,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
-            out = checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return out
+            return checkpoint(self._residual, x, use_reentrant=False)
+        return self._residual(x)
 
 class StagedBackbone(nn.Module):
     """What the 3D and the TSM ResNets share: a stem `conv1`, stages `layer1..N` run in order
