@@ -130,3 +130,13 @@ def reference_aux_logits_2d(model, x: torch.Tensor) -> torch.Tensor:
     t = x.shape[2]
     res4 = feats[-2].reshape((-1, t) + feats[-2].shape[1:]).transpose(1, 2)
     return model.neck.aux_head(res4)
+
+
+def assert_aux_head_matches(model, reference_aux, tol: float = 1e-4) -> None:
+    """tpn's `forward_aux` against mmaction2's aux head (`reference_aux(x)`) on one seeded 8x224 clip."""
+    x = torch.randn(1, 3, 8, 224, 224, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ours = model.forward_aux(x)
+    diff = (ours - reference_aux(x)).abs().max().item()
+    print(f"aux head: max |logit difference| {diff:.2e}")
+    assert diff <= tol, f"aux head: max |logit difference| {diff:.2e}"

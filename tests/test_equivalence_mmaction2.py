@@ -5,7 +5,8 @@ import torch
 
 import tpn
 from tpn.convert.weights import convert_checkpoint
-from tests.mmaction2_ref import build_reference, randomize, reference_aux_logits, reference_logits
+from tests.mmaction2_ref import (assert_aux_head_matches, build_reference, randomize, reference_aux_logits,
+                                 reference_logits)
 
 TOL = 1e-4
 
@@ -49,12 +50,7 @@ def test_logits_match_mmaction2(mm_checkpoint, size, tmp_path):
 def test_aux_head_matches_mmaction2(mm_checkpoint):
     ref, path = mm_checkpoint
     model = tpn.load_model("tpn_r50_8x8_k400", path)  # an mmaction2 checkpoint loads directly
-    x = torch.randn(1, 3, 8, 224, 224, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        ours = model.forward_aux(x)
-    diff = (ours - reference_aux_logits(ref, x)).abs().max().item()
-    print(f"aux head: max |logit difference| {diff:.2e}")
-    assert diff <= TOL, f"aux head: max |logit difference| {diff:.2e}"
+    assert_aux_head_matches(model, lambda x: reference_aux_logits(ref, x), TOL)
 
 
 def test_parallel_flow_matches_mmaction2(mm_checkpoint):

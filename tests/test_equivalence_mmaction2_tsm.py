@@ -7,7 +7,7 @@ import torch
 import tpn
 from tpn.checkpoint import CheckpointError
 from tpn.convert.weights import convert_checkpoint
-from tests.mmaction2_ref import (build_reference_tsm, randomize, reference_aux_logits_2d,
+from tests.mmaction2_ref import (assert_aux_head_matches, build_reference_tsm, randomize, reference_aux_logits_2d,
                                  reference_logits_2d)
 
 TOL = 1e-4
@@ -54,12 +54,7 @@ def test_tsm_logits_match_mmaction2(mm_tsm, size, tmp_path):
 def test_tsm_aux_head_matches_mmaction2(mm_tsm):
     ref, path = mm_tsm
     model = tpn.load_model(CONFIG, path)  # the mmaction2 file loads directly too
-    x = torch.randn(1, 3, 8, 224, 224, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        ours = model.forward_aux(x)
-    diff = (ours - reference_aux_logits_2d(ref, x)).abs().max().item()
-    print(f"aux head: max |logit difference| {diff:.2e}")
-    assert diff <= TOL, f"aux head: max |logit difference| {diff:.2e}"
+    assert_aux_head_matches(model, lambda x: reference_aux_logits_2d(ref, x), TOL)
 
 
 def test_tsm_parameter_count_equals_mmaction2(mm_tsm):
