@@ -1,7 +1,7 @@
 """How close training BatchNorm + ReLU runs to the GPU's memory bandwidth, per R50 tensor shape.
 
 Issue 18 asks whether BatchNorm's memory traffic can be cut. This measures, for each BN'd tensor
-shape of TPN R50 8x8 at batch 32 (8x224x224 clips, channels_last_3d, bf16), the time of
+shape of TPN R50 8x8's backbone at batch 32 (8x224x224 clips, channels_last_3d, bf16), the time of
 y = relu(batch_norm(x)) forward + backward (batch statistics, running statistics updated) as
 torch.compile generates it (what training runs), in eager mode (cuDNN's BN) and as tpn's Triton
 kernels (`train.fused_bn`, `tpn.models.fused_bn`, compiled the same way), against a bound:

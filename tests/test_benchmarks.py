@@ -313,3 +313,21 @@ def test_profile_reader_groups_a_clips_time(tmp_path):
                     "--seconds", "3", "--out", str(out)], cwd=repo, check=True, capture_output=True, timeout=300)
     r = json.loads(out.read_text())
     assert abs(sum(r["share"].values()) - 1) < 0.01 and r["share"]["decode"] > 0.2 and r["clips"] == 6
+
+
+def test_bn_bandwidth_shapes_are_the_r50_backbones_batchnorms():
+    """benchmarks/bn_bandwidth.py's (channels, side, count) list is what the TPN R50 8x8 backbone's
+    BatchNorms see on 8x224x224 clips (meta tensors: shapes only)."""
+    from collections import Counter
+
+    from benchmarks.bn_bandwidth import SHAPES
+
+    with torch.device("meta"):
+        backbone = build_model(load_config("tpn_r50_8x8_k400")).backbone
+    seen = Counter()
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.register_forward_hook(lambda m, i, o: seen.update([(o.shape[1], o.shape[3], o.shape[4], o.shape[2])]))
+    backbone(torch.empty(2, 3, 8, 224, 224, device="meta"))
+    assert all(h == w and t == 8 for _, h, w, t in seen)
+    assert sorted((c, h, n) for (c, h, _, _), n in seen.items()) == sorted(SHAPES)
