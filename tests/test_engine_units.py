@@ -239,7 +239,7 @@ def test_fused_bn_switch(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
     assert not execution(eager, cuda).fused_bn
-    with pytest.raises(ValueError, match="train.fused_bn: true needs Triton"):
+    with pytest.raises(ConfigError, match="train.fused_bn: true needs Triton"):  # one line from the CLI
         execution(forced, cuda)
     with pytest.raises(ConfigError, match="train.fused_bn"):
         load_config("tpn_tiny_synth", ["train.fused_bn=sometimes"])

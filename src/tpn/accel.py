@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from tpn.config import TrainConfig
+from tpn.config import ConfigError, TrainConfig
 from tpn.data.transforms import normalize
 from tpn.models.layers import fold_batchnorm, set_fused_bn
 
@@ -71,7 +71,7 @@ def execution(train_cfg: TrainConfig, device: torch.device, compile_model: bool 
     fused_bn = train_cfg.fused_bn is True or (train_cfg.fused_bn == "auto" and not mode)
     if fused_bn and importlib.util.find_spec("triton") is None:
         if train_cfg.fused_bn is True:
-            raise ValueError("train.fused_bn: true needs Triton (pip install triton; CUDA builds of torch bring it)")
+            raise ConfigError("train.fused_bn: true needs Triton (pip install triton; CUDA builds of torch bring it)")
         fused_bn = False
     return Execution(amp, train_cfg.channels_last, mode, bool(mode) and train_cfg.inductor_tuning,
                      train_cfg.activation_budget if mode else 1.0, fused_bn)
