@@ -339,16 +339,21 @@ class VideoDataset(Dataset):
     def _cpu_train_item(self, index: int, rng: np.random.Generator) -> Batch:
         k = self.clips_per_item
         clips = self._read(index, lambda n: np.stack([self._train_pick(index, n, rng) for _ in range(k)]))
-        label, t = self.samples[index][1], clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
+        t = clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
         parts = [self._train_transform(clips[:, j * t:(j + 1) * t], rng) for j in range(k)]
-        labels = [self.flip_labels.get(label, label) if aug[0] > 0 else label for _, aug in parts]
-        on_device = self.cfg.augment_on_device
+        return self._train_batch(index, [clip for clip, _ in parts], [aug for _, aug in parts])
+
+    def _train_batch(self, index: int, clips: list[torch.Tensor], augs: list[torch.Tensor], job=None) -> Batch:
+        """A training item of the k clips of video `index` with their flip/jitter draws (a flipped
+        clip of a left/right class takes its twin's label); k = 1 is a plain item."""
+        label = self.samples[index][1]
+        labels = [self.flip_labels.get(label, label) if aug[0] > 0 else label for aug in augs]
+        on_device, k = self.cfg.augment_on_device, len(clips)
         if k == 1:
-            (clip, aug), = parts
-            return Batch(clip, labels[0], index, True, aug if on_device else None)
-        aug = torch.stack([aug for _, aug in parts]) if on_device else None
-        return Batch(T.stack_frames_last([clip for clip, _ in parts]), torch.tensor(labels, dtype=torch.int64),
-                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool), aug)
+            return Batch(clips[0], labels[0], index, True, augs[0] if on_device else None, job)
+        return Batch(T.stack_frames_last(clips), torch.tensor(labels, dtype=torch.int64),
+                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool),
+                     torch.stack(augs) if on_device else None, job)
 
     def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
         """(clip, flip/jitter draw): applied to the clip, or with data.augment_on_device left for the device."""
@@ -385,7 +390,7 @@ class VideoDataset(Dataset):
         video (the caller decodes it here, from the same `rng` state)."""
         from tpn.data import nvdec
 
-        path, label, _ = self.samples[index]
+        path = self.samples[index][0]
         state = rng.bit_generator.state
         video = nvdec.demux(path)
         if video is None:
@@ -401,16 +406,10 @@ class VideoDataset(Dataset):
         for _ in range(k):  # per clip its crop, then its flip/jitter: the CPU path's order of draws
             geometry.append(self._draw_geometry(video.height, video.width, rng))
             augs.append(T.draw_augment(rng, c.flip, c.color_jitter))
-        augs = torch.stack(augs)
         job = nvdec.make_job(path, video, wanted, [g[0] for g in geometry], [g[1] for g in geometry],
-                             c.crop_size, augs)
-        labels = [self.flip_labels.get(label, label) if a[0] > 0 else label for a in augs]
+                             c.crop_size, torch.stack(augs))
         zeros = T.frames_last(torch.zeros((3, wanted.shape[1], c.crop_size, c.crop_size), dtype=torch.uint8))
-        aug = augs if c.augment_on_device else None
-        if k == 1:
-            return Batch(zeros, labels[0], index, True, None if aug is None else aug[0], job)
-        return Batch(T.stack_frames_last([zeros] * k), torch.tensor(labels, dtype=torch.int64),
-                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool), aug, job)
+        return self._train_batch(index, [zeros] * k, augs, job)
 
     def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
         return T.frames_last(T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size))

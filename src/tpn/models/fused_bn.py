@@ -118,6 +118,11 @@ def _grad_input_kernel(x_ptr, dy_ptr, g_ptr, dx_ptr, mean_ptr, rstd_ptr, scale_p
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+def _channels_last(x: torch.Tensor) -> torch.memory_format:
+    """The channels-last format of x's rank (3D clips or 2D frames)."""
+    return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+
+
 def _grid(m: int, c: int) -> tuple[int, int]:
     return triton.cdiv(m, BLOCK_M), triton.cdiv(c, BLOCK_C)
 
@@ -150,8 +155,7 @@ class _BNAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
         x, y, mean, rstd, scale, shift = ctx.saved_tensors
-        fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-        dy = dy.contiguous(memory_format=fmt)
+        dy = dy.contiguous(memory_format=_channels_last(x))
         c = x.shape[1]
         m = x.numel() // c
         grid = _grid(m, c)
@@ -174,15 +178,14 @@ def supported(bn: nn.Module, x: torch.Tensor) -> bool:
     than one value per channel."""
     if type(bn) not in (nn.BatchNorm2d, nn.BatchNorm3d) or not (bn.training and bn.track_running_stats and bn.affine):
         return False
-    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-    return bn.momentum is not None and x.is_contiguous(memory_format=fmt) and x.numel() > x.shape[1]
+    return bn.momentum is not None and x.is_contiguous(memory_format=_channels_last(x)) and x.numel() > x.shape[1]
 
 
 def bn_act(x: torch.Tensor, bn: nn.Module, residual: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
     """[relu](bn(x) [+ residual]) for a training-mode BatchNorm `bn` (see `supported`), updating its
     running statistics and `num_batches_tracked` as torch's BatchNorm does."""
     if residual is not None:
-        residual = residual.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+        residual = residual.contiguous(memory_format=_channels_last(x))
     y, mean, var = _BNAct.apply(x, bn.weight, bn.bias, residual, bn.eps, relu)
     with torch.no_grad():
         m = x.numel() // x.shape[1]
