@@ -8,14 +8,15 @@ read by `load_file`, which never runs code from it (see its docstring).
 """
 from __future__ import annotations
 
+import collections
+import io
 import os
 import pickle
+import sys
 import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -30,19 +31,30 @@ class CheckpointError(TpnError):
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temp file in the same folder (`.<name>.*.tmp`), fsync, then rename over
+    `path`. A write that fails (a full disk, a quota, no permission) removes the temp file,
+    leaves any file at `path` as it was, and raises a one-line CheckpointError with the OS's reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write of its file object as a RuntimeError raised while
+        # handling the OSError: the OS's reason is in the exception's context
+        cause = next((c for c in (e, e.__cause__, e.__context__) if isinstance(c, OSError)), None)
+        if cause is None:
+            raise
+        raise CheckpointError(f"{path}: not saved ({cause.strerror or cause}); "
+                              f"{'the file already there is unchanged' if path.exists() else 'no file was written'}") \
+            from None
     return path
 
 
@@ -59,22 +71,93 @@ class _Unreadable:
         return f"<unreadable {getattr(type(self), 'qualname', '?')}>"
 
 
-# Everything torch.save writes for tensors and plain containers; any other global a pickle
-# names (a function, a class) becomes an inert `_Unreadable`, so calling it does nothing.
+# what torch.save names a storage by, in both layouts (the legacy classes name their dtype)
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ComplexDoubleStorage": torch.complex128, "ComplexFloatStorage": torch.complex64, "UntypedStorage": torch.uint8,
+}
+
+
+class _StorageType(NamedTuple):
+    dtype: torch.dtype
+
+
+class _Storage(NamedTuple):
+    """A storage read from the file: raw bytes and the element type the pickle declared."""
+    data: torch.UntypedStorage
+    dtype: torch.dtype
+
+
+def _tensor(storage, offset, size, stride, dtype=None) -> torch.Tensor:
+    """A view of a read storage, after checking that the declared shape lies inside it (a
+    declared shape can neither allocate nor reach memory beyond the storage)."""
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError("a tensor without a storage from the file")
+    ints = [offset, *size, *stride]
+    if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride) or len(size) > 64:
+        raise pickle.UnpicklingError(f"a tensor with an invalid shape {tuple(size)} / strides {tuple(stride)}")
+    dtype = dtype or storage.dtype
+    elements = storage.data.nbytes() // dtype.itemsize
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
+    if last >= elements:
+        raise pickle.UnpicklingError(f"a tensor of shape {tuple(size)} reaches element {last} of a storage "
+                                     f"of {elements}")
+    return torch.empty((0,), dtype=dtype).set_(storage.data, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    return _tensor(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    t = _tensor(storage, offset, size, stride)
+    return t.requires_grad_(bool(requires_grad)) if t.is_floating_point() or t.is_complex() else t
+
+
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+    if not isinstance(dtype, torch.dtype):
+        raise pickle.UnpicklingError("a tensor without a dtype")
+    t = _tensor(storage, offset, size, stride, dtype)
+    return t.requires_grad_(bool(requires_grad)) if t.is_floating_point() or t.is_complex() else t
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks=None):
+    if not isinstance(data, torch.Tensor):
+        raise pickle.UnpicklingError("a parameter without a tensor")
+    return nn.Parameter(data, requires_grad=bool(requires_grad))
+
+
+def _torch_size(dims=()):
+    return torch.Size(tuple(dims))
+
+
+def _device(*args):
+    return torch.device("cpu")  # every storage is read to the CPU
+
+
+def _ordered_dict(*args):
+    return collections.OrderedDict(*args)
+
+
+# Everything torch.save writes for tensors and plain containers, each mapped to our own small
+# function (never to torch's: a pickle may set attributes on what it loads); any other global a
+# pickle names (a function, a class) becomes an inert `_Unreadable`, so calling it does nothing.
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor_v3"),
-    ("torch._utils", "_rebuild_parameter"),
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("torch", "Size"): _torch_size,
+    ("torch", "device"): _device,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
 }
 
 
 def _fresh(fn):
     """A new function object calling `fn`: a pickle may set attributes on what it loads
-    (`__defaults__` too), and must not reach torch's own functions that way."""
+    (`__defaults__` too), and must not reach our readers' functions that way."""
 
     def call(*args, **kwargs):
         return fn(*args, **kwargs)
@@ -82,52 +165,145 @@ def _fresh(fn):
     return call
 
 
-def _restricted_pickle_module(skipped: set[str]):
-    """A stand-in for the `pickle` module whose `load` and `Unpickler` both only build allowed
-    globals; torch.load reads every pickle of both file formats through one or the other."""
+class _Budget:
+    """Bytes a file may make us allocate for its storages: no more than the file holds."""
 
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            if (module, name) in _ALLOWED_GLOBALS:
-                found = super().find_class(module, name)
-                return found if isinstance(found, type) else _fresh(found)
-            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-                return getattr(torch, name)
-            skipped.add(f"{module}.{name}")
-            return type(name, (_Unreadable,), {"qualname": f"{module}.{name}"})
+    def __init__(self, path: Path, size: int):
+        self.path, self.left = path, size
 
-    def load(file, **kwargs):
-        return Unpickler(file, **kwargs).load()
-
-    return SimpleNamespace(Unpickler=Unpickler, load=load, __name__="tpn_restricted_pickle")
+    def take(self, nbytes: int, what: str) -> None:
+        if type(nbytes) is not int or nbytes < 0 or nbytes > self.left:
+            raise CheckpointError(f"{self.path}: {what} declares {nbytes} bytes, more than the file holds "
+                                  f"({self.left} bytes left): refused") from None
+        self.left -= nbytes
 
 
-def _refuse_code_archives(path: Path) -> None:
-    """torch.load hands a TorchScript zip to torch.jit.load (which compiles and runs the
-    archive's code) and tries an old tar layout before the pickle one: neither reaches it."""
+class _Unpickler(pickle.Unpickler):
+    """Builds only allowed globals, storages through `storage` (given the pickle's storage id)."""
+
+    def __init__(self, file, skipped: set[str], storage):
+        super().__init__(file, encoding="latin1")
+        self.skipped, self.storage = skipped, storage
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _fresh(_ALLOWED_GLOBALS[(module, name)])
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        self.skipped.add(f"{module}.{name}")
+        return type(name, (_Unreadable,), {"qualname": f"{module}.{name}"})
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
+            raise pickle.UnpicklingError(f"unknown persistent id {str(pid)[:40]}")
+        if not isinstance(pid[1], _StorageType):
+            raise pickle.UnpicklingError("a storage of an unknown type")
+        return self.storage(pid)
+
+
+def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
+    """torch's zip layout, read with torch's own archive reader (so the records are the ones
+    torch itself sees, whatever other directories the file carries), never handed to
+    TorchScript: only `data.pkl` and the storages it names are read."""
+    try:
+        reader = torch._C.PyTorchFileReader(str(path))
+        records = set(reader.get_all_records())
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged zip archive: {_first_line(e)})") from None
+    if "constants.pkl" in records or any(r.startswith("code/") for r in records):
+        raise CheckpointError(f"{path}: a TorchScript archive holds code; tpn reads weights only "
+                              "(save the model's state_dict with torch.save)")
+    if "data.pkl" not in records:
+        raise CheckpointError(f"{path}: a zip archive without data.pkl, not a torch.save checkpoint")
+    if "byteorder" in records and reader.get_record("byteorder") != sys.byteorder.encode():
+        raise CheckpointError(f"{path}: saved on a machine of the other byte order; tpn reads "
+                              f"{sys.byteorder}-endian checkpoints")
+    storages: dict[str, _Storage] = {}
+
+    def record(name: str) -> int:
+        if name not in records:
+            raise CheckpointError(f"{path}: damaged checkpoint ({name} is missing)")
+        size = reader.get_record_size(name)
+        budget.take(size, name)
+        return size
+
+    def storage(pid) -> _Storage:
+        _, kind, key, _location, numel = pid
+        if key not in storages:
+            name = f"data/{key}"
+            nbytes = numel * kind.dtype.itemsize if type(numel) is int else -1
+            size = record(name)
+            if nbytes != size:
+                raise CheckpointError(f"{path}: damaged checkpoint ({name} holds {size} bytes, "
+                                      f"its tensor declares {nbytes})")
+            data = reader.get_storage_from_record(name, nbytes, torch.UntypedStorage).untyped_storage()
+            storages[key] = _Storage(data, kind.dtype)
+        return _Storage(storages[key].data, kind.dtype)
+
+    record("data.pkl")
+    return _Unpickler(io.BytesIO(reader.get_record("data.pkl")), skipped, storage).load()
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+def _read_legacy(path: Path, skipped: set[str], budget: _Budget) -> Any:
+    """torch's legacy layout: five pickles (magic number, protocol, system info, the object,
+    the storage keys), then each storage as an element count and its raw bytes."""
+    declared: dict[str, _Storage] = {}
+
+    def storage(pid) -> _Storage:
+        if len(pid) != 6:
+            raise pickle.UnpicklingError("a storage id of the wrong length")
+        _, kind, key, _location, numel, view = pid
+        if key not in declared:
+            nbytes = numel * kind.dtype.itemsize if type(numel) is int else -1
+            budget.take(nbytes, f"storage {key}")
+            declared[key] = _Storage(torch.empty(nbytes, dtype=torch.uint8).untyped_storage(), kind.dtype)
+        root = declared[key]
+        if view is None:
+            return _Storage(root.data, kind.dtype)
+        _view_key, offset, size = view
+        begin, end = offset * kind.dtype.itemsize, (offset + size) * kind.dtype.itemsize
+        if not (0 <= begin <= end <= root.data.nbytes()):
+            raise pickle.UnpicklingError(f"a view outside storage {key}")
+        return _Storage(root.data[begin:end], kind.dtype)
+
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04":  # torch.load's own zip test
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{path}: not a readable checkpoint (damaged zip archive: {e})") from None
-        # records sit in one top folder (named after the file): TorchScript adds code/ and constants.pkl
-        if any(n.split("/")[1:2] in (["code"], ["constants.pkl"]) for n in names):
-            raise CheckpointError(f"{path}: a TorchScript archive holds code; tpn reads weights only "
-                                  "(save the model's state_dict with torch.save)")
-    elif tarfile.is_tarfile(path):
-        raise CheckpointError(f"{path}: a tar archive, not a checkpoint (torch's original tar layout is not read)")
+        header = [_Unpickler(f, skipped, storage).load() for _ in range(3)]
+        if header[0] != _LEGACY_MAGIC:
+            raise RuntimeError("Invalid magic number: neither torch's zip nor its legacy layout")
+        if header[1] != _LEGACY_PROTOCOL:
+            raise RuntimeError(f"Invalid legacy protocol version {str(header[1])[:20]}")
+        obj = _Unpickler(f, skipped, storage).load()
+        keys = _Unpickler(f, skipped, storage).load()
+        if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(map(str, declared)):
+            raise CheckpointError(f"{path}: damaged checkpoint (its storage list does not match its tensors)")
+        for key in keys:
+            target = declared[key]
+            count = int.from_bytes(f.read(8), "little")
+            if count * target.dtype.itemsize != target.data.nbytes():
+                raise CheckpointError(f"{path}: damaged checkpoint (storage {key} holds {count} elements, "
+                                      f"its tensors declare {target.data.nbytes() // target.dtype.itemsize})")
+            view = torch.empty(0, dtype=torch.uint8).set_(target.data).numpy()
+            if f.readinto(memoryview(view)) != view.nbytes:
+                raise CheckpointError(f"{path}: damaged checkpoint (truncated in storage {key})")
+    return obj
 
 
 def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
-    """Load a checkpoint without executing code from it.
+    """Load a checkpoint without executing code from it and without allocating more than it holds.
 
-    Every pickle of the file, in torch's zip and legacy layouts alike, is read by an unpickler
-    that builds only tensors and plain containers; any other class or function it names is
-    replaced by an inert placeholder that is never called. Returns (object, skipped), where
-    `skipped` names those classes (e.g. an mmaction2 checkpoint's `meta` objects). A file
+    torch.load is not used: torch's zip layout is read with torch's own archive reader (the
+    records torch sees), its legacy layout by our own small reader, and no path leads to
+    TorchScript. Every pickle is read by an unpickler that builds only tensors and plain
+    containers; any other class or function it names is replaced by an inert placeholder that
+    is never called. Storages may not declare more bytes than the file holds, and a tensor's
+    declared shape must lie inside its storage. Returns (object, skipped), where `skipped`
+    names the placeholders' classes (e.g. an mmaction2 checkpoint's `meta` objects). A file
     that holds them is refused when `foreign` is False, or when it says it is a tpn checkpoint
     (tpn writes none). A missing, empty or corrupt file, a TorchScript or tar archive raises
     CheckpointError.
@@ -135,15 +311,19 @@ def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
-    _refuse_code_archives(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and tarfile.is_tarfile(path):
+        raise CheckpointError(f"{path}: a tar archive, not a checkpoint (torch's original tar layout is not read)")
     skipped: set[str] = set()
-    # weights_only=False only because our own restricted module does the unpickling: torch's
-    # weights-only reader refuses mmaction2's meta objects, and before torch 2.6 a file could
-    # make it run code (GHSA-53q9-r3pm-6pq6)
+    budget = _Budget(path, size)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module(skipped))
+        obj = (_read_zip if head == b"PK\x03\x04" else _read_legacy)(path, skipped, budget)
+    except CheckpointError:
+        raise
     except Exception as e:
         refused = f"; it names {', '.join(sorted(skipped))}, which tpn never runs" if skipped else ""
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)}{refused})") \

@@ -18,7 +18,6 @@ read without Paddle's program description; it is reported as such.
 """
 from __future__ import annotations
 
-import codecs
 import collections
 import math
 import pickle
@@ -98,6 +97,21 @@ def _frombuffer(buf, dtype, shape, order):  # protocol 5
     return arr
 
 
+def _latin1_bytes(text, encoding="latin1"):
+    """`_codecs.encode(str, 'latin1')`, how protocol 2 pickles bytes, and nothing else: another
+    codec (hex, base64) nested in itself would inflate a small file to gigabytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("only latin-1 text may be encoded in a .pdparams file")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    """`bytes()`, how protocol 2 pickles b'': `bytes(n)` would allocate n bytes from a number."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) with arguments is not allowed in a .pdparams file")
+    return b""
+
+
 def _eval_data_only(expr, namespace=None):
     """Paddle 2.x pickles a LoDTensor as `eval('data', {'data': array})`: allow exactly that."""
     if expr != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), _Array):
@@ -117,8 +131,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy", "ndarray"): _Array,
         ("numpy", "dtype"): _Dtype,
-        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles
-        ("builtins", "bytes"): bytes,  # empty bytes in protocol-2 pickles
+        ("_codecs", "encode"): _latin1_bytes,  # bytes in protocol-2 pickles
+        ("builtins", "bytes"): _empty_bytes,  # empty bytes in protocol-2 pickles
         ("builtins", "tuple"): tuple,  # Paddle 2.x: a dygraph tensor is (name, array)
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "eval"): _eval_data_only,
