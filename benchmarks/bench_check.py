@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from tpn.bench import machine_info  # noqa: E402
 from tpn.data.check import check_video  # noqa: E402
 from tpn.data.sampling import train_indices  # noqa: E402
 from tpn.data.synthetic import render, write_mp4  # noqa: E402
@@ -65,7 +64,7 @@ def run(videos_dir: str | Path, size=(340, 256), seconds: int = 10, calls: int =
     clips = _interleaved({"train_clip": lambda i: read_clip(plain, lambda _: starts[i]),
                           "train_clip_rot90": lambda i: read_clip(rotated, lambda _: starts[i])}, calls)
     log(f"clips: {clips}")
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "size": list(size),
+    return {"machine": machine_info(), "size": list(size),
             "frames": n, "calls": calls, "cpu_ms_per_call": {**check, **clips}}
 
 

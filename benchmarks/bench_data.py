@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -34,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from tpn.bench import machine_info  # noqa: E402
 from tpn.config import DataConfig  # noqa: E402
 from tpn.data import sampling  # noqa: E402
 from tpn.data.datasets import VideoDataset  # noqa: E402
@@ -118,22 +117,6 @@ def frames_decoded(paths: list, clips: int = 20) -> dict:
                 total += r.frames_decoded
         out[key] = round(total / clips, 1)
     return out
-
-
-def machine_info() -> dict:
-    import av
-    import torch
-
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return dict(cpu=cpu, cores=os.cpu_count(), load_avg_1min_at_start=load, python=platform.python_version(),
-                torch=torch.__version__, av=av.__version__,
-                ffmpeg=".".join(map(str, av.library_versions["libavcodec"])),
-                platform=platform.platform(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
 
 def run(videos_dir: str | Path, videos: int = 3, clips: int = 30, test_videos: int | None = None,

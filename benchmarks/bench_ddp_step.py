@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from tpn.accel import Execution, make_forward
+from tpn.bench import machine_info, timed
 from tpn.config import load_config
 from tpn.models.build import build_model
 
@@ -63,21 +63,14 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    torch.cuda.synchronize()
+    timed(step, args.warmup, device=dev)
     if world > 1:
         dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    elapsed = timed(step, args.steps, device=dev)
     if rank == 0:
         res = {"world": world, "batch_per_gpu": args.batch, "steps": args.steps, "bucket_cap_mb": args.bucket_mb,
                "gradient_as_bucket_view": bool(args.bucket_view), "static_graph": bool(args.static_graph),
-               "clips_per_s": round(world * args.batch * args.steps / elapsed, 1),
-               "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__}
+               "clips_per_s": round(world * args.batch * args.steps / elapsed, 1), "machine": machine_info()}
         print(json.dumps(res))
         with open(args.out, "w") as f:
             json.dump(res, f)

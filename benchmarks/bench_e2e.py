@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tpn.accel import Execution  # noqa: E402
+from tpn.bench import machine_info, timed  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.loader import build_loader  # noqa: E402
@@ -88,12 +89,10 @@ def main() -> None:
     model = build_model(cfg).cuda().train()
     step = make_train_step(model, cfg.data.mean, cfg.data.std, Execution(torch.bfloat16, True, True), cfg.train)
     n_train = len((root / "train.txt").read_text().splitlines())
-    res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cpu_workers=args.workers,
-               cpu_count=os.cpu_count(), batch=args.batch, train_videos=n_train,
+    res = dict(machine=machine_info(), cpu_workers=args.workers, batch=args.batch, train_videos=n_train,
                video="340x256 30fps 300 frames, libx264 veryfast (B-frames) GOP 250; prepared: tpn data prepare",
                augmentation="random resized crop 224, flip 0.5, colour jitter 0.4/0.4/0.4",
-               generate_s=round(gen_s, 1), prepare_s=round(prep_s, 1),
-               original_mb=round(size(root), 1), date=time.strftime("%Y-%m-%d"),
+               generate_s=round(gen_s, 1), prepare_s=round(prep_s, 1), original_mb=round(size(root), 1),
                **{f"prepared_gop{g}_mb": round(size(d), 1) for g, d in prepared.items()})
 
     res["synthetic_clips_per_s"] = in_gpu_rate(step, args.batch, args.steps)
@@ -116,20 +115,10 @@ def main() -> None:
         loader = build_loader(build_dataset(cfg.data, "train"), args.batch, args.workers, shuffle=True,
                               drop_last=True, seed=0)
         it = iter(loader)
-        for _ in range(args.workers):  # start-up: every worker has delivered its first batch
-            feed(next(it))
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            feed(next(it))
-        torch.cuda.synchronize()
-        e2e = args.batch * args.steps / (time.perf_counter() - t)
-        for _ in range(args.workers * 2):  # drain what was prefetched while the step ran
-            next(it)
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            next(it)
-        alone = args.batch * args.steps / (time.perf_counter() - t)
+        # warm-up: every worker has delivered its first batch
+        e2e = args.batch * args.steps / timed(lambda: feed(next(it)), args.steps, args.workers, device="cuda")
+        # after draining what was prefetched while the step ran
+        alone = args.batch * args.steps / timed(lambda: next(it), args.steps, args.workers * 2)
         del it, loader
         rec = dict(setting=name, e2e_clips_per_s=round(e2e, 1), loader_clips_per_s=round(alone, 1),
                    e2e_over_synthetic=round(e2e / res["synthetic_clips_per_s"], 3),
@@ -139,29 +128,16 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(res, indent=1))
 
 
-def cpu_quota() -> str:
-    try:
-        return Path("/sys/fs/cgroup/cpu.max").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
 def scaling(prepared: dict, args) -> None:
     """Loader-alone clips/s at several worker counts (no GPU work)."""
-    res = dict(cpu_count=os.cpu_count(), cgroup_cpu_max=cpu_quota(), batch=args.batch,
-               setting="prepared, data.augment_on_device", runs=[])
+    res = dict(machine=machine_info(), batch=args.batch, setting="prepared, data.augment_on_device", runs=[])
     for (g, root), w in ((g, int(v)) for g in prepared.items() for v in args.scaling.split(",")):
         cfg = dataset_cfg(root, True)
         loader = build_loader(build_dataset(cfg.data, "train"), args.batch, w, shuffle=True, drop_last=True,
                               seed=0, pin_memory=False)
         it = iter(loader)
-        for _ in range(max(w, 1) * 2 + 1):
-            next(it)
         n = max(10, 2 * w)
-        t = time.perf_counter()
-        for _ in range(n):
-            next(it)
-        rate = args.batch * n / (time.perf_counter() - t)
+        rate = args.batch * n / timed(lambda: next(it), n, warmup=max(w, 1) * 2 + 1)
         del it, loader
         res["runs"].append(dict(gop=g, workers=w, loader_clips_per_s=round(rate, 1),
                                 per_worker=round(rate / max(w, 1), 1)))

@@ -44,9 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -61,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from tpn.bench import cpu_cores, machine_info, timed  # noqa: E402
 from tpn.data import sampling  # noqa: E402
 from tpn.data.pool import map_in_processes  # noqa: E402
 from tpn.data.synthetic import class_names, render, write_mp4  # noqa: E402
@@ -69,6 +68,8 @@ from tpn.data.video import VideoReader  # noqa: E402
 DEFAULT_SETS = "h264_340x256,h264_456x256,hevc_340x256"
 CLASSES = 10
 WINDOW = 10  # steps per timed window, as `train.log_interval` below
+# versions recorded beside the machine (torch and PyAV are always)
+PACKAGES = ("numpy", "opencv-python-headless", "decord", "mmaction2", "mmengine", "mmcv-lite", "PyNvVideoCodec")
 TARGETS = {"e2e_over_peer": 1.5, "e2e_over_gpu_step": 0.70, "prepared_over_gpu_step": 0.95, "test_over_peer": 2.0}
 
 
@@ -129,59 +130,6 @@ class Recorder:
         if self.left_out:
             print(f"time budget spent; not measured: {'; '.join(self.left_out)}. Run the same command again "
                   f"to continue.", flush=True)
-
-
-def cpu_cores() -> dict:
-    """CPUs this process may use: affinity and the cgroup quota (a container's real share)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = None
-    try:
-        q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        quota = None if q == "max" else int(q) / int(period)
-    except (OSError, ValueError):
-        pass
-    return dict(cores=min(cores, math.ceil(quota)) if quota else cores, affinity=cores, cgroup_quota=quota,
-                cpu_count=os.cpu_count())
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in ("torch", "av", "numpy", "opencv-python-headless", "decord", "mmaction2", "mmengine", "mmcv-lite",
-                 "PyNvVideoCodec"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def machine_info() -> dict:
-    import av
-    import torch
-
-    info = dict(**cpu_cores(), python=platform.python_version(), platform=platform.platform(), **versions(),
-                ffmpeg_libavcodec=".".join(map(str, av.library_versions["libavcodec"])),
-                cpu_model=next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines()
-                                if ln.startswith("model name")), None), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
-        try:
-            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError) as e:
-            info["driver"] = repr(e)
-    return info
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 # ------------------------------------------------------------------ video sets
@@ -304,16 +252,56 @@ def frames_per_clip(set_dir: Path, cfg, clips: int = 48, test_videos: int = 6) -
     return res
 
 
-def nvdec_fps(set_dir: Path, decoders: int = 8, files: int = 4) -> dict:
-    """Decode-only frames/s of `decoders` NVDEC sessions in threads (benchmarks/nvdec_probe.py)."""
-    import PyNvVideoCodec as nvc
+def _decode_all(stream, videos: list) -> int:
+    """Frames out of `stream` (a `tpn.data.nvdec` decoder) fed every packet of `videos`, drained after
+    each. NVDEC's frames are counted by its `keep` test and none is copied out; a stand-in that
+    returns its frames (PyAVStream) is counted by them."""
+    seen = [0]
 
-    from nvdec_probe import _decode_files, _thread_rates, demux_annexb
+    def count(pts: int) -> bool:
+        seen[0] += 1
+        return False
 
-    videos = [demux_annexb(p) for p in video_paths(set_dir)[:files]]
-    _decode_files(nvc, videos[:1])  # warm-up: context and first decoder
-    r = _thread_rates(nvc, videos, decoders, lambda dec: _decode_files(nvc, videos, dec)[0])
-    return dict(decoders=decoders, nvdec_fps=r["per_s"], errors=r["errors"])
+    stream.keep = count
+    out = 0
+    for v in videos:
+        for data, pts in zip(v.data, v.index.tolist()):
+            out += len(stream.decode(np.frombuffer(data, np.uint8), pts))
+        out += len(stream.flush())
+    return seen[0] + out
+
+
+def nvdec_fps(set_dir: Path, decoders: int = 8, files: int = 4, device: str = "cuda", factory=None) -> dict:
+    """Decode-only frames/s of `decoders` NVDEC sessions in threads, each decoding every packet of the
+    first `files` videos of the set: `tpn.data.nvdec`'s demux (Annex B packets) and its decoder
+    (`factory`, default NvdecStream; the tests pass PyAVStream and the CPU)."""
+    import threading
+
+    import torch
+
+    from tpn.data.nvdec import NvdecStream, demux
+
+    dev = torch.device(device)
+    videos = [v for v in map(demux, video_paths(set_dir)[:files]) if v is not None]
+    if not videos:
+        raise RuntimeError(f"no video of {set_dir} goes to NVDEC")
+    make = lambda: (factory or NvdecStream)(videos[0].codec, dev)  # noqa: E731
+    _decode_all(make(), videos[:1])  # warm-up: context and first decoder
+    streams, counts, errors = [make() for _ in range(decoders)], [0] * decoders, []
+    barrier = threading.Barrier(decoders + 1)
+
+    def work(k: int) -> None:
+        barrier.wait()
+        try:
+            counts[k] = _decode_all(streams[k], videos)
+        except Exception as e:  # noqa: BLE001 - reported beside the rate
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(decoders)]
+    for t in threads:
+        t.start()
+    sec = timed(lambda: (barrier.wait(), [t.join() for t in threads]), 1, device=dev)
+    return dict(decoders=decoders, nvdec_fps=round(sum(counts) / sec, 1), frames=sum(counts), errors=errors[:3])
 
 
 def sig(x: float, digits: int = 4) -> float:
@@ -421,29 +409,17 @@ def loader_alone(args, set_dir: Path, decoder: str, run_dir: Path) -> dict:
     from tpn.engine import distributed as D
     from tpn.engine.train import build_data
 
-    drain, timed = 4 * args.workers + 2, args.loader_batches
-    lst = write_list(set_dir, f"loader_{(drain + timed) * args.batch}.txt", (drain + timed) * args.batch)
+    drain, count = 4 * args.workers + 2, args.loader_batches
+    lst = write_list(set_dir, f"loader_{(drain + count) * args.batch}.txt", (drain + count) * args.batch)
     cfg = load_config(args.config, tpn_sets(args, set_dir, decoder) + [f"data.train_list={lst}"])
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg, D.setup(args.device), run_dir)
     data.train_set.set_epoch(0)
     data.sampler.set_epoch(0)
     it = iter(data.loader)
-    for _ in range(drain):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(timed):
-        next(it)
-    rate = timed * args.batch / (time.perf_counter() - t0)
+    rate = count * args.batch / timed(lambda: next(it), count, drain)
     del it, data
-    return dict(clips_per_s=sig(rate), workers=args.workers, batches_timed=timed)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return dict(clips_per_s=sig(rate), workers=args.workers, batches_timed=count)
 
 
 def gpu_step(args) -> dict:
@@ -468,7 +444,7 @@ def gpu_step(args) -> dict:
     c, t = cfg.data.crop_size, cfg.data.clip_len
     x8 = torch.randint(0, 255, (args.batch, 3, t, c, c), dtype=torch.uint8, device=dev)
     y = torch.arange(args.batch, device=dev) % CLASSES
-    return dict(clips_per_s=sig(_timed(lambda: step(x8, y), args.gpu_steps, 5, dev, args.batch)),
+    return dict(clips_per_s=sig(args.batch * args.gpu_steps / timed(lambda: step(x8, y), args.gpu_steps, 5, dev)),
                 execution=str(ex), clip=f"{t}x{c}x{c}")
 
 
@@ -490,19 +466,9 @@ def gpu_test(args) -> dict:
     views, s, t = cfg.data.test_clips * cfg.data.test_crops, cfg.data.test_crop_size, cfg.data.clip_len
     x8 = torch.randint(0, 255, (2 * views, 3, t, s, s), dtype=torch.uint8, device=dev)
     with torch.no_grad():
-        rate = _timed(lambda: F.softmax(fwd(x8).float(), -1).view(2, views, -1).mean(1), args.gpu_steps // 2, 2, dev, 2)
+        steps = args.gpu_steps // 2
+        rate = 2 * steps / timed(lambda: F.softmax(fwd(x8).float(), -1).view(2, views, -1).mean(1), steps, 2, dev)
     return dict(videos_per_s=sig(rate), views=views, crop=s)
-
-
-def _timed(fn, steps: int, warmup: int, dev, per_step: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(dev)
-    return per_step * steps / (time.perf_counter() - t0)
 
 
 def part_tpn(args, rec: Recorder) -> None:
@@ -628,16 +594,8 @@ class Peer:
         win = self.args.window
         for _ in range(win):
             step(next(batches))
-        _sync(self.dev)
-        counts, secs = [], []
-        for _ in range(n_windows):
-            t0 = time.perf_counter()
-            for _ in range(win):
-                step(next(batches))
-            _sync(self.dev)
-            counts.append(win * per_batch)
-            secs.append(time.perf_counter() - t0)
-        return window_rates(counts, secs, self.args.tail)
+        secs = [timed(lambda: step(next(batches)), win, device=self.dev) for _ in range(n_windows)]
+        return window_rates([win * per_batch] * n_windows, secs, self.args.tail)
 
     def e2e(self, set_dir: Path, batch: int) -> dict:
         """Its DataLoader feeding its train_step: clips/s over the last --tail of the steps."""
@@ -652,15 +610,10 @@ class Peer:
         return dict(clips_per_s=w["tail_rate"], window_clips_per_s=w["windows"], steps=n_windows * win)
 
     def loader_alone(self, set_dir: Path, batch: int) -> dict:
-        drain, timed = 2 * self.args.workers + 2, self.args.loader_batches
-        n = (drain + timed) * batch
+        drain, count = 2 * self.args.workers + 2, self.args.loader_batches
+        n = (drain + count) * batch
         it = iter(self.loader(set_dir, write_list(set_dir, f"peer_loader_{n}.txt", n), batch, test=False))
-        for _ in range(drain):
-            next(it)
-        t0 = time.perf_counter()
-        for _ in range(timed):
-            next(it)
-        return dict(clips_per_s=sig(timed * batch / (time.perf_counter() - t0)), batches_timed=timed)
+        return dict(clips_per_s=sig(count * batch / timed(lambda: next(it), count, drain)), batches_timed=count)
 
     def test(self, set_dir: Path) -> dict:
         """Its test DataLoader (2 videos a batch) feeding its test_step: videos/s."""
@@ -686,7 +639,8 @@ class Peer:
         data = dict(inputs=list(x), data_samples=self.harness.samples(batch, CLASSES))
         ow = self.optim_wrapper()
         self.model.train()
-        rate = _timed(lambda: self.model.train_step(data, ow), self.args.gpu_steps, 3, self.dev, batch)
+        rate = batch * self.args.gpu_steps / timed(lambda: self.model.train_step(data, ow), self.args.gpu_steps, 3,
+                                                   self.dev)
         return dict(clips_per_s=sig(rate))
 
 
@@ -961,7 +915,7 @@ def main(argv=None) -> None:
         return
     rec = Recorder(args.jsonl or folder / f"{args.part}.jsonl", args.part, args.budget_s, args.redo, args.only)
     files = {n: set_digest(folder / n) for n in args.sets + [f"{p}_prepared" for p in args.prepare]}
-    rec.emit(what="machine", **machine_info(), argv=sys.argv[1:] if argv is None else list(argv), files=files)
+    rec.emit(what="machine", **machine_info(PACKAGES), argv=sys.argv[1:] if argv is None else list(argv), files=files)
     {"make": part_make, "peer": part_peer, "tpn": part_tpn}[args.part](args, rec)
     rec.close()
 

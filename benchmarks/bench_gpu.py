@@ -35,6 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step, also when imported as benchmarks.bench_gpu
 
+from tpn import bench  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.accel import Execution, make_eval_forward  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
@@ -55,23 +56,14 @@ def emit(**rec) -> None:
         OUT_PATH[0].write_text(json.dumps({"results": RESULTS, "ratios": ratios(RESULTS)}, indent=1))
 
 
-def sync() -> None:
-    torch.cuda.synchronize()
-
-
-def timed(fn, steps: int, warmup: int) -> tuple[float, float, float]:
+def timed_peaks(fn, steps: int, warmup: int) -> tuple[float, float, float]:
     """(seconds for `steps` calls after `warmup`, their peak allocated GB, peak reserved GB).
     Under CUDA graphs the replayed steps allocate nothing: their working memory is reserved by
     the graph pool, so for those modes the reserved peak is the one that bounds the footprint."""
-    for _ in range(warmup):
-        fn()
-    sync()
+    bench.timed(fn, warmup, device="cuda")
     torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync()
-    return time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+    dt = bench.timed(fn, steps, device="cuda")
+    return dt, torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
 def execution(mode: str) -> Execution:
@@ -108,12 +100,9 @@ def tpn_train(batch: int, mode: str, steps: int) -> dict:
     x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
     labels = torch.arange(batch, device="cuda") % 400
     torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    step(x8, labels)
-    sync()
-    first = time.perf_counter() - t0
+    first = bench.timed(lambda: step(x8, labels), 1, device="cuda")
     first_mem = torch.cuda.max_memory_allocated() / 2**30  # compilation, tuning, graph recording
-    dt, mem, reserved = timed(lambda: step(x8, labels), steps, warmup=3 if ex.compile else 2)
+    dt, mem, reserved = timed_peaks(lambda: step(x8, labels), steps, warmup=3 if ex.compile else 2)
     return dict(clips_per_s=batch * steps / dt, step_ms=1000 * dt / steps, peak_mem_gb=mem,
                 mem_per_clip_gb=mem / batch, peak_reserved_gb=reserved, reserved_per_clip_gb=reserved / batch,
                 first_step_peak_mem_gb=first_mem, first_step_s=first)
@@ -132,7 +121,7 @@ def tpn_test(videos: int, mode: str, reps: int) -> dict:
         return F.softmax(logits.float(), -1).view(videos, 30, -1).mean(1)
 
     run()
-    dt, mem, reserved = timed(run, reps, warmup=1)
+    dt, mem, reserved = timed_peaks(run, reps, warmup=1)
     return dict(videos_per_s=videos * reps / dt, peak_mem_gb=mem, peak_reserved_gb=reserved)
 
 
@@ -259,10 +248,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     cfg = load_config(args.config)
     info = measure(cfg)
-    emit(kind="env", gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
-         cudnn=torch.backends.cudnn.version(), date=time.strftime("%Y-%m-%d"),
-         tpn_params=info["params_total"], fwd_flops_per_view_224=info["flops"], config=args.config,
-         command=" ".join(sys.argv))
+    emit(kind="env", machine=bench.machine_info(), tpn_params=info["params_total"],
+         fwd_flops_per_view_224=info["flops"], config=args.config, command=" ".join(sys.argv))
     peer_state: list = []
     for part in args.parts.split(","):
         run_part(part, args, peer_state)

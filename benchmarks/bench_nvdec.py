@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tpn.accel import Execution  # noqa: E402
+from tpn.bench import machine_info, timed  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data import nvdec  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
@@ -81,13 +82,8 @@ def gpu_only(root: Path, threads_list, clips: int) -> dict:
     out = dict(packets_per_clip=round(float(np.mean([len(j.frames) for _, j in jobs])), 1))
     for n in threads_list:
         pool = nvdec.DecoderPool(torch.device("cuda"), n)
-        pool.decode(jobs)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(3):
-            pool.decode(jobs)
-        torch.cuda.synchronize()
-        out[f"threads_{n}_clips_per_s"] = round(3 * len(jobs) / (time.perf_counter() - t), 1)
+        dt = timed(lambda: pool.decode(jobs), 3, warmup=1, device="cuda")
+        out[f"threads_{n}_clips_per_s"] = round(3 * len(jobs) / dt, 1)
         pool.close()
     return out
 
@@ -114,22 +110,12 @@ def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
 
     for _ in range(args.workers + 2):  # every worker has delivered
         take(step is not None)
-    torch.cuda.synchronize()
     rec = dict(decoder=decoder, share=round(ds.gpu_share, 3), choice=notes)
     if step is not None:
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            take(True)
-        torch.cuda.synchronize()
-        rec["e2e_clips_per_s"] = round(args.batch * args.steps / (time.perf_counter() - t), 1)
-    for _ in range(args.workers * 4 + 2):  # drain the prefetched batches
-        take(False)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        take(False)
-    torch.cuda.synchronize()
-    rec["loader_clips_per_s"] = round(args.batch * args.steps / (time.perf_counter() - t), 1)
+        rec["e2e_clips_per_s"] = round(args.batch * args.steps / timed(lambda: take(True), args.steps, device=dev), 1)
+    # after draining the prefetched batches
+    dt = timed(lambda: take(False), args.steps, warmup=args.workers * 4 + 2, device=dev)
+    rec["loader_clips_per_s"] = round(args.batch * args.steps / dt, 1)
     if stage is not None:
         rec["stage"] = stage.stats()
         stage.close()
@@ -153,8 +139,8 @@ def main() -> None:
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     root = Path(args.root) / f"{args.codec}_{args.size}"
-    res = dict(gpu=torch.cuda.get_device_name(), cpu_count=os.cpu_count(), torch=torch.__version__,
-               workers=args.workers, threads=args.threads, batch=args.batch, date=time.strftime("%Y-%m-%d"),
+    res = dict(machine=machine_info(packages=("PyNvVideoCodec",)), workers=args.workers, threads=args.threads,
+               batch=args.batch,
                video=f"{args.size} 30 fps 300 frames, {args.codec} preset medium (B-frames, keyframe every 250)",
                augmentation="random resized crop 224, flip 0.5, colour jitter (flip/jitter on the GPU)")
     t0 = time.time()

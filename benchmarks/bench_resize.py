@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
-from bench_data import TRAIN_MODES, machine_info, make_videos  # noqa: E402
+from bench_data import TRAIN_MODES, make_videos  # noqa: E402
+from tpn.bench import machine_info  # noqa: E402
 from tpn.config import DataConfig  # noqa: E402
 from tpn.data import transforms as T  # noqa: E402
 from tpn.data.datasets import VideoDataset  # noqa: E402

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from tpn.bench import machine_info  # noqa: E402
 
 # (channels, spatial side) of every BN'd tensor of the R50 8x8 backbone at 224 crop, with how
 # many BN layers have it (stem; stage 1-4 conv1/conv2 and conv3/downsample outputs)
@@ -112,8 +116,7 @@ def main() -> None:
         rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
         print(json.dumps(rows[-1]), flush=True)
     total = {k: sum(r[k] * r["layers"] for r in rows) for k in rows[0] if k.endswith("_ms")}
-    out = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
-               batch=args.batch, copy_gb_per_s=round(bw / 1e9, 1), shapes=rows,
+    out = dict(machine=machine_info(), batch=args.batch, copy_gb_per_s=round(bw / 1e9, 1), shapes=rows,
                step_totals_ms={k: round(v, 2) for k, v in total.items()},
                **{f"efficiency_{k[:-3]}": round(total["bound_ms"] / v, 3) for k, v in total.items() if k != "bound_ms"})
     Path(args.out).write_text(json.dumps(out, indent=1))

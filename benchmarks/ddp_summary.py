@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import statistics
 import sys
@@ -46,10 +45,9 @@ def windows(log: Path) -> list[float]:
 
 def scale(out: Path, n: int, workers: int, batch: int) -> dict:
     step = {k: json.loads((out / f"step_{k}.json").read_text()) for k in (1, n)}
-    res = {"cores": os.cpu_count(), "gpus": n, "batch_per_gpu": batch, "loader_workers_per_process": workers,
+    res = {"machine": step[1]["machine"], "gpus": n, "batch_per_gpu": batch, "loader_workers_per_process": workers,
            "in_gpu_step": {"clips_per_s_1": step[1]["clips_per_s"], f"clips_per_s_{n}": step[n]["clips_per_s"],
-                           "scaling": round(step[n]["clips_per_s"] / step[1]["clips_per_s"], 3),
-                           "gpu": step[1]["gpu"], "torch": step[1]["torch"]}}
+                           "scaling": round(step[n]["clips_per_s"] / step[1]["clips_per_s"], 3)}}
     e2e = {}
     for k in (1, n):
         w = windows(out / f"e2e_{k}.log")

@@ -33,9 +33,10 @@ $TPN test tpn_r50_8x8_k400 --checkpoint "$OUT/train/epoch_0001.pth" --work-dir "
 python3 - "$OUT" <<'EOF'
 import json, re, sys
 from pathlib import Path
+from tpn.bench import machine_info
 out = Path(sys.argv[1])
 rates = [float(m.group(1)) for m in re.finditer(r"iter \d+/\d+ loss \S+ lr \S+ ([\d.]+) clips/s", (out / "train.log").read_text())]
-res = dict(train_clips_per_s_windows=rates,
+res = dict(machine=machine_info(), train_clips_per_s_windows=rates,
            train_clips_per_s_steady=round(sum(rates[2:]) / max(1, len(rates[2:])), 1) if len(rates) > 2 else None)
 res["test_log_tail"] = (out / "test.log").read_text().strip().splitlines()[-3:]  # test: a check, 10 videos
 (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))

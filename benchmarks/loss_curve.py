@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gpu import execution, model_overrides  # noqa: E402
 from train_step import make_train_step  # noqa: E402
+from tpn.bench import machine_info, timed  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.synthetic import class_names, render  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
@@ -54,11 +55,6 @@ def make_clips(count: int, classes: int, size: int, seed: int) -> tuple[torch.Te
     return torch.stack(clips), torch.tensor(labels)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_curve(args, mode: str, clips: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
     """One mode's curve from the seeded initial weights."""
     cfg = load_config(args.config, [f"model.head.num_classes={args.classes}", *model_overrides(mode), *args.set])
@@ -69,22 +65,19 @@ def run_curve(args, mode: str, clips: torch.Tensor, labels: torch.Tensor, device
         ex = type(ex)(ex.amp)
     step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train, lr=args.lr)
     x, y = clips.to(device), labels.to(device)
-    losses, t_first, t_warm = [], 0.0, None
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        j = (i * args.batch) % len(x)
+    losses = []
+
+    def next_step() -> None:
+        j = (len(losses) * args.batch) % len(x)
         losses.append(step(x[j:j + args.batch], y[j:j + args.batch]))
-        if i == 0:
-            sync(device)
-            t_first = time.perf_counter() - t0
-        if i == min(5, args.steps - 1):  # the steady rate from here on
-            sync(device)
-            t_warm = (i, time.perf_counter())
-    sync(device)
-    steady = (time.perf_counter() - t_warm[1]) / max(args.steps - 1 - t_warm[0], 1)
+
+    t_first = timed(next_step, 1, device=device)
+    warm = min(5, args.steps - 1)  # steps 1..warm untimed, the steady rate from the next one on
+    steady = args.steps - 1 - warm
+    dt = timed(next_step, steady, warmup=warm, device=device)
     torch._dynamo.reset()
     return {"mode": mode, "losses": [float(v) for v in torch.stack(losses).cpu()], "first_step_s": round(t_first, 2),
-            "steady_step_ms": round(1000 * steady, 2) if args.steps > t_warm[0] + 1 else None}
+            "steady_step_ms": round(1000 * dt / steady, 2) if steady else None}
 
 
 def compare(ref: list[float], other: list[float], tail: int = 20, window: int = 10) -> dict:
@@ -128,8 +121,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d")}
+    env = {"device": str(device), "machine": machine_info()}
     clips, labels = make_clips(args.clips, args.classes, args.size, args.seed)
     runs: list[dict] = []
     for mode in args.modes.split(","):

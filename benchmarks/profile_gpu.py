@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch._inductor.config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tpn.accel import Execution  # noqa: E402
+from tpn.bench import machine_info, timed  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.models.build import build_model  # noqa: E402
 from train_step import make_train_step  # noqa: E402
@@ -80,15 +80,8 @@ def profile_test(videos: int, variant: str = "fold_bf16w") -> dict:
     fwd = make_eval_forward(model, cfg.data.mean, cfg.data.std, ex, fold_bn=True,
                             low_precision_weights="bf16w" in variant)
     x8 = torch.randint(0, 255, (videos * 30, 3, 8, 256, 256), dtype=torch.uint8, device="cuda")
-    for _ in range(3):
-        fwd(x8)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(5):
-        fwd(x8)
-    torch.cuda.synchronize()
     rec = dict(variant=f"test30_{variant}_compile", videos=videos,
-               videos_per_s=videos * 5 / (time.perf_counter() - t0))
+               videos_per_s=videos * 5 / timed(lambda: fwd(x8), 5, warmup=3, device="cuda"))
     rec.update(kernel_profile(lambda: fwd(x8)))
     rec["layout_transform_share"] = round(sum(k["share"] for k in rec["top_kernels"]
                                               if "nchwToNhwc" in k["name"] or "nhwcToNchw" in k["name"]), 4)
@@ -108,15 +101,9 @@ def run_variant(variant: str, batch: int, steps: int, profile: bool) -> dict:
         step = make_train_step(model, cfg.data.mean, cfg.data.std, ex, cfg.train)
         x8 = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
         labels = torch.arange(batch, device="cuda") % 400
-        for _ in range(4):
-            step(x8, labels)
-        torch.cuda.synchronize()
+        timed(lambda: step(x8, labels), 4, device="cuda")
         torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(x8, labels)
-        torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = timed(lambda: step(x8, labels), steps, device="cuda")
         rec = dict(variant=variant, batch=batch, clips_per_s=batch * steps / dt, step_ms=1000 * dt / steps,
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
         rec["mem_per_clip_gb"] = rec["peak_mem_gb"] / batch
@@ -143,7 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     TOP[0] = args.top
     torch.backends.cudnn.benchmark = True
-    results = [dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))]
+    results = [dict(machine=machine_info())]
     for i, v in enumerate(v for v in args.variants.split(",") if v):
         try:
             rec = run_variant(v, args.batch, args.steps, profile=(i == 0 or args.profile_all) and not args.no_profile)

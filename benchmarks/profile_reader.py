@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
-import platform
 import pstats
 import sys
 import time
@@ -24,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from tpn.bench import machine_info  # noqa: E402
 from tpn.config import load_config  # noqa: E402
 from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.synthetic import render, write_mp4  # noqa: E402
@@ -89,11 +88,9 @@ def main() -> None:
     ds = build_dataset(cfg.data, "train")
     for i in range(4):  # first opens: imports, caches
         ds[i]
-    res = dict(machine=dict(cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
-                            python=platform.python_version()),
-               video="340x256, 30 fps, x264 preset medium (B-frames, keyframe every 250)",
+    res = dict(machine=machine_info(), video="340x256, 30 fps, x264 preset medium (B-frames, keyframe every 250)",
                clip="8x8, random resized crop 224, flip/jitter drawn for the device", clips=args.clips,
-               date=time.strftime("%Y-%m-%d"), **profile(ds, args.clips))
+               **profile(ds, args.clips))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res))

@@ -15,6 +15,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tpn.accel import Execution, make_forward  # noqa: E402
+from tpn.bench import timed  # noqa: E402
 from tpn.config import TrainConfig  # noqa: E402
 
 
@@ -42,15 +43,6 @@ def make_train_step(model: nn.Module, mean: Sequence[float], std: Sequence[float
 
 def in_gpu_rate(step: Callable, batch: int, steps: int, classes: int = 10, warmup: int = 4) -> float:
     """Clips/s of `step` on random uint8 8x224x224 clips already on the GPU (after `warmup` steps)."""
-    import time
-
     x = torch.randint(0, 255, (batch, 3, 8, 224, 224), dtype=torch.uint8, device="cuda")
     y = torch.arange(batch, device="cuda") % classes
-    for _ in range(warmup):
-        step(x, y)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t)
+    return batch * steps / timed(lambda: step(x, y), steps, warmup, device="cuda")

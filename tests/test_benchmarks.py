@@ -1,5 +1,7 @@
 """The benchmark scripts' library parts, run small on the CPU: the data-loader and check
 benchmarks end to end and the benchmarks' training step."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,49 +49,82 @@ def test_bench_check_times_every_mode(tmp_path):
     assert all(v > 0 for v in res["cpu_ms_per_call"].values())
 
 
-def test_nvdec_probe_cpu_parts_decode_exactly_what_a_sequential_decode_gives(tmp_path):
-    """`benchmarks/nvdec_probe.py`'s GPU-free half: PyAV demux + Annex B filter + clip packet
-    selection, fed to PyAV's own decoder as the stand-in for NVDEC, on B-pyramid H.264 and HEVC."""
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_benchmarks_take_the_machine_and_their_timer_from_tpn_bench():
+    """One `machine_info` (tpn.bench) for every benchmark: none defines its own, its own timer or
+    CPU count, or asks torch or `platform` for the machine; it names the CPU-only machine here."""
+    import ast
+
+    from tpn.bench import machine_info
+
+    copies = {"machine_info", "cpu_cores", "cpu_quota", "versions", "sync", "_sync", "timed", "_timed"}
+    asks = ("get_device_name", "get_device_properties", "platform.", "/proc/cpuinfo", "cpu.max", "nvidia-smi")
+    found = []
+    for path in sorted(BENCHMARKS.glob("*.py")) + sorted(BENCHMARKS.glob("*.sh")):
+        text = path.read_text()
+        found += [f"{path.name}: {a}" for a in asks if a in text]
+        if path.suffix == ".py":
+            found += [f"{path.name}: def {n.name}" for n in ast.walk(ast.parse(text))
+                      if isinstance(n, ast.FunctionDef) and n.name in copies]
+    assert not found, found
+    info = machine_info(("numpy", "no-such-package"))
+    assert info["cores"] >= 1 and info["torch"] == torch.__version__ and info["ffmpeg"] and info["date"].endswith("UTC")
+    assert info["packages"]["no-such-package"] is None and info["packages"]["numpy"]
+    assert ("gpu" in info) == torch.cuda.is_available()
+
+
+def test_benchmark_scripts_answer_help(monkeypatch, capsys):
+    """Every benchmark script with options starts and prints its usage (`python benchmarks/X.py --help`)."""
+    import os
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS), *sys.path])  # a script's folder first, as `python X.py` has it
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    scripts = [p for p in sorted(BENCHMARKS.glob("*.py")) if "argparse" in p.read_text()]
+    assert len(scripts) >= 12
+    for path in scripts:
+        monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(path), run_name="__main__")
+        assert e.value.code == 0, path.name
+        assert "usage:" in capsys.readouterr().out, path.name
+
+
+class _KeepingStream:
+    """NVDEC's contract on the CPU: FFmpeg's decoder (tpn's stand-in), but a frame leaves only when
+    the stream's `keep` test passes, as NvdecStream copies out only the frames it is asked for."""
+
+    def __init__(self, codec, device):
+        from tpn.data.nvdec import PyAVStream
+
+        self.inner, self.keep = PyAVStream(codec, device), lambda pts: True
+
+    def decode(self, data, pts):
+        return [f for f in self.inner.decode(data, pts) if self.keep(f[0])]
+
+    def flush(self):
+        return [f for f in self.inner.flush() if self.keep(f[0])]
+
+
+def test_bench_e2e_peer_nvdec_fps_decodes_every_frame_through_tpn_data_nvdec(tmp_path):
+    """bench_e2e_peer's NVDEC frames/s runs on tpn.data.nvdec's demux and decoder streams (no copy of
+    them in benchmarks/): each of the threads decodes every frame of every file, counted whether the
+    stream returns its frames (PyAVStream) or only asks `keep` about them (NVDEC's way)."""
     import numpy as np
 
-    from benchmarks.nvdec_probe import PyAVAnnexBDecoder, decode_clip, demux_annexb
-    from tpn.data.synthetic import render, write_mp4
-    from tpn.data.video import read_all_frames
-
-    for codec in ("h264", "hevc"):
-        path = tmp_path / f"{codec}.mp4"
-        write_mp4(path, render("right_slow", (128, 96), 90, np.random.default_rng(0)), fps=30, preset="medium", codec=codec)
-        video, ref = demux_annexb(path), read_all_frames(path)
-        assert len(video.data) == len(ref) == 90 and all(d[:4] == b"\0\0\0\1" or d[:3] == b"\0\0\1" for d in video.data)
-        assert sorted(video.index.tolist()) == list(range(90)) and video.nonref.sum() > 20  # B-frames, reordered
-        decoder = PyAVAnnexBDecoder(codec)  # one decoder for every clip: flushed and reused
-        sent = {}
-        for drop in (True, False):
-            for wanted in ([40, 48, 56, 64, 72], [0, 1, 89], [33]):
-                got, sent[drop, len(wanted)] = decode_clip(video, wanted, decoder, drop)
-                assert all(np.array_equal(got[i], ref[i]) for i in wanted), (codec, drop, wanted)
-        assert sent[True, 5] < sent[False, 5] <= 90
-
-
-def test_nvdec_probe_nv12_conversion_matches_pyav_rgb(tmp_path):
-    """The probe's NV12->RGB (BT.601, limited range, nearest chroma) is PyAV's rgb24 to within
-    swscale's fixed-point rounding; BT.709 is visibly off (the probe reports each on NVDEC's planes)."""
-    import av
-    import numpy as np
-
-    from benchmarks.nvdec_probe import nv12_to_rgb, yuv_planes
+    from benchmarks.bench_e2e_peer import nvdec_fps
+    from tpn.data.nvdec import PyAVStream
     from tpn.data.synthetic import render, write_mp4
 
-    path = tmp_path / "v.mp4"
-    write_mp4(path, render("up_fast", (128, 96), 3, np.random.default_rng(1)), fps=30)
-    with av.open(str(path)) as c:
-        frame = next(c.decode(video=0))
-        y, u, v = yuv_planes(frame)
-        ref = frame.to_ndarray(format="rgb24").astype(int)
-    uv = torch.from_numpy(np.stack([u, v], -1))
-    d601 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv).numpy() - ref)
-    d709 = np.abs(nv12_to_rgb(torch.from_numpy(y.copy()), uv, "bt709").numpy() - ref)
-    assert d601.max() <= 3 and d601.mean() < 1.5 and d709.mean() > 3 * d601.mean()
+    for i in range(2):  # x264 medium: B-frames, decoded out of display order
+        write_mp4(tmp_path / f"v{i}.mp4", render("right_slow", (128, 96), 30, np.random.default_rng(i)), preset="medium")
+    (tmp_path / "videos.txt").write_text("v0.mp4 0\nv1.mp4 1\n")
+    for factory in (PyAVStream, _KeepingStream):
+        r = nvdec_fps(tmp_path, decoders=2, files=2, device="cpu", factory=factory)
+        assert r["frames"] == 2 * 2 * 30 and r["errors"] == [] and r["nvdec_fps"] > 0, factory
 
 
 def write_test_report(folder, probs, labels, names=("a", "b", "c"), unreadable=()):
