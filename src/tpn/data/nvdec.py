@@ -14,11 +14,12 @@ The work is split where each side is good:
   starts afresh, as after a seek), then drains it once per batch. Frames are recognised by the
   timestamp each packet carries (job slot and frame index), the wanted ones copied out of the
   decoder, converted NV12 -> RGB (the matrix and range PyAV's `rgb24` uses: BT.601 unless the
-  stream says BT.709, limited unless full), cropped and resized (bilinear, half-pixel centres,
-  as OpenCV's INTER_LINEAR) on the GPU and written into the batch.
+  stream says BT.709, limited unless full), cropped and resized (OpenCV's INTER_LINEAR) on the
+  GPU and written into the batch.
 
 Frames are the ones PyAV decodes at the same indices: the Y and UV planes are equal byte for
-byte; RGB differs by the conversion's rounding and the resize's (measured in docs/data.md).
+byte, and so are the RGB frames and the finished clips: the conversion and the resize are
+swscale's and OpenCV's integer arithmetic in torch (`tpn.data.pixels`).
 
 What NVDEC is not given stays on the CPU path of the worker: codecs other than H.264/HEVC, other
 pixel formats than 8-bit 4:2:0, odd sizes, sizes outside NVDEC's (`MIN_SIZE`, `MAX_SIDE`), colour
@@ -44,9 +45,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tpn.data.nal import nonref_test
+from tpn.data.pixels import nv12_to_rgb24, resize_linear_u8
 from tpn.data.video import VideoError, _why
 
 log = logging.getLogger("tpn.data")
@@ -195,30 +196,17 @@ def make_job(path: str, video: Packets, wanted: np.ndarray, resize, box, out: in
 # ------------------------------------------------------------------ GPU side (main process)
 def nv12_to_rgb(nv12: torch.Tensor, height: int, width: int, bt709: bool = False,
                 full_range: bool = False) -> torch.Tensor:
-    """uint8 (N, H*3/2, W) NV12 pictures -> uint8 (N, 3, H, W) RGB, chroma repeated 2x2 (as
-    swscale's unscaled yuv420p -> rgb24 path)."""
-    kr, kb = (0.2126, 0.0722) if bt709 else (0.299, 0.114)
+    """uint8 (N, H*3/2, W) NV12 pictures -> uint8 (N, 3, H, W) RGB (frames-last memory): the bytes
+    of PyAV's `rgb24` (`pixels.nv12_to_rgb24`)."""
     luma = nv12.shape[1] * 2 // 3  # the decoder's surface may be taller than the picture (1080 in 1088)
-    y = nv12[:, :height, :width].float()
-    uv = nv12[:, luma:luma + height // 2, :width].reshape(-1, height // 2, width // 2, 2).float() - 128
-    uv = uv.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :height, :width]
-    u, v = uv[..., 0], uv[..., 1]
-    if not full_range:
-        y, u, v = (y - 16) * (255 / 219), u * (255 / 224), v * (255 / 224)
-    r = y + 2 * (1 - kr) * v
-    b = y + 2 * (1 - kb) * u
-    g = (y - kr * r - kb * b) / (1 - kr - kb)
-    return torch.stack([r, g, b], 1).round_().clamp_(0, 255).to(torch.uint8)
+    uv = nv12[:, luma:luma + height // 2, :width].unflatten(-1, (width // 2, 2))
+    return nv12_to_rgb24(nv12[:, :height, :width], uv, bt709, full_range).permute(0, 3, 1, 2)
 
 
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> (N, 3, h, w): bilinear with half-pixel centres and no antialiasing,
-    the sampling of OpenCV's INTER_LINEAR (which rounds its weights to 11 bits: up to one grey
-    level apart)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], box=None) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, 3, h, w), or its window `box` (top, left, h, w): the bytes of
+    OpenCV's INTER_LINEAR, as `transforms.resize` (`pixels.resize_linear_u8`)."""
+    return resize_linear_u8(x.permute(0, 2, 3, 1), tuple(size), box).permute(0, 3, 1, 2)
 
 
 def clips_from_frames(rgb: torch.Tensor, job: ClipJob) -> torch.Tensor:
@@ -227,9 +215,8 @@ def clips_from_frames(rgb: torch.Tensor, job: ClipJob) -> torch.Tensor:
     t = len(job.wanted) // k
     out = []
     for j in range(k):
-        frames = resize_bilinear(rgb[j * t:(j + 1) * t], tuple(job.resize[j]))
-        top, left, h, w = (int(v) for v in job.box[j])
-        frames = resize_bilinear(frames[..., top:top + h, left:left + w], (job.out, job.out))
+        frames = resize_bilinear(rgb[j * t:(j + 1) * t], tuple(job.resize[j]), job.box[j])  # only the box
+        frames = resize_bilinear(frames, (job.out, job.out))
         out.append(frames.transpose(0, 1))
     return torch.stack(out)
 
