@@ -151,6 +151,20 @@ def test_resize_linear_u8_on_random_sizes_crops_and_boxes():
         resize_linear_u8(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), (4, 4), (2, 2, 3, 3))
 
 
+def test_resize_linear_u8_matches_cv2_without_its_optimised_code():
+    """OpenCV's optimised code off (SIMD dispatch beyond its baseline, IPP): the same bytes, so a
+    machine with other CPU features resizes as this one does."""
+    rng = np.random.default_rng(11)
+    cases = [(src, dst) for src, dst in RESIZES if max(src) < 1000]
+    try:
+        cv2.setUseOptimized(False)
+        for src, dst in cases:
+            frames = rng.integers(0, 256, (2, *src, 3), dtype=np.uint8)
+            assert torch.equal(resize_linear_u8(torch.from_numpy(frames), dst), torch.from_numpy(_cv2(frames, dst)))
+    finally:
+        cv2.setUseOptimized(True)
+
+
 @pytest.mark.parametrize("mode", ["random_resized", "random"])
 def test_training_geometry_equals_the_cpu_transforms(mode):
     """A training clip's resize -> crop -> resize to 224 (`transforms.draw_train_geometry`, as the
