@@ -45,15 +45,12 @@ def make_videos(root: Path, videos: int, size, codec: str, workers: int) -> None
     generate_dataset(root, classes=10, videos_per_class=max(1, videos // 10), size=size, frames=300,
                      workers=workers, val_fraction=0.1, preset="medium")
     if codec == "hevc":  # the same pictures through x265
-        import av
-        import numpy as np
-
         from tpn.data.synthetic import write_mp4
+        from tpn.data.video import read_all_frames
+
         for line in (root / "train.txt").read_text().splitlines():
             path = root / line.rsplit(" ", 1)[0]
-            with av.open(str(path)) as c:
-                frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-            write_mp4(path, frames, preset="medium", codec="hevc")
+            write_mp4(path, read_all_frames(path), preset="medium", codec="hevc")
     lines = (root / "train.txt").read_text().splitlines()
     (root / "big.txt").write_text("\n".join(lines * 200) + "\n")
 
