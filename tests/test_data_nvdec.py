@@ -1,6 +1,6 @@
 """GPU decoding (tpn.data.nvdec), its CPU half and its logic, with FFmpeg's decoder standing in for NVDEC
 (`PyAVStream`: the same Annex B packets, the same streaming calls). The NVDEC run itself is in
-tests/test_gpu.py and benchmarks/nvdec_probe.py."""
+tests/test_gpu.py (the probe that first compared NVDEC with PyAV: benchmarks/results/nvdec_probe_h100_2026-11-26.json)."""
 import json
 import logging
 from dataclasses import replace
