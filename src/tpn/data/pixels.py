@@ -4,8 +4,8 @@ device, batched over frames, no Python loop over pixels.
 
 `nv12_to_rgb24`: what PyAV's `frame.reformat(format="rgb24")` (`tpn.data.video.VideoReader`)
 returns for 8-bit 4:2:0 frames of even height. FFmpeg's swscale converts yuv420p -> rgb24 there
-with its unscaled converter, on x86-64 the SSSE3 one (libswscale/x86/yuv_2_rgb.asm; the same
-code with SSSE3 only and with AVX-512 present): each chroma sample serves its 2x2 luma block, and
+with its unscaled converter, on x86-64 the SSSE3 one (libswscale/x86/yuv_2_rgb.asm; measured: the
+same bytes with FFmpeg's CPU flags forced down to SSSE3): each chroma sample serves its 2x2 luma block, and
 with 16-bit coefficients c rounded from swscale's tables (`ff_yuv2rgb_coeffs`, BT.601 or BT.709,
 scaled for limited or full range)
 
@@ -45,7 +45,9 @@ def _div(a: int, b: int) -> int:
 
 
 def _round16(f: int) -> int:
-    return max(-0x7FFF, min(0x7FFF, (f + (1 << 15)) >> 16))
+    """swscale's roundToInt16, as a signed value."""
+    r = (f + (1 << 15)) >> 16
+    return -0x8000 if r < -0x7FFF else min(r, 0x7FFF)
 
 
 @lru_cache(maxsize=None)
