@@ -81,8 +81,8 @@ def nv12_to_rgb24(y: torch.Tensor, uv: torch.Tensor, bt709: bool = False, full_r
     u = (uv[..., 0].int() << 3) - 1024
     v = (uv[..., 1].int() << 3) - 1024
     terms = ((v * c_vr) >> 16, ((u * c_ug) >> 16) + ((v * c_vg) >> 16), (u * c_ub) >> 16)
-    rgb = torch.stack([(luma + t.short().repeat_interleave(2, -1)[..., None, :w]).clamp_(0, 255).to(torch.uint8)
-                       for t in terms], -1)
+    wide = (t.short()[..., None].expand(*t.shape, 2).flatten(-2)[..., None, :w] for t in terms)  # chroma 2x wide
+    rgb = torch.stack([(luma + t).clamp_(0, 255).to(torch.uint8) for t in wide], -1)
     return rgb.flatten(-4, -3)[..., :h, :, :]
 
 
