@@ -45,3 +45,15 @@ def write_damaged_video(src, dst, damage: str, packets=(20, 30)) -> None:
         else:
             data[pos:pos + 4] = (0x7FFFFFFF).to_bytes(4, "big")
     open(dst, "wb").write(bytes(data))
+
+
+def write_wide_video(path) -> None:
+    """One frame of 16384x16: 2 KB of H.264 whose 10-clip 8x8 test resizes 80 frames to 262144x256."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.options = 16384, 16, "yuv420p", {"preset": "ultrafast"}
+        for packet in [*s.encode(av.VideoFrame.from_ndarray(np.full((16, 16384, 3), 128, np.uint8))), *s.encode()]:
+            c.mux(packet)

@@ -149,3 +149,52 @@ def test_a_batch_that_does_not_hold_whole_videos_is_refused_at_load():
                                           r"data.clips_per_decode \(3\)$"):
         load_config("tpn_tiny_synth", ["data.clips_per_decode=3"])
     assert load_config("tpn_tiny_synth", ["data.clips_per_decode=4"]).data.clips_per_decode == 4
+
+
+@pytest.mark.parametrize("override,needle", [
+    # each value in its range, each failing deep inside before: numpy's seed, a grouped conv, a crop
+    ("train.seed=4294967296", "--set: config key 'train.seed' must be in [0, 2147483647], got 4294967296"),
+    ("model.neck.groups=5", "model.neck.groups (5) must divide model.neck.out_channels (64) and the backbone's last "
+                            "output channels (256 = model.backbone.base_channels 8 x 2^3 x 4)"),
+    ("model.neck.out_channels=60", "model.neck.groups (8) must divide model.neck.out_channels (60)"),
+    ("data.crop_size=80", "data.crop_size (80) is larger than the resized frame (its short side is "
+                          "data.short_side, 72)"),
+    ("data.test_crop_size=73", "data.test_crop_size (73) is larger than the resized frame"),
+])
+def test_values_in_range_that_would_fail_inside_a_run_are_refused_at_load(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("tpn_tiny_synth", [override])
+    msg = str(e.value)
+    assert needle in msg and "--set" in msg.split(": ")[0] and "\n" not in msg, msg  # names where the values came from
+    assert load_config("tpn_tiny_synth", ["train.seed=2147483647", "model.neck.groups=16"]).train.seed == 2**31 - 1
+
+
+def test_a_config_path_that_is_a_directory(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a directory, not a config file"):
+        load_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tpn_tiny_synth").mkdir()  # a folder named like a shipped config does not hide it
+    assert load_config("tpn_tiny_synth").name == "tpn_tiny_synth"
+    (tmp_path / "mine.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"^mine.yaml: is a directory, not a config file"):
+        load_config("mine.yaml")
+
+
+def test_yaml_alias_bombs_are_refused_and_plain_aliases_still_work(tmp_path):
+    import time
+
+    levels = [f"&l0 [{', '.join(['lol'] * 9)}]"] + [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = f"[{', '.join(levels)}]"  # 9^9 (387 million) values in 9 short lines
+    p = tmp_path / "bomb.yaml"
+    p.write_text(f"name: {bomb}\n")
+    t = time.time()
+    with pytest.raises(ConfigError, match=rf"^{p}: its YAML aliases expand to more than 100,000 values"):
+        load_config(p)  # before: the error message's repr of the name walked all of them (no end in sight)
+    with pytest.raises(ConfigError, match=r"^--set name: its YAML aliases expand to more than 100,000 values"):
+        load_config("tpn_tiny_synth", [f"name={bomb}"])
+    assert time.time() - t < 5
+    p.write_text("name: &a [*a]\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: an alias refers to a value that contains it$"):
+        load_config(p)
+    p.write_text("data: {mean: &m [1, 2, 3], std: *m}\n")
+    assert load_config(p).data.std == (1.0, 2.0, 3.0)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_damaged_video
+from tests.conftest import write_damaged_video, write_wide_video
 from tpn.cli import main
 from tpn.config import DataConfig
 from tpn.data.check import check_list, decode_errors
 from tpn.data.datasets import build_dataset, read_annotations
 from tpn.data.synthetic import render, write_mp4
-from tpn.data.video import probe_video, read_all_frames, read_video_frames
+from tpn.data.video import VideoError, probe_video, read_all_frames, read_video_frames
 
 
 # ---------------------------------------------------------------- list paths
@@ -138,12 +138,17 @@ def test_check_reads_raw_frames_and_segments_from_a_tsm_config(tmp_path, monkeyp
 # ---------------------------------------------------------------- display rotation
 @pytest.fixture(scope="module")
 def rotated_videos(tmp_path_factory):
-    """The same 96x64 frames written plain and with a display matrix of 90, 180 and 270 degrees
-    (x264 ultrafast is deterministic: the coded pictures are identical, only the matrix differs)."""
+    """The same 96x64 frames written plain and with a display matrix of 90, 180 and 270 degrees,
+    each also mirrored (`rot90h.mp4`: turned, then mirrored left-right; `v`: upside down), and one
+    turned 45 degrees (x264 ultrafast is deterministic: the coded pictures are identical, only the
+    matrix differs)."""
     root = tmp_path_factory.mktemp("rotated")
     frames = render("right_slow", (96, 64), 20, np.random.default_rng(0))
     for deg in (0, 90, 180, 270):
         write_mp4(root / f"rot{deg}.mp4", frames, gop=8, rotation=deg)
+        write_mp4(root / f"rot{deg}h.mp4", frames, gop=8, rotation=deg, hflip=True)
+        write_mp4(root / f"rot{deg}v.mp4", frames, gop=8, rotation=deg, vflip=True)
+    write_mp4(root / "rot45.mp4", frames, gop=8, rotation=45)
     return root
 
 
@@ -187,3 +192,120 @@ def test_rotated_video_geometry_in_the_dataset_and_prepare(rotated_videos, tmp_p
         return np.abs(out.astype(float) - np.rot90(plain, k, axes=(1, 2))).mean()
 
     assert error(1) < 8 < 16 < error(3), (error(1), error(3))  # re-encoded (crf 23), turned the right way
+
+
+# FFmpeg's player turns and flips a frame by its display matrix through these filters (fftools
+# ffmpeg_filter.c, autorotate): the display of each turned-and-mirrored matrix
+PLAYER_FILTERS = {(0, "h"): "hflip", (0, "v"): "vflip", (90, "h"): "transpose=clock_flip",
+                  (90, "v"): "transpose=cclock_flip", (180, "h"): "vflip", (180, "v"): "hflip",
+                  (270, "h"): "transpose=cclock_flip", (270, "v"): "transpose=clock_flip"}
+
+
+def through_filter(path, spec: str) -> np.ndarray:
+    """Every frame of `path` (its display matrix not applied) through the FFmpeg filter `spec`."""
+    import av
+
+    name, _, arg = spec.partition("=")
+    out = []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        graph = av.filter.Graph()
+        chain = [graph.add_buffer(template=stream), graph.add(name, arg or None), graph.add("buffersink")]
+        chain[0].link_to(chain[1])
+        chain[1].link_to(chain[2])
+        graph.configure()
+        for frame in c.decode(stream):
+            graph.push(frame)
+            out.append(graph.pull().to_ndarray(format="rgb24"))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("deg,mirror", sorted(PLAYER_FILTERS))
+def test_mirrored_video_frames_come_out_as_a_player_shows_them(rotated_videos, deg, mirror):
+    """A display matrix with a mirror is applied whole (it came out as a half turn: left/right
+    motion reversed); the frames are FFmpeg's player's, pixel for pixel."""
+    plain = read_all_frames(rotated_videos / "rot0.mp4")
+    turned = np.rot90(plain, deg // 90, axes=(1, 2))
+    expect = turned[:, :, ::-1] if mirror == "h" else turned[:, ::-1]  # turned, then mirrored
+    assert np.array_equal(through_filter(rotated_videos / "rot0.mp4", PLAYER_FILTERS[deg, mirror]), expect)
+    assert not np.array_equal(expect, np.rot90(turned, 2, axes=(1, 2)))  # a mirror is no half turn
+    path = rotated_videos / f"rot{deg}{mirror}.mp4"
+    assert np.array_equal(read_all_frames(path), expect)
+    idx = [17, 3, 9, 9, 0]
+    assert np.array_equal(read_video_frames(path, idx), expect[idx])  # the seeking reader
+    info = probe_video(path)
+    assert (info.width, info.height) == ((64, 96) if deg in (90, 270) else (96, 64))
+    if deg == 0:
+        from tpn.data import nvdec
+
+        assert nvdec.demux(rotated_videos / "rot0.mp4") is not None
+        assert nvdec.demux(path) is None  # the GPU path leaves a video with a display matrix to the CPU
+
+
+def test_other_display_matrices_are_refused_and_prepare_keeps_a_mirror(rotated_videos, tmp_path):
+    from tpn.data.prepare import reencode
+
+    with pytest.raises(VideoError, match=r"rot45.mp4: display matrix .* is not a turn by a multiple of 90 degrees"):
+        read_video_frames(rotated_videos / "rot45.mp4", [0])
+    assert reencode(rotated_videos / "rot0h.mp4", tmp_path / "p.mp4", short_side=64, gop=2) == 20
+    out = read_all_frames(tmp_path / "p.mp4").astype(float)
+    plain = read_all_frames(rotated_videos / "rot0.mp4")
+    mirrored, half_turn = plain[:, :, ::-1], np.rot90(plain, 2, axes=(1, 2))
+    assert np.abs(out - mirrored).mean() < 8 < 16 < np.abs(out - half_turn).mean()  # re-encoded, still mirrored
+
+
+# ---------------------------------------------------------------- text a list or label file may hold
+def test_byte_order_marks_and_non_ascii_digits_in_lists(synth_dataset, tmp_path):
+    """A UTF-8 BOM (Windows editors write one) is not part of the first path, class name, CSV
+    column or config key; a label that str.isdigit takes but is not ASCII digits ('²' made int()
+    raise ValueError, '١' was read as 1) is a class name: one line without a label map."""
+    from tpn.config import load_config
+    from tpn.data.datasets import AnnotationError, read_label_names
+
+    bom = "\ufeff".encode()
+    (tmp_path / "labels.txt").write_bytes(bom + "walk\nrun\n²\n".encode())
+    assert read_label_names(tmp_path / "labels.txt") == ["walk", "run", "²"]
+    (tmp_path / "list.txt").write_bytes(bom + b"a.mp4 1\nb.mp4 run\n")
+    assert read_annotations(tmp_path / "list.txt", "list", ["walk", "run"]) == [("a.mp4", 1, -1), ("b.mp4", 1, -1)]
+    (tmp_path / "k.csv").write_bytes(bom + b"label,youtube_id,time_start,time_end,split\nrun,abc,1,11,val\n")
+    kinetics = read_annotations(tmp_path / "k.csv", "kinetics_csv", ["walk", "run"])
+    assert kinetics == [("run/abc_000001_000011.mp4", 1, -1)]
+    (tmp_path / "c.yaml").write_bytes(bom + b"train: {epochs: 3}\n")
+    assert load_config(tmp_path / "c.yaml").train.epochs == 3
+    for label in ("²", "١"):
+        (tmp_path / "odd.txt").write_text(f"a.mp4 0\nb.mp4 {label}\n")
+        with pytest.raises(AnnotationError, match=rf"odd.txt:2: label '{label}' is not an integer and no label map"):
+            read_annotations(tmp_path / "odd.txt", "list")
+    (tmp_path / "odd.txt").write_text("a.mp4 ²\n")
+    assert read_annotations(tmp_path / "odd.txt", "list", ["walk", "run", "²"]) == [("a.mp4", 2, -1)]
+    (tmp_path / "raw.txt").write_text("frames ² 1\n")
+    with pytest.raises(AnnotationError, match=r"raw.txt:1: expected 'FRAME_DIR TOTAL_FRAMES LABEL'"):
+        read_annotations(tmp_path / "raw.txt", "mmaction_rawframes")
+
+
+# ---------------------------------------------------------------- frames too large to hold
+@pytest.fixture(scope="module")
+def huge_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("huge") / "wide.mp4"
+    write_wide_video(path)
+    return path
+
+
+def test_videos_declaring_frames_too_large_are_unreadable_not_fatal(huge_video, synth_dataset, tmp_path):
+    """The header's size is checked before decoding, as it is and after the short-side resize,
+    against data.max_frame_pixels: such a video is reported and scored as missing (it took the
+    whole `tpn test` down with a 15 GiB allocation error); the other videos are read."""
+    good = sorted((synth_dataset / "videos").rglob("*.mp4"))[0]
+    (tmp_path / "list.txt").write_text(f"{huge_video} 0\n{good} 1\n")
+    report = tmp_path / "bad.jsonl"
+    cfg = DataConfig(test_list=str(tmp_path / "list.txt"), clip_len=1, test_clips=1, short_side=256,
+                     test_crop_size=256, num_workers=0)  # one frame: the old code's resize took 201 MB
+    test = build_dataset(cfg, "test", report_path=report)
+    assert not test[0].ok and test[1].ok
+    assert json.loads(report.read_text())["error"] == (
+        f"{huge_video}: frames of 16384x16 resized to short side 256 would be 262144x256 (67,108,864 pixels), "
+        f"above data.max_frame_pixels (16,777,216)")
+    native = {**cfg.__dict__, "short_side": 80, "test_crop_size": 80}  # 96x80 frames as they are: 7,680 pixels
+    with pytest.raises(VideoError, match=r"frames of 96x80 \(7,680 pixels\) exceed data.max_frame_pixels \(7,000\)"):
+        build_dataset(DataConfig(**{**native, "max_frame_pixels": 7000}), "test").eval_clip(1)
+    assert build_dataset(DataConfig(**{**native, "max_frame_pixels": 7680}), "test")[1].ok

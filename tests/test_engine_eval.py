@@ -242,3 +242,131 @@ def test_precision_switch_sets_the_arithmetic_of_test_and_predict(tempo_data, tm
         assert out.returncode == 0, out.stderr[-2000:]
         top[p] = json.loads(out.stdout)[0]["top"][0]["score"]
     assert top["fp32"] != top["bf16"] and abs(top["fp32"] - top["bf16"]) < 0.05
+
+
+# ---------------------------------------------------------------- inputs that must not kill the command
+def toy_checkpoint(cfg, path, label_names=None):
+    """A tiny model whose predictions differ between videos (random BN means), saved as a tpn checkpoint."""
+    from tpn.checkpoint import save_atomic
+    from tpn.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.normal_(0, 0.1)
+    save_atomic({"format": "tpn", "state_dict": model.state_dict(), "label_names": label_names}, path)
+    return path
+
+
+def test_a_label_map_in_another_order_is_scored_in_the_checkpoint_order(tempo_data, tmp_path):  # noqa: F811
+    """A checkpoint carrying its class names numbers them its own way: the same classes listed in
+    another order score as in the training order (they scored near 0%); other classes are refused."""
+    from tpn.engine.evaluate import run_test
+
+    names = (tempo_data / "labels.txt").read_text().split()
+    lines = (x.split() for x in (tempo_data / "val.txt").read_text().splitlines())
+    labelled = [f"{p} {names[int(n)]}" for p, n in lines]
+    (tmp_path / "val.txt").write_text("\n".join(labelled) + "\n")  # labels by name: their meaning is fixed
+    (tmp_path / "shuffled.txt").write_text("\n".join(names[::-1]) + "\n")
+    (tmp_path / "other.txt").write_text("\n".join(names[:3] + ["jump"]) + "\n")
+    over = ["data.num_workers=0", f"data.test_list={tmp_path}/val.txt"]
+    ckpt = toy_checkpoint(tiny_cfg(tempo_data, over), tmp_path / "m.pth", label_names=names)
+    r = {}
+    for label_map in ("labels", "shuffled"):
+        path = tempo_data / "labels.txt" if label_map == "labels" else tmp_path / "shuffled.txt"
+        cfg = tiny_cfg(tempo_data, over + [f"data.label_map={path}"])
+        r[label_map] = run_test(cfg, ckpt, tmp_path / label_map, views="1x1", device="cpu", progress=False)
+    assert r["shuffled"]["metrics"] == r["labels"]["metrics"]
+    csv_text = {k: (tmp_path / k / "predictions.csv").read_text() for k in r}
+    assert csv_text["shuffled"] == csv_text["labels"]
+    from tpn.errors import TpnError
+
+    with pytest.raises(TpnError, match=rf"^{tmp_path}/other.txt: not the classes the checkpoint {ckpt} was trained "
+                                       rf"with \(only in the label map: jump; only in the checkpoint: {names[3]}\)"):
+        run_test(tiny_cfg(tempo_data, ["data.num_workers=0", f"data.label_map={tmp_path}/other.txt"]), ckpt,
+                 tmp_path / "other", views="1x1", device="cpu", progress=False)
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(tempo_data, tmp_path, monkeypatch):  # noqa: F811
+    import csv
+    import shutil
+
+    from tpn.engine.evaluate import run_test
+
+    monkeypatch.chdir(tmp_path)
+    video = sorted((tempo_data / "videos").rglob("*.mp4"))[0]
+    shutil.copy(video, tmp_path / "=HYPERLINK(x).mp4")
+    shutil.copy(video, tmp_path / "plain.mp4")
+    names = ["=1+1", "+x", "-y", "@SUM(A1)"]
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "list.txt").write_text("=HYPERLINK(x).mp4 0\nplain.mp4 -y\n")
+    cfg = tiny_cfg(tempo_data, ["data.num_workers=0", "data.root=", "data.test_list=list.txt",
+                                "data.label_map=labels.txt"])
+    run_test(cfg, toy_checkpoint(cfg, tmp_path / "m.pth"), tmp_path / "test", views="1x1", device="cpu",
+             progress=False)
+    with (tmp_path / "test" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["path"], r["label"]) for r in rows] == [("'=HYPERLINK(x).mp4", "'=1+1"), ("plain.mp4", "'-y")]
+    assert all(r["prediction"] in {"'" + n for n in names} for r in rows)
+    per_video = json.loads((tmp_path / "test" / "predictions.json").read_text())  # JSON keeps the text as it is
+    assert [(v["path"], v["label"]) for v in per_video] == [("=HYPERLINK(x).mp4", "=1+1"), ("plain.mp4", "-y")]
+
+
+def test_a_test_of_only_unreadable_videos_fails_with_one_line(tempo_data, tmp_path, capsys):  # noqa: F811
+    from tpn.cli import main
+
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    (tmp_path / "list.txt").write_text("text.mp4 0\nmissing.mp4 1\n")
+    ckpt = toy_checkpoint(tiny_cfg(tempo_data), tmp_path / "m.pth")
+    over = TINY + data_overrides(tempo_data) + ["data.num_workers=0", f"data.root={tmp_path}",
+                                                f"data.test_list={tmp_path}/list.txt"]
+    rc = main(["test", "tpn_tiny_synth", "--checkpoint", str(ckpt), "--work-dir", str(tmp_path / "test"), "--views",
+               "1x1", "--device", "cpu", *sets(over)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err  # was 0, with "top-1 0.00%"
+    error, = [x for x in err.splitlines() if x.startswith("tpn: error: ")]  # the others: a warning per video
+    assert error == (f"tpn: error: {tmp_path}/list.txt: none of its 2 videos could be read (why: "
+                     f"{tmp_path}/test/predictions.csv, {tmp_path}/test/bad_videos.jsonl)")
+    assert (tmp_path / "test" / "predictions.csv").read_text().count("\n") == 3
+
+
+def test_a_work_dir_that_is_a_file_or_read_only_is_one_line(tempo_data, tmp_path, capsys):  # noqa: F811
+    import os
+    from pathlib import Path
+
+    from tpn.cli import main
+
+    (tmp_path / "file").write_text("")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root writes there anyway; sysfs takes no new folder even from root
+        ro = Path("/sys")
+        if os.access(ro, os.W_OK) and not Path("/sys/class").is_dir():
+            pytest.skip("no place this process cannot write")
+    over = sets(TINY + data_overrides(tempo_data) + ["data.num_workers=0"])
+    ckpt = toy_checkpoint(tiny_cfg(tempo_data), tmp_path / "m.pth")
+    for work, why in ((tmp_path / "file", "a file is there, not a directory"), (ro / "run", "cannot write there (")):
+        for command in (["train", "tpn_tiny_synth"], ["test", "tpn_tiny_synth", "--checkpoint", str(ckpt)]):
+            assert main([*command, "--work-dir", str(work), "--device", "cpu", *over]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"tpn: error: --work-dir {work}: {why}") and err.count("\n") == 1, err
+
+
+def test_predict_and_test_carry_on_past_a_video_declaring_huge_frames(tempo_data, tmp_path, capsys):  # noqa: F811
+    """A 16384x16 video: with short side 48 it would be 49152x48 frames, above a limit of a million
+    pixels; it is reported unreadable before decoding and the other videos are predicted."""
+    from tests.conftest import write_wide_video
+    from tpn.cli import main
+
+    write_wide_video(tmp_path / "wide.mp4")
+    video = str(sorted((tempo_data / "videos").rglob("*.mp4"))[0])
+    ckpt = toy_checkpoint(tiny_cfg(tempo_data), tmp_path / "m.pth")
+    over = sets(TINY + data_overrides(tempo_data) + ["data.max_frame_pixels=1000000"])
+    rc = main(["predict", str(tmp_path / "wide.mp4"), video, "--config", "tpn_tiny_synth", "--checkpoint", str(ckpt),
+               "--json", "--device", "cpu", *over])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and [sorted(o) for o in out] == [["error", "video"], ["top", "video"]]
+    assert out[0]["error"] == (f"{tmp_path}/wide.mp4: frames of 16384x16 resized to short side 48 would be 49152x48 "
+                               f"(2,359,296 pixels), above data.max_frame_pixels (1,000,000)")

@@ -184,3 +184,35 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tempo_data, tmp
     kept = sorted(p.name for p in work.iterdir() if p.name != "config.yaml")
     one_line_error(cli(*args, "--overwrite", "--set", "model.head.num_classes=3"), "model.head.num_classes is 3")
     assert sorted(p.name for p in work.iterdir() if p.name != "config.yaml") == kept  # the earlier run is all there
+
+
+def test_an_empty_lock_file_is_a_run_taking_the_lock_or_a_stale_one(tmp_path):
+    """`lock` creates the file, then writes who holds it: a start that finds it empty waits for the
+    holder to appear (it took the file over, and two runs held the dir); one that stays empty (its
+    writer died between the two steps) is taken over once it is `LOCK_SETTLE_S` old."""
+    import threading
+    import time
+
+    work = tmp_path / "run"
+    work.mkdir()
+    path = work / workdir.LOCK
+    path.write_text("")  # another run created it an instant ago; it writes itself in 0.3 s
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}
+    writer = threading.Thread(target=lambda: (time.sleep(0.3), path.write_text(json.dumps(holder))))
+    writer.start()
+    with pytest.raises(TpnError, match=rf"is in use by another training run \(pid {os.getppid()} on host"):
+        workdir.lock(work)
+    writer.join()
+    assert json.loads(path.read_text()) == holder  # left alone
+    for age in (60, 0):  # an empty lock left long ago, and one left just now that stays empty
+        path.write_text("")
+        os.utime(path, (time.time() - age, time.time() - age))
+        t = time.monotonic()
+        me, warnings = workdir.lock(work)
+        waited = time.monotonic() - t
+        assert warnings == [f"{path}: not a lock this program wrote; taking it over"]
+        assert waited < 1 if age else workdir.LOCK_SETTLE_S - 0.1 < waited < workdir.LOCK_SETTLE_S + 1, waited
+        workdir.unlock(work, me)
+    path.mkdir()  # not a file at all
+    with pytest.raises(TpnError, match=rf"^{path}: cannot read the work dir's lock \(Is a directory\)$"):
+        workdir.lock(work)

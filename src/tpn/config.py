@@ -121,6 +121,10 @@ class DataConfig:
     decoder: Literal["auto", "pyav", "nvdec", "hybrid"] = "pyav"
     nvdec_threads: int = 4  # decoder threads (each its own NVDEC sessions and CUDA stream) per process
     nvdec_share: float | None = None
+    # the most pixels (width x height) a video's frames may have, as its header declares them and
+    # after the short-side resize; a larger video is reported unreadable before it is decoded
+    # (a 16384x16 frame resized to short side 256 is 67M pixels: 15 GiB for a 10-clip 8x8 test)
+    max_frame_pixels: int = 4096 * 4096
 
 
 @dataclass
@@ -191,17 +195,19 @@ def available_configs() -> list[str]:
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML file, or a shipped config's name (a directory of that name does not hide it)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        return p
     shipped = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not shipped.is_file():
-        raise ConfigError(
-            f"{name_or_path}: no such config file or shipped config; shipped: {', '.join(available_configs())}"
-        )
-    return shipped
+    if p.is_file():
+        return p
+    if p.suffix not in (".yaml", ".yml") and shipped.is_file():
+        return shipped
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a config file (give a YAML file or a shipped config name)")
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    raise ConfigError(f"{name_or_path}: no such config file or shipped config; shipped: "
+                      f"{', '.join(available_configs())}")
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -213,8 +219,12 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     raw.setdefault("name", path.stem)
     cfg = apply_overrides(from_dict(Config, raw, source=str(path)), overrides)
     overridden = [item.split("=", 1)[0].strip() for item in overrides]
-    check_ranges(cfg, lambda key: "--set" if any(key == k or key.startswith(k + ".") for k in overridden)
-                 else str(path))
+
+    def source_of(key: str) -> str:
+        return "--set" if any(key == k or key.startswith(k + ".") for k in overridden) else str(path)
+
+    check_ranges(cfg, source_of)
+    check_rules(cfg, source_of)
     return cfg
 
 
@@ -237,10 +247,52 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
+# A config is a few hundred values; YAML aliases can make a short file stand for billions (the
+# "billion laughs"), which checking and printing the values would walk one by one (hours, or the
+# memory runs out): a document standing for more than this is refused.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict) -> int:
+    """Values `node` stands for with every alias written out; a ConfigError for an alias inside itself."""
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            raise ConfigError("an alias refers to a value that contains it")
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [x for pair in node.value for x in pair]
+    else:
+        children = []
+    sizes[id(node)] = 1 + sum(_expanded_size(c, sizes) for c in children)
+    return sizes[id(node)]
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """`text` parsed by the strict loader; aliases that expand past `MAX_YAML_VALUES` are refused."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size = _expanded_size(node, {})
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"{source}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias "
+                              f"bomb?); write the values out")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error or a duplicate key is `file:line:column: problem`."""
     try:
-        return yaml.load(read_text(path), Loader=_StrictLoader)
+        return load_yaml(read_text(path), str(path))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -248,6 +300,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{where}: {what}".replace("\n", " ")) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -265,7 +319,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(_unknown(key, node, "--set"))
         try:
-            node[parts[-1]] = yaml.load(value, Loader=_StrictLoader) if value.strip() else ""
+            node[parts[-1]] = load_yaml(value, f"--set {key.strip()}") if value.strip() else ""
         except yaml.YAMLError:
             node[parts[-1]] = value
     return from_dict(Config, data, source="--set")
@@ -415,14 +469,16 @@ RANGES: dict[str, Range] = {
     "data.clips_per_decode": AT_LEAST_1,
     "data.nvdec_threads": AT_LEAST_1,
     "data.nvdec_share": Range(0, 1),
+    "data.max_frame_pixels": AT_LEAST_1,
     "data.flip_label_pairs": AT_LEAST_0,
     **{f"train.{k}": AT_LEAST_1 for k in ("epochs", "batch_size", "lr_batch_size", "accum_steps", "log_interval",
                                           "milestones")},
     "train.gamma": POSITIVE,
     "train.momentum": Range(0, 1, hi_open=True),
     "train.activation_budget": Range(0, 1, lo_open=True),
-    **{f"train.{k}": AT_LEAST_0 for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad", "val_interval", "seed",
+    **{f"train.{k}": AT_LEAST_0 for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad", "val_interval",
                                           "keep_last", "ckpt_interval_iters")},
+    "train.seed": Range(0, 2**31 - 1),  # seed + rank seeds numpy, which takes 32 bits
     "test.batch_size": AT_LEAST_1,
 }
 
@@ -442,6 +498,26 @@ def check_ranges(cfg: Config, source_of) -> None:
     if batch % k:  # a batch holds k clips of each of its videos
         where = " / ".join(dict.fromkeys(source_of(x) for x in ("data.clips_per_decode", "train.batch_size")))
         raise ConfigError(f"{where}: train.batch_size ({batch}) must be a multiple of data.clips_per_decode ({k})")
+
+
+def check_rules(cfg: Config, source_of) -> None:
+    """Rules that tie fields together, checked once at load: values each in range that would
+    still fail deep inside a run are one `ConfigError` naming the fields and where they came from."""
+    def fail(keys: tuple[str, ...], text: str) -> None:
+        raise ConfigError(" / ".join(dict.fromkeys(source_of(k) for k in keys)) + ": " + text)
+
+    m, d = cfg.model, cfg.data
+    top = m.backbone.base_channels * 2 ** m.backbone.out_indices[-1] * 4 if m.backbone.out_indices else 0
+    g = m.neck.groups
+    if m.neck.enabled and top and (m.neck.out_channels % g or top % g):
+        fail(("model.neck.groups", "model.neck.out_channels", "model.backbone.base_channels"),
+             f"model.neck.groups ({g}) must divide model.neck.out_channels ({m.neck.out_channels}) and the "
+             f"backbone's last output channels ({top} = model.backbone.base_channels {m.backbone.base_channels} "
+             f"x 2^{m.backbone.out_indices[-1]} x 4)")
+    for key in ("crop_size", "test_crop_size"):
+        if getattr(d, key) > d.short_side:
+            fail((f"data.{key}", "data.short_side"), f"data.{key} ({getattr(d, key)}) is larger than the resized "
+                 f"frame (its short side is data.short_side, {d.short_side})")
 
 
 def _leaves(key: str, value):

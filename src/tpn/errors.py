@@ -12,12 +12,32 @@ def listing(items: list, limit: int = 8) -> str:
 
 
 def read_text(path) -> str:
-    """A user's text file (config, list, label map) as UTF-8; another encoding or a binary file
-    is a one-line error naming the file, not a UnicodeDecodeError traceback."""
+    """A user's text file (config, list, label map) as UTF-8, without the byte-order mark some
+    editors put first (it would become part of the first path or class name); another encoding
+    or a binary file is a one-line error naming the file, not a UnicodeDecodeError traceback."""
     from pathlib import Path
 
     data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         raise TpnError(f"{path}: not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def writable_dir(path, flag: str):
+    """`path` as a directory this process can write in (made when missing), or a one-line error
+    naming `flag` (a file there, a read-only place) before any work starts."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".tpn-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except FileExistsError:
+        raise TpnError(f"{flag} {path}: a file is there, not a directory") from None
+    except OSError as e:
+        raise TpnError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    return path

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 
 from tpn.config import DataConfig
 from tpn.data import sampling, transforms as T
-from tpn.data.video import VideoError, count_rawframes, read_clip, read_rawframes
+from tpn.data.video import VideoError, check_frame_size, count_rawframes, read_clip, read_rawframes
 from tpn.errors import TpnError, read_text
 
 log = logging.getLogger("tpn.data")
@@ -81,8 +81,15 @@ def read_label_names(path: str | Path) -> list[str]:
     return names
 
 
+def _is_integer(token: str) -> bool:
+    """ASCII digits (a leading minus allowed): `str.isdigit` also takes '²' and '١', which int()
+    refuses or reads as another script's digit."""
+    digits = token.removeprefix("-")
+    return digits.isascii() and digits.isdigit()
+
+
 def _label(token: str, names: dict[str, int] | None, where: str) -> int:
-    if token.lstrip("-").isdigit():
+    if _is_integer(token):
         value = int(token)
         if value < 0 or (names is not None and value >= len(names)):
             raise AnnotationError(f"{where}: label {value} out of range")
@@ -156,7 +163,7 @@ def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) ->
         fields.insert(0, cut.group(1))
         head = head[:cut.start()]
     if fmt == "mmaction_rawframes":
-        if len(fields) != 2 or not fields[0].isdigit():
+        if len(fields) != 2 or not (fields[0].isascii() and fields[0].isdigit()):
             raise AnnotationError(f"{where}: expected 'FRAME_DIR TOTAL_FRAMES LABEL', got {text!r}")
         return head, _label(fields[1], names, where), int(fields[0])
     if not fields:
@@ -234,6 +241,13 @@ class VideoDataset(Dataset):
     def path(self, index: int) -> str:
         return self.samples[index][0]
 
+    def relabel(self, names: list[str]) -> None:
+        """Number the labels by `names` (a checkpoint's classes: the label map's in another order)
+        instead of by the label map."""
+        index = {n: i for i, n in enumerate(names)}
+        self.samples = [(p, index[self.label_names[label]], n) for p, label, n in self.samples]
+        self.label_names = list(names)
+
     @property
     def clips_per_item(self) -> int:
         """Clips in one training item (`data.clips_per_decode`); 1 for val and test."""
@@ -257,8 +271,9 @@ class VideoDataset(Dataset):
             if n < 1:
                 raise VideoError(f"{path}: no frames")
             frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1), self.cfg.filename_tmpl)
+            check_frame_size(path, frames.shape[2], frames.shape[1], self.cfg.max_frame_pixels, self.cfg.short_side)
         else:
-            frames, _ = read_clip(path, picker)
+            frames, _ = read_clip(path, picker, max_pixels=self.cfg.max_frame_pixels, short_side=self.cfg.short_side)
         return T.to_clip(frames)
 
     def _train_pick(self, index: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -395,6 +410,7 @@ class VideoDataset(Dataset):
         video = nvdec.demux(path)
         if video is None:
             return None
+        check_frame_size(path, video.width, video.height, self.cfg.max_frame_pixels, self.cfg.short_side)
         c, k = self.cfg, self.clips_per_item
         n = len(video.index)
         try:

@@ -110,7 +110,7 @@ def demux(path) -> Packets | None:
     import av
     from av.bitstream import BitStreamFilterContext
 
-    from tpn.data.video import VideoReader
+    from tpn.data.video import VideoReader, display_matrix
 
     with VideoReader(path) as reader:  # the CPU reader's checks and index, one open
         stream, cc = reader.stream, reader.stream.codec_context
@@ -128,7 +128,7 @@ def demux(path) -> Packets | None:
                     continue
                 if first is None:  # rotation and colour are on frames: decode the first keyframe
                     first = next(iter([*stream.decode(packet), *stream.decode(None)]), None)
-                    colour = _colour(first) if first is not None and not first.rotation else None
+                    colour = _colour(first) if first is not None and display_matrix(first) is None else None
                     if colour is None:
                         return None
                 k = packet.is_keyframe

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 from tpn.data.pool import map_in_processes
-from tpn.data.video import PREPARED_TAG
+from tpn.data.video import PREPARED_TAG, display_matrix
 from tpn.errors import read_text
 
 DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
@@ -32,6 +32,7 @@ def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int =
     from fractions import Fraction
 
     import av
+    from av.video.reformatter import VideoReformatter
 
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +57,13 @@ def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int =
             vout.codec_context.max_b_frames = 0
             vout.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "crf": str(crf),
                             "preset": preset, "tune": "fastdecode", "bf": "0"} if x264 else {}
-            step = Fraction(1) / Fraction(rate)
+            step, scale = Fraction(1) / Fraction(rate), VideoReformatter()
             for frame in inp.decode(vin):
-                if n == 0 and frame.rotation:  # a phone video's display matrix: the copy shows the same
-                    vout.set_display_rotation(frame.rotation)
-                frame = frame.reformat(width=ow, height=oh, format="yuv420p")
+                m = display_matrix(frame) if n == 0 else None
+                if m:  # a phone video's display matrix (turn, mirror): the copy shows the same
+                    vout.set_display_matrix((m[0], m[1], 0, m[3], m[4], 0, 0, 0, 1 << 30))
+                # one scaler for the video, not one owned by each frame (see video.display_matrix)
+                frame = scale.reformat(frame, width=ow, height=oh, format="yuv420p")
                 # frames numbered afresh: the source's timestamps (B-frame reordering, odd
                 # time bases, edit lists) must not reach the encoder
                 frame.pts, frame.time_base = n, step

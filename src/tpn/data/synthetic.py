@@ -143,14 +143,16 @@ def render(name: str, size: tuple[int, int], frames: int, rng: np.random.Generat
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = None, crf: int = 23,
-              preset: str = "ultrafast", faststart: bool = False, codec: str = "h264", rotation: int = 0) -> None:
+              preset: str = "ultrafast", faststart: bool = False, codec: str = "h264", rotation: int = 0,
+              hflip: bool = False, vflip: bool = False) -> None:
     """H.264 (libx264, yuv420p) when available, else MPEG-4 Part 2; `codec="hevc"`: libx265.
 
     `preset="ultrafast"` has no B-frames; "veryfast" and slower use them (as Kinetics files
     do); "medium" is x264's default (3 B-frames, b-pyramid normal: some B-frames are
     references). `gop=None` keeps the encoder's default keyframe interval (250); `faststart`
     puts the index (moov atom) first, as web videos have it. `rotation` writes a display matrix,
-    as phones do: a player shows the frames turned that many degrees counter-clockwise.
+    as phones do: a player shows the frames turned that many degrees counter-clockwise, then
+    mirrored left-right with `hflip`, upside down with `vflip`.
     """
     import av
 
@@ -173,8 +175,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 30, gop: int | None = N
             stream.codec_context.gop_size = gop
         stream.options = opts
         stream.codec_context.thread_count = 1
-        if rotation:
-            stream.set_display_rotation(rotation)
+        if rotation or hflip or vflip:
+            stream.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)

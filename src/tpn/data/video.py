@@ -26,11 +26,14 @@ one swscale context per video. One decoder thread per call: data-loader workers 
 parallelism.
 
 Frames come out upright, as a player shows them: a display matrix on the stream (phone videos
-filmed in portrait carry a 90 or 270 degree rotation) turns every frame, and with it the
-width and height that the transforms crop from.
+filmed in portrait carry a 90 or 270 degree rotation; a flipped video adds a mirror) is applied
+whole to every frame, and with it the width and height that the transforms crop from. A matrix
+that is not a quarter turn with or without a mirror is refused (`VideoError`).
 
 A video that cannot give the frames raises `VideoError` (missing, zero bytes, not a
-video, truncated: fewer packets than its header announces, or a frame that does not decode).
+video, truncated: fewer packets than its header announces, or a frame that does not decode),
+and so does one whose header declares frames too large to hold (`check_frame_size`: its size,
+or its size after the short-side resize, above `max_pixels`), before anything is decoded.
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ SEEK_MIN_SKIP_NO_REORDER = 4
 # `tpn data prepare` tags its files (container comment): constant rate, no B-frames, a
 # keyframe every `gop` frames, so the index is arithmetic and the demux pass is skipped.
 PREPARED_TAG = "tpn-prepare gop="
+_UNREAD = object()  # a display matrix not read yet (None: the video has none)
 
 
 class VideoReader:
@@ -103,6 +107,7 @@ class VideoReader:
         # One colour converter for all frames of the video: a frame's own `to_ndarray(format=)`
         # builds a new swscale context each time, which costs more than the conversion itself.
         self._to_rgb = VideoReformatter()
+        self._matrix = _UNREAD  # the display matrix, from the first frame kept
         self.stream.thread_type = "SLICE"
         self.stream.codec_context.thread_count = 1
         self._nonref = nonref_test(self.stream.codec_context.name, self.stream.codec_context.extradata)
@@ -177,8 +182,8 @@ class VideoReader:
         return True
 
     def info(self) -> VideoInfo:
-        """Frame count, rate and the size frames come out at (upright: a display rotation of 90
-        or 270 degrees swaps width and height; learning it decodes the first frame)."""
+        """Frame count, rate and the size frames come out at (upright: a display matrix with a
+        quarter turn swaps width and height; learning it decodes the first frame)."""
         rate = self.stream.average_rate or self.stream.guessed_rate or 30
         cc = self.stream.codec_context
         h, w = self.get_frames([0]).shape[1:3] if self.num_frames else (cc.height, cc.width)
@@ -257,7 +262,9 @@ class VideoReader:
         idx = self._frame_index(frame, counter)
         if idx not in todo or idx in got:
             return 0
-        got[idx] = upright(self._to_rgb.reformat(frame, format="rgb24").to_ndarray(), frame.rotation, self.path)
+        if self._matrix is _UNREAD:  # the stream's, on every frame: read once (reading it makes garbage)
+            self._matrix = display_matrix(frame)
+        got[idx] = upright(self._to_rgb.reformat(frame, format="rgb24").to_ndarray(), self._matrix, self.path)
         return 1
 
     def _decode_run(self, start: int, targets: list[int], got: dict, seek: bool, drop: bool) -> int | None:
@@ -299,15 +306,39 @@ class VideoReader:
         return next((t for t in targets if t not in got), None)
 
 
-def upright(image: np.ndarray, rotation: int, path) -> np.ndarray:
-    """A decoded (H, W, 3) image as a player shows it: turned `rotation` degrees counter-clockwise,
-    the stream's display matrix as PyAV's `frame.rotation` gives it (phone videos: 90, 180, -90)."""
-    if not rotation:
+def display_matrix(frame) -> tuple[int, ...] | None:
+    """A frame's display matrix, FFmpeg's 9 int32 (`AV_FRAME_DATA_DISPLAYMATRIX`), or None without
+    one. Its 2x2 part (a, b, c, d) = (m[0], m[1], m[3], m[4]), 16.16 fixed point, shows a source
+    pixel (p, q) at (a p + c q, b p + d q) plus an offset. PyAV caches a frame's side data in a
+    reference cycle: `frame` is then freed by the garbage collector only, so call this on one frame
+    per video, never on a frame that owns a converter (`frame.to_ndarray(format=...)`): freed by a
+    collection in a forked loader worker, its converter's threads deadlock it."""
+    from av.sidedata.sidedata import Type
+
+    side = frame.side_data.get(Type.DISPLAYMATRIX)
+    return None if side is None else tuple(int(x) for x in np.frombuffer(bytes(side), dtype="<i4"))
+
+
+def upright(image: np.ndarray, matrix: tuple[int, ...] | None, path) -> np.ndarray:
+    """A decoded (H, W, 3) image as a player shows it: the stream's display matrix (`display_matrix`)
+    applied whole, a quarter turn (phone videos: 90, 180, 270 degrees) with or without a mirror,
+    the eight orientations FFmpeg's player turns and flips for. Any other matrix is a `VideoError`."""
+    if matrix is None:
         return image
-    if rotation % 90:
-        raise VideoError(f"{path}: display rotation of {rotation} degrees (only multiples of 90 are supported)")
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    if b == c == 0 and a and d:
+        transpose, rows_reversed, columns_reversed = False, d < 0, a < 0
+    elif a == d == 0 and b and c:  # a quarter turn: the shown column comes from the source row
+        transpose, rows_reversed, columns_reversed = True, b < 0, c < 0
+    else:
+        raise VideoError(f"{path}: display matrix {[x / 65536 for x in (a, b, c, d)]} is not a turn by a multiple "
+                         f"of 90 degrees with or without a mirror (the only ones supported)")
+    if not (transpose or rows_reversed or columns_reversed):
+        return image
     # turned as one 3-byte item per pixel: a third of the element copies of turning (H, W, 3) bytes
-    pixels = np.ascontiguousarray(np.rot90(image.view("V3")[..., 0], rotation // 90))
+    pixels = image.view("V3")[..., 0]
+    pixels = pixels.T if transpose else pixels
+    pixels = np.ascontiguousarray(pixels[::-1 if rows_reversed else 1, ::-1 if columns_reversed else 1])
     return pixels.view(np.uint8).reshape(*pixels.shape, 3)
 
 
@@ -317,9 +348,31 @@ def probe_video(path: str | Path) -> VideoInfo:
         return reader.info()
 
 
-def read_clip(path: str | Path, pick: Callable[[int], np.ndarray], seek: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Open once, choose indices with `pick(num_frames)`, decode them: (frames, indices)."""
+def check_frame_size(path, width: int, height: int, max_pixels: int, short_side: int | None = None) -> None:
+    """`VideoError` when frames of width x height, or those frames with the short side resized to
+    `short_side`, have more than `max_pixels` pixels (`data.max_frame_pixels`): a 16384x16 video
+    would otherwise make the short-side resize (to 262144x256) of the 80 frames of a 10-clip 8x8
+    test allocate 15 GiB."""
+    if width * height > max_pixels:
+        raise VideoError(f"{path}: frames of {width}x{height} ({width * height:,} pixels) exceed "
+                         f"data.max_frame_pixels ({max_pixels:,}); raise it to read this video")
+    if short_side and min(width, height) > 0:
+        from tpn.data.transforms import short_side_size
+
+        h, w = short_side_size(height, width, short_side)
+        if w * h > max_pixels:
+            raise VideoError(f"{path}: frames of {width}x{height} resized to short side {short_side} would be "
+                             f"{w}x{h} ({w * h:,} pixels), above data.max_frame_pixels ({max_pixels:,})")
+
+
+def read_clip(path: str | Path, pick: Callable[[int], np.ndarray], seek: bool = True, max_pixels: int | None = None,
+              short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Open once, choose indices with `pick(num_frames)`, decode them: (frames, indices). With
+    `max_pixels`, the header's frame size is checked first (`check_frame_size`)."""
     with VideoReader(path) as reader:
+        if max_pixels:
+            cc = reader.stream.codec_context
+            check_frame_size(path, cc.width, cc.height, max_pixels, short_side)
         if reader.num_frames < 1:
             raise VideoError(f"{path}: no frames")
         indices = np.asarray(pick(reader.num_frames), dtype=np.int64)
@@ -336,10 +389,15 @@ def read_all_frames(path: str | Path) -> np.ndarray:
     """Plain sequential decode of every frame, upright (the reference the seeking reader is tested against)."""
     import av
 
+    from av.video.reformatter import VideoReformatter
+
+    to_rgb, matrix, frames = VideoReformatter(), _UNREAD, []
     try:
         with av.open(str(path)) as container:
-            return np.stack([upright(f.to_ndarray(format="rgb24"), f.rotation, path)
-                             for f in container.decode(video=0)])
+            for f in container.decode(video=0):
+                matrix = display_matrix(f) if matrix is _UNREAD else matrix
+                frames.append(upright(to_rgb.reformat(f, format="rgb24").to_ndarray(), matrix, path))
+        return np.stack(frames)
     except Exception as e:
         raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
 

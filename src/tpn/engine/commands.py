@@ -10,9 +10,11 @@ from tpn.options import add_device_option
 def _cmd_train(args) -> int:
     from tpn.config import load_config
     from tpn.engine.train import train
+    from tpn.errors import writable_dir
 
     cfg = load_config(args.config, args.overrides)
     work_dir = args.work_dir or f"work_dirs/{cfg.name}"
+    writable_dir(work_dir, "--work-dir")  # a file there or a read-only place: one line, before any work
     from tpn.engine.distributed import teardown
 
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 import time
 from dataclasses import replace
@@ -27,9 +28,11 @@ from tpn.data.transforms import view_order
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
 from tpn.engine.report import most_confused, plot_confusion
-from tpn.errors import TpnError
+from tpn.errors import TpnError, listing, writable_dir
 from tpn.models.build import build_model
 from tpn.options import parse_pair
+
+log = logging.getLogger("tpn.test")
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int) -> DataLoader:
@@ -149,6 +152,20 @@ def prediction_rows(results: dict, dataset, names: list[str], reasons: dict[str,
 
 
 CSV_COLUMNS = ("index", "path", "label", "readable", "prediction", "score", "correct", "error")
+# a spreadsheet reads a cell that starts with one of these as a formula: such text gets a leading '
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A predictions.csv cell: booleans as 1/0, None empty, text that a spreadsheet would run as a
+    formula (a path or class name starting with = + - @) prefixed with a single quote."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None,
@@ -156,7 +173,8 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths.
 
     CSV: a real CSV (quoted where a field needs it); booleans as 1/0; the fields an unreadable
-    video does not have (prediction, score, correct) are empty and `error` says why."""
+    video does not have (prediction, score, correct) are empty and `error` says why; text that
+    would start a spreadsheet formula gets a leading ' (`csv_cell`; predictions.json keeps it as is)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = label_names or [str(i) for i in range(len(m.get("confusion", [])))]
     rows = prediction_rows(results, dataset, names, reasons or {})
@@ -170,8 +188,7 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow(["" if r[k] is None else int(r[k]) if isinstance(r[k], bool) else r[k]
-                             for k in CSV_COLUMNS])
+            writer.writerow([csv_cell(r[k]) for k in CSV_COLUMNS])
     (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
     paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),
              "predictions_json": str(out_dir / "predictions.json")}
@@ -208,6 +225,25 @@ def inference_forward(cfg, checkpoint, device: torch.device, compile_model: bool
     return forward, info
 
 
+def checkpoint_label_order(dataset, checkpoint_names: list[str] | None, label_map: str,
+                           checkpoint) -> list[str] | None:
+    """The class names to score with. A checkpoint that carries its classes (`label_names`) numbers
+    them in its own order: a label map of the same names in another order is renumbered to it
+    (scored as trained, not near 0%); other names are a one-line error before any video is read."""
+    names = dataset.label_names
+    if checkpoint_names is None or names is None or names == checkpoint_names:
+        return names or checkpoint_names
+    if sorted(names) != sorted(checkpoint_names):
+        only_map = [n for n in names if n not in set(checkpoint_names)]
+        only_ckpt = [n for n in checkpoint_names if n not in set(names)]
+        raise TpnError(f"{label_map}: not the classes the checkpoint {checkpoint} was trained with (only in the "
+                       f"label map: {listing(only_map, 3) or 'none'}; only in the checkpoint: "
+                       f"{listing(only_ckpt, 3) or 'none'}); test with the label map it was trained with")
+    log.warning("%s: the classes of %s in another order: scored in the checkpoint's order", label_map, checkpoint)
+    dataset.relabel(checkpoint_names)
+    return dataset.label_names
+
+
 def write_view_scores(path: Path, per_view: dict, results: dict, order: list[int]) -> Path:
     """view_scores.npy: softmax per view [videos, views, classes] (float32), videos in dataset
     order (as predictions.csv), views in `order`; rows of unreadable videos are NaN."""
@@ -224,20 +260,23 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     cfg = resolve_num_classes(with_views(cfg, views), ("test",))
     out_dir = Path(out_dir)
     if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(out_dir, "--work-dir")
     forward, info = inference_forward(cfg, checkpoint, d.device)
     report_path = out_dir / "bad_videos.jsonl"
     dataset = build_dataset(cfg.data, "test", report_path=report_path)
+    names = checkpoint_label_order(dataset, info.get("label_names"), cfg.data.label_map, checkpoint)
     loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
     t0 = time.time()
     per_view = {} if view_scores else None
     results = predict_probs(forward, loader, d, progress=progress, per_view=per_view)
     elapsed = time.time() - t0
     m = metrics(results, cfg.model.head.num_classes)
-    names = dataset.label_names or info.get("label_names")
     paths = {}
     if d.main:
         paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path))
+    if d.main and results and not m["videos"]:
+        raise TpnError(f"{cfg.data.test_list}: none of its {len(results)} videos could be read (why: "
+                       f"{paths['predictions']}, {report_path})")
     if d.main and view_scores:
         order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
         paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))

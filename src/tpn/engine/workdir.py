@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -58,14 +59,30 @@ def unlock(work_dir: Path, me: dict) -> None:
         pass
 
 
+# `lock` creates the file, then writes it: a run reading it between the two steps finds it empty.
+# An empty or garbled lock younger than this is re-read until it holds a holder or grows this old.
+LOCK_SETTLE_S = 2.0
+
+
 def _read(path: Path) -> dict | None:
-    """The lock's holder, or None for a lock file that is not one (empty, garbled)."""
-    try:
-        holder = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str)
-    return holder if ok else None
+    """The lock's holder, or None for a lock file that is not one (empty, garbled) and is not
+    being written either (`LOCK_SETTLE_S`). A lock that cannot be read is a one-line error."""
+    while True:
+        try:
+            text = path.read_bytes().decode("utf-8", "replace")
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise TpnError(f"{path}: cannot read the work dir's lock ({e.strerror or e})") from None
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            holder = None
+        ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str)
+        if ok or not 0 <= age < LOCK_SETTLE_S:
+            return holder if ok else None
+        time.sleep(0.05)  # a run is taking the lock this instant: let it write who it is
 
 
 def _judge(path: Path, holder: dict | None, me: dict, break_lock: bool) -> str:
