@@ -157,6 +157,8 @@ def test_a_batch_that_does_not_hold_whole_videos_is_refused_at_load():
     ("model.neck.groups=5", "model.neck.groups (5) must divide model.neck.out_channels (64) and the backbone's last "
                             "output channels (256 = model.backbone.base_channels 8 x 2^3 x 4)"),
     ("model.neck.out_channels=60", "model.neck.groups (8) must divide model.neck.out_channels (60)"),
+    ("model.neck={out_channels: 512, groups: 512}", "model.neck.groups (512) must divide model.neck.out_channels "
+                                                   "(512) and the backbone's last output channels (256 = "),
     ("data.crop_size=80", "data.crop_size (80) is larger than the resized frame (its short side is "
                           "data.short_side, 72)"),
     ("data.test_crop_size=73", "data.test_crop_size (73) is larger than the resized frame"),

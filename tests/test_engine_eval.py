@@ -354,7 +354,7 @@ def test_a_work_dir_that_is_a_file_or_read_only_is_one_line(tempo_data, tmp_path
             assert err.startswith(f"tpn: error: --work-dir {work}: {why}") and err.count("\n") == 1, err
 
 
-def test_predict_and_test_carry_on_past_a_video_declaring_huge_frames(tempo_data, tmp_path, capsys):  # noqa: F811
+def test_predict_carries_on_past_a_video_declaring_huge_frames(tempo_data, tmp_path, capsys):  # noqa: F811
     """A 16384x16 video: with short side 48 it would be 49152x48 frames, above a limit of a million
     pixels; it is reported unreadable before decoding and the other videos are predicted."""
     from tests.conftest import write_wide_video
