@@ -98,7 +98,7 @@ def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"ckpt.pth: not saved \(disk full\); the file already there is unchanged"):
         save_atomic({"a": torch.zeros(2)}, target)
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))

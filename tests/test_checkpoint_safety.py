@@ -201,7 +201,8 @@ def test_no_entry_point_runs_code_from_a_file(payload, entry_point, kit, tmp_pat
     assert not marker.exists(), f"{payload} ran code through {entry_point}"
     if entry_point == "resume_auto":  # the planted file is skipped with a warning naming it
         assert "ignoring unreadable checkpoint" in err and "epoch_0001.pth" in err, err
-        assert "no samples" in err  # then the run stops at the empty train list, before any training
+        # then the run stops before any training: the dir's only checkpoint is not one to resume
+        assert "holds checkpoints of an earlier run (epoch_0001.pth) but none that --resume auto continues" in err
     elif inert and entry_point in ("load_model", "convert", "test", "predict", "export"):
         assert code == 0, err
         if entry_point == "predict":

@@ -15,7 +15,10 @@ and as the GPU model runs: the shapes above are the logical ones.
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -35,6 +38,27 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    ignore_sigterm_but_the_parents()
+
+
+def ignore_sigterm_but_the_parents() -> None:
+    """In a loader worker: SIGTERM from any process but the parent is ignored, the parent's ends
+    the worker at once (as torch's own worker handler does). Slurm sends SIGTERM to every process
+    of a job; the main process decides when to stop (a training run saves a checkpoint first,
+    `tpn.engine.stop`) and ends its workers itself, also with SIGTERM at exit. The signal is
+    blocked in this thread (and so in the threads it starts) and taken by a waiting thread, which
+    sees who sent it."""
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: torch's handler stays
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
 
 
 def collate(items: list[Batch]) -> Batch:

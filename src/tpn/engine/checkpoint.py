@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from tpn.checkpoint import CheckpointError, load_file
+from tpn.engine.workdir import CHECKPOINTS
+from tpn.errors import listing
 
 log = logging.getLogger("tpn.train")
 
@@ -42,14 +44,42 @@ def checkpoint_files(work_dir: Path) -> list[Path]:
     return sorted(work_dir.glob("epoch_*.pth")) + sorted(work_dir.glob("iter_*.pth"))
 
 
+def finite(obj) -> bool:
+    """Whether every floating-point tensor in `obj` (nested dicts, lists) is finite: one host sync."""
+    flags = [torch.isfinite(t).all() for t in _tensors(obj) if t.is_floating_point()]
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all()) if flags else True
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def trainable(ckpt: dict) -> bool:
+    """Weights and optimiser state finite: a run can go on from the checkpoint."""
+    return finite(ckpt.get("state_dict", {})) and finite(ckpt.get("optimizer", {}))
+
+
 def find_resume(work_dir: Path, resume: str | None) -> tuple[dict | None, Path | None]:
-    """`auto`: the newest readable training checkpoint in work_dir (a truncated one is skipped)."""
+    """`auto`: the newest training checkpoint in work_dir that is readable and finite (a truncated
+    file, or one saved after the loss diverged, is skipped with a warning). Finding none is a
+    fresh start in a dir without checkpoints (a new run, or one that died before its first) and
+    an error in a dir that holds some: starting afresh would overwrite them."""
     if not resume:
         return None, None
     if resume != "auto":
         obj, _ = load_file(resume, foreign=False)
         if not isinstance(obj, dict) or "optimizer" not in obj:
             raise CheckpointError(f"{resume}: not a tpn training checkpoint (no optimiser state)")
+        if not trainable(obj):
+            raise CheckpointError(f"{resume}: its weights or optimiser state are not finite (saved after the loss "
+                                  f"diverged): resume from an earlier checkpoint")
         return obj, Path(resume)
     best = (None, None, -1)
     for p in checkpoint_files(work_dir):
@@ -58,8 +88,19 @@ def find_resume(work_dir: Path, resume: str | None) -> tuple[dict | None, Path |
         except CheckpointError as e:
             log.warning("ignoring unreadable checkpoint %s (%s)", p, e)
             continue
-        if isinstance(obj, dict) and obj.get("global_iter", -1) > best[2] and "optimizer" in obj:
-            best = (obj, p, obj["global_iter"])
+        if not isinstance(obj, dict) or "optimizer" not in obj or obj.get("global_iter", -1) <= best[2]:
+            continue
+        if not trainable(obj):
+            log.warning("ignoring checkpoint %s: its weights or optimiser state are not finite (saved after the "
+                        "loss diverged)", p)
+            continue
+        best = (obj, p, obj["global_iter"])
+    found = sorted({p.name for pattern in CHECKPOINTS for p in work_dir.glob(pattern)})
+    if best[0] is None and found:
+        raise CheckpointError(f"{work_dir} holds checkpoints of an earlier run ({listing(found, 3)}) but none that "
+                              f"--resume auto continues from (a readable epoch_*.pth or iter_*.pth with finite "
+                              f"weights): continue from one with --resume PATH, train into a new --work-dir, or "
+                              f"pass --overwrite to delete them")
     return best[0], best[1]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 from tpn.options import add_device_option
@@ -22,6 +23,8 @@ def _cmd_train(args) -> int:
                   break_lock=args.break_lock)
     finally:
         teardown()
+    if s.get("stopped"):  # by SIGTERM, after saving a checkpoint (logged): the status of a terminated job
+        return 128 + signal.SIGTERM
     if s.get("curves"):
         print(f"work dir: {work_dir} (checkpoints, metrics.jsonl, train.log, training_curves.png)")
     return 0

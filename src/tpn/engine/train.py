@@ -4,7 +4,8 @@ SGD (momentum, nesterov option, weight decay with optional BN/bias exemption), l
 learning-rate scaling with the total batch, linear warm-up then step or cosine decay
 (a pure function of the iteration, so resuming needs no scheduler object), gradient
 accumulation and clipping, bf16 autocast + channels_last_3d (+ torch.compile) on CUDA,
-DDP under torchrun, validation every N epochs, atomic checkpoints with exact resume.
+DDP under torchrun, validation every N epochs, atomic checkpoints with exact resume, a
+checkpoint and a clean stop on SIGTERM (`tpn.engine.stop`), no checkpoint of non-finite state.
 Logs, metrics and plots: `tpn.engine.report`; resume and pruning: `tpn.engine.checkpoint`.
 """
 from __future__ import annotations
@@ -30,12 +31,14 @@ from tpn.convert.inflate import inflate_2d_into
 from tpn.data.datasets import REPLACEMENTS, NoReadableVideo, VideoDataset, build_dataset, read_report
 from tpn.data.labels import resolve_num_classes
 from tpn.data import nvdec
+from tpn.engine import decoding
 from tpn.data.loader import build_loader
 from tpn.data.transforms import apply_augment
 from tpn.engine import distributed as D, workdir
-from tpn.engine.checkpoint import find_resume, prune, prune_after_epoch, rng_state, set_rng_state
+from tpn.engine.checkpoint import find_resume, prune, prune_after_epoch, rng_state, set_rng_state, trainable
 from tpn.engine.evaluate import make_eval_loader, metrics, predict_probs
 from tpn.engine.report import MetricsLog, plot_curves, setup_logging
+from tpn.engine.stop import StopSignal
 from tpn.errors import TpnError, listing
 from tpn.models.build import build_model
 
@@ -105,6 +108,9 @@ class Run:
     forward: object = None  # fn(x_uint8, labels) -> losses
     eval_forward: object = None  # fn(x_uint8) -> logits
     mlog: MetricsLog | None = None
+    stop: StopSignal | None = None  # SIGTERM, read between steps
+    last_ckpt: Path | None = None  # the newest resumable checkpoint saved (or resumed from)
+    stopped: str | None = None  # what a stop by SIGTERM saved
 
 
 @dataclass
@@ -126,6 +132,8 @@ def start(work_dir: Path, device: str, resume: str | None, overwrite: bool, brea
     if d.main:
         try:
             me, notes = workdir.lock(work_dir, break_lock)
+            partial = workdir.remove_partial_saves(work_dir)
+            notes += [f"removed {listing(partial)}: checkpoint saves cut short by a kill"] if partial else []
             deleted = workdir.check_earlier_run(work_dir, resume, overwrite)
             notes += [f"--overwrite: deleted the earlier run's {listing(deleted)}"] if deleted else []
         except TpnError as e:
@@ -153,7 +161,8 @@ def seed_everything(cfg: Config, d: D.Dist) -> None:
 def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     t = cfg.train
     report = work_dir / "bad_videos.jsonl"
-    train_set = build_dataset(cfg.data, "train", report_path=report, seed=t.seed)
+    setup = decoding.plan_decoding(cfg.data, d.device, log_choice=log.info if d.main else (lambda *a: None))
+    train_set = build_dataset(cfg.data, "train", report_path=report, seed=t.seed, decoder=setup.decoder)
     val_set = build_dataset(cfg.data, "val", report_path=report) if t.val_interval > 0 and cfg.data.val_list else None
     sampler = D.ShardedSampler(len(train_set), d.rank, d.world, shuffle=True, seed=t.seed)
     # persistent workers (no re-spawn each epoch); their seeds come from the loader's own
@@ -161,19 +170,15 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     loader = build_loader(train_set, t.batch_size, cfg.data.num_workers, sampler=sampler,
                           pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=True, seed=t.seed,
                           prefetch_factor=PREFETCH)
-    # the sampler counts videos; a batch of t.batch_size clips holds clips_per_decode per video
-    videos_per_batch = t.batch_size // train_set.clips_per_item
+    videos_per_batch = cfg.videos_per_batch  # the sampler counts videos
     iters_per_epoch = len(sampler) // videos_per_batch // t.accum_steps
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
                        f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
-    dc = cfg.data
-    # auto times training at each share: skip the batches already queued at the old share (the
-    # workers' prefetch and the stage's), then time 50
-    in_flight = max(1, dc.num_workers) * PREFETCH + 4
-    stage = nvdec.build_stage(train_set, dc.decoder, d.device, dc.num_workers, dc.nvdec_threads, dc.nvdec_share,
-                              log_choice=log.info if d.main else (lambda *a: None),
-                              trial=(in_flight, 50, t.batch_size))
+    # a timed share skips the batches already queued at the old one (the workers' prefetch and the stage's)
+    in_flight = max(1, cfg.data.num_workers) * PREFETCH + 4
+    stage = decoding.build_stage(setup, train_set, cfg.data, d.device, cfg.data.num_workers, t.batch_size, in_flight,
+                                 log_choice=log.info if d.main else (lambda *a: None))
     return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch, stage)
 
 
@@ -239,19 +244,29 @@ def make_forwards(run: Run) -> None:
 def train(cfg: Config, work_dir: str | Path, resume: str | None = None, device: str = "auto",
           max_iters: int | None = None, overwrite: bool = False, break_lock: bool = False) -> dict:
     """Train `cfg`; returns a summary dict. `max_iters` stops early (for tests). A work dir holding
-    checkpoints needs `resume` or `overwrite` (`tpn.engine.workdir`); the lock is held throughout."""
+    checkpoints needs `resume` or `overwrite` (`tpn.engine.workdir`); the lock is held throughout.
+    On SIGTERM the run saves a checkpoint at the next step boundary and returns early, the summary's
+    "stopped" saying what it saved (the CLI then exits with 143)."""
     work_dir = Path(work_dir)
     if overwrite:  # the label map and the lists first: a run that cannot start deletes nothing
         resolve_num_classes(cfg)
     d, me = start(work_dir, device, resume, overwrite, break_lock)
+    stop = None
     try:
-        return run_training(cfg, d, work_dir, resume, max_iters)
+        stop = StopSignal(d)
+        summary = run_training(cfg, d, work_dir, resume, max_iters, stop)
     finally:
         if me:
             workdir.unlock(work_dir, me)
+        if stop is not None:
+            stop.close()
+    if summary.get("stopped") and d.main:
+        log.warning("%s; the lock %s is released", summary["stopped"], work_dir / workdir.LOCK)
+    return summary
 
 
-def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max_iters: int | None) -> dict:
+def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max_iters: int | None,
+                 stop: StopSignal | None = None) -> dict:
     ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
     cfg = resolve_num_classes(cfg)  # the label map and the lists against the head, before any training
     if d.main:
@@ -260,9 +275,11 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     t = cfg.train
     data = build_data(cfg, d, work_dir)
     run = build_training(cfg, d, work_dir, data, from_scratch=ckpt is None)
+    run.stop = stop
     prog = Progress()
     if ckpt is not None:
         prog = restore(run, ckpt, ckpt_path)
+        run.last_ckpt = ckpt_path
         if prog.epoch >= t.epochs and d.main:
             log.warning("%s ends at epoch %d of train.epochs %d: nothing to train (to train on, raise it, "
                         "e.g. --set train.epochs=%d)", ckpt_path, prog.epoch, t.epochs, prog.epoch + 1)
@@ -300,6 +317,10 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         if d.main:
             prune_after_epoch(work_dir, t.keep_last)
             log.info("epoch %d done in %.1f s: %s", epoch + 1, epoch_time, _rate_text(erec))
+        if epoch + 1 < t.epochs and run.stop is not None and run.stop.requested():
+            run.stopped = f"SIGTERM: stopped after epoch {epoch + 1}, saved {run.last_ckpt} (--resume auto continues)"
+            break
+    summary["stopped"] = run.stopped
     return finish(run, prog, summary, t_start)
 
 
@@ -317,8 +338,8 @@ def _rate_text(erec: dict) -> str:
 
 def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
                     max_iters: int | None) -> tuple[int, bool, tuple[int, float] | None]:
-    """Steps `first`..end of `epoch`; returns (clips seen by this process, stopped by `max_iters`,
-    (clips, time) when the warm-up steps were done, or None for an epoch of one step)."""
+    """Steps `first`..end of `epoch`; returns (clips seen by this process, stopped by `max_iters` or
+    SIGTERM, (clips, time) when the warm-up steps were done, or None for an epoch of one step)."""
     cfg, d, t, data = run.cfg, run.d, run.cfg.train, run.data
     data.train_set.set_epoch(epoch)
     data.sampler.set_epoch(epoch, start=first * data.videos_per_batch * t.accum_steps)
@@ -347,16 +368,26 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
         if bar is not None:
             bar.update(1)
         if t.ckpt_interval_iters and prog.global_iter % t.ckpt_interval_iters == 0 and not last:
-            save_checkpoint(run, prog, run.work_dir / f"iter_{prog.global_iter:08d}.pth", epoch, it + 1)
-            if d.main:
-                prune(run.work_dir, "iter_*.pth", 1)
-        if max_iters is not None and prog.global_iter >= max_iters:
+            save_in_epoch(run, prog, epoch, it + 1)
+        if not last and run.stop is not None and run.stop.requested():  # the epoch's end asks after its save
+            if run.last_ckpt != run.work_dir / f"iter_{prog.global_iter:08d}.pth":
+                save_in_epoch(run, prog, epoch, it + 1)
+            run.stopped = (f"SIGTERM: stopped at epoch {epoch + 1} iteration {it + 1} of {data.iters_per_epoch}, "
+                           f"saved {run.last_ckpt} (--resume auto continues)")
+        if run.stopped or max_iters is not None and prog.global_iter >= max_iters:
             if bar is not None:
                 bar.close()
             return clips, True, warm
     if bar is not None:
         bar.close()
     return clips, False, warm
+
+
+def save_in_epoch(run: Run, prog: Progress, epoch: int, iter_in_epoch: int) -> None:
+    """`iter_NNNNNNNN.pth` (the newest only): the in-epoch checkpoint."""
+    save_checkpoint(run, prog, run.work_dir / f"iter_{prog.global_iter:08d}.pth", epoch, iter_in_epoch)
+    if run.d.main:
+        prune(run.work_dir, "iter_*.pth", 1)
 
 
 def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
@@ -411,22 +442,43 @@ def validate(run: Run, epoch: int, global_iter: int) -> float:
 
 
 def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_epoch: int) -> None:
-    """Rank 0 writes; every rank contributes its RNG state."""
+    """Rank 0 writes; every rank contributes its RNG state. Weights or optimiser state that are
+    not finite (the loss diverged after the last log line) are never saved, and a failed write (a
+    full disk) stops the run: one line on every rank, naming the last good checkpoint."""
     t, d = run.cfg.train, run.d
-    rngs = D.gather_objects(rng_state(), d)
-    if not d.main:
-        return
-    # the learning rate is a pure function of global_iter and the data order of (seed, epoch,
-    # iter_in_epoch): these numbers are the scheduler's and the sampler's whole state
-    save_atomic({"format": FORMAT, "state_dict": run.model.state_dict(), "optimizer": run.opt.state_dict(),
-                 "scaler": run.scaler.state_dict(),
-                 "scheduler": {"schedule": t.schedule, "base_lr": run.lr0, "global_iter": prog.global_iter},
-                 "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
-                             iter_in_epoch * run.data.videos_per_batch * t.accum_steps},
-                 "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": prog.global_iter,
-                 "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best, "rng": rngs,
-                 "config": to_dict(run.cfg), "label_names": run.data.train_set.label_names, "world_size": d.world},
-                path)
+    state = {"state_dict": run.model.state_dict(), "optimizer": run.opt.state_dict()}
+    gathered = D.gather_objects((rng_state(), trainable(state)), d)
+    if not all(ok for _, ok in gathered):
+        where = f"epoch {epoch} iteration {run.data.iters_per_epoch}" if iter_in_epoch == 0 else \
+            f"epoch {epoch + 1} iteration {iter_in_epoch}"
+        raise TpnError(f"the weights are not finite at {where} (the loss diverged after the last log line): "
+                       f"{path.name} not saved; lower train.lr or check the data; {_last_good(run)}")
+    error = None
+    if d.main:
+        # the learning rate is a pure function of global_iter and the data order of (seed, epoch,
+        # iter_in_epoch): these numbers are the scheduler's and the sampler's whole state
+        try:
+            save_atomic({"format": FORMAT, **state, "scaler": run.scaler.state_dict(),
+                         "scheduler": {"schedule": t.schedule, "base_lr": run.lr0, "global_iter": prog.global_iter},
+                         "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
+                                     iter_in_epoch * run.data.videos_per_batch * t.accum_steps},
+                         "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": prog.global_iter,
+                         "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best,
+                         "rng": [rng for rng, _ in gathered], "config": to_dict(run.cfg),
+                         "label_names": run.data.train_set.label_names, "world_size": d.world}, path)
+        except TpnError as e:
+            error = f"{e}; {_last_good(run)}"
+    error = D.gather_objects(error, d)[0]  # every rank stops with rank 0: none waits at a collective
+    if error:
+        raise TpnError(error)
+    if path.name != "best.pth":
+        run.last_ckpt = path
+
+
+def _last_good(run: Run) -> str:
+    if run.last_ckpt is None:
+        return "no checkpoint was saved before"
+    return f"the last good checkpoint is {run.last_ckpt}"
 
 
 def finish(run: Run, prog: Progress, summary: dict, t_start: float) -> dict:
@@ -440,7 +492,7 @@ def finish(run: Run, prog: Progress, summary: dict, t_start: float) -> dict:
         curves = plot_curves(work_dir / "metrics.jsonl", work_dir / "training_curves.png")
         summary.update(best_val_top1=prog.best if prog.best >= 0 else None, curves=str(curves) if curves else None,
                        total_time_s=time.time() - t_start)
-        if summary["epochs"]:
+        if summary["epochs"] and not run.stopped:
             log.info("finished: %s; curves %s", _final_text(summary["epochs"], prog.best), curves)
     summary["model"] = run.model
     return summary
@@ -489,7 +541,7 @@ def _log_step(run: Run, window: _Window, bar, epoch: int, it: int, global_iter: 
     window.steps = 0
     if not math.isfinite(loss):
         raise TpnError(f"loss is {loss} at epoch {epoch + 1} iteration {it + 1}: lower train.lr "
-                       f"or check the data (work dir {run.work_dir})")
+                       f"or check the data (work dir {run.work_dir}); {_last_good(run)}")
     now = time.time()
     rec = {"kind": "train", "epoch": epoch + 1, "iter": global_iter, "epoch_float": epoch + (it + 1) / ipe,
            "loss": loss, "lr": lr, "clips_per_s": (clips - window.clips) * d.world / max(1e-9, now - window.t)}

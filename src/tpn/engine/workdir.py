@@ -6,6 +6,7 @@
   checked, so it stops the run unless `--break-lock`.
 - `check_earlier_run`: checkpoints in the dir and no `--resume` is an error with the three ways
   on; `--overwrite` deletes the earlier run's files (`EARLIER_RUN`) first.
+- `remove_partial_saves`: the temporary file of a checkpoint save cut short by a kill is deleted.
 Rank 0 alone calls these (`tpn.engine.train.start` hands its outcome to every rank).
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ LOCK = "tpn.lock"
 CHECKPOINTS = ("epoch_*.pth", "iter_*.pth", "best.pth")
 # what --overwrite deletes: the files a training run writes, except config.yaml (rewritten anyway)
 EARLIER_RUN = CHECKPOINTS + ("metrics.jsonl", "train.log", "training_curves.png", "bad_videos.jsonl", "tensorboard")
+# the temporary files `tpn.checkpoint.save_atomic` writes a checkpoint to before renaming it
+PARTIAL_SAVES = ".*.pth.*.tmp"
 
 
 def lock(work_dir: Path, break_lock: bool = False) -> tuple[dict, list[str]]:
@@ -112,6 +115,15 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def remove_partial_saves(work_dir: Path) -> list[str]:
+    """Delete the temporary files of checkpoint saves that a kill cut short (the lock is held: no
+    run of this dir is saving); returns their names."""
+    found = sorted(work_dir.glob(PARTIAL_SAVES))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return [p.name for p in found]
 
 
 def check_earlier_run(work_dir: Path, resume: str | None, overwrite: bool) -> list[str]:
