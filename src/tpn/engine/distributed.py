@@ -1,16 +1,22 @@
 """torch.distributed set-up from torchrun's environment, and a resumable sharded sampler.
 
 Launch with `torchrun --nproc-per-node N -m tpn.cli train ...` (or `tpn train` for one
-process). NCCL on CUDA, gloo on CPU. Rank 0 logs and saves.
+process; several nodes and elastic restarts: docs/training.md). NCCL on CUDA, gloo on CPU.
+Rank 0 logs and saves.
 """
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 from torch.utils.data import Sampler
+
+from tpn.errors import TpnError
 
 
 @dataclass
@@ -39,8 +45,45 @@ def setup(device: str = "auto") -> Dist:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        backend = "nccl" if use_cuda else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's store outlives restarts
+            dist.init_process_group(backend, store=attempt_store(rank, world), rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend, rank=rank, world_size=world)
     return Dist(rank, world, local, dev)
+
+
+def attempt_store(rank: int, world: int) -> dist.Store:
+    """torchrun's store (MASTER_ADDR:MASTER_PORT), seen through a prefix that only this attempt
+    of the group writes under.
+
+    torchrun keeps one store for all restarts of a group (`--max-restarts`), and the keys in it: a
+    restarted rank can read its peers' addresses from the attempt before, dead with its processes,
+    and the set-up fails or hangs (pytorch#135712; `TORCHELASTIC_RESTART_COUNT` cannot tell the attempts
+    apart, each node counts its own restarts). So rank 0 names the attempt with a fresh random key,
+    and every other rank says hello under the name it reads until rank 0 answers its own hello
+    (under a name left by an earlier attempt nobody does).
+    """
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=default_pg_timeout)
+    if rank == 0:
+        attempt = uuid.uuid4().hex
+        store.set("tpn/attempt", attempt)
+        for r in range(1, world):
+            hello = f"tpn/{attempt}/hello/{r}"
+            store.wait([hello])
+            store.set(f"tpn/{attempt}/welcome/{r}", store.get(hello))
+        return dist.PrefixStore(f"tpn/{attempt}/", store)
+    me, deadline = uuid.uuid4().hex.encode(), time.monotonic() + default_pg_timeout.total_seconds()
+    while time.monotonic() < deadline:
+        attempt = store.get("tpn/attempt").decode()  # waits for the first attempt to name itself
+        welcome = f"tpn/{attempt}/welcome/{rank}"
+        if store.check([welcome]) and store.get(welcome) == me:
+            return dist.PrefixStore(f"tpn/{attempt}/", store)
+        store.set(f"tpn/{attempt}/hello/{rank}", me)
+        time.sleep(0.1)
+    raise TpnError(f"rank {rank}: rank 0 of this torchrun attempt did not answer within "
+                   f"{default_pg_timeout} (MASTER_ADDR {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})")
 
 
 def teardown() -> None:
