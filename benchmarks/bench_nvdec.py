@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from tpn.data.datasets import build_dataset  # noqa: E402
 from tpn.data.loader import build_loader  # noqa: E402
 from tpn.data.synthetic import generate_dataset  # noqa: E402
 from tpn.data.transforms import apply_augment  # noqa: E402
+from tpn.engine import decoding  # noqa: E402
 
 
 def make_videos(root: Path, videos: int, size, codec: str, workers: int) -> None:
@@ -71,27 +73,31 @@ def emit(res: dict, key: str, value, out: Path) -> None:
 
 
 def gpu_only(root: Path, threads_list, clips: int) -> dict:
-    ds = build_dataset(recipe(root, "nvdec").data, "train")
+    """Clips/s of one decode process alone on ready jobs (finished clips on the GPU), per thread count."""
     import numpy as np
 
-    items = [ds._gpu_job(i, np.random.default_rng(i)) for i in range(clips)]
-    jobs = [(s, b.job) for s, b in enumerate(items)]
+    cfg = recipe(root, "nvdec").data
+    ds = build_dataset(cfg, "train")
+    reader = nvdec.PacketReader(cfg.max_frame_pixels, cfg.short_side)
+    jobs = [(s, ds.read(s, decoder=reader, rng=np.random.default_rng(s))[1]) for s in range(clips)]
     out = dict(packets_per_clip=round(float(np.mean([len(j.frames) for _, j in jobs])), 1))
     for n in threads_list:
-        pool = nvdec.DecoderPool(torch.device("cuda"), n)
-        dt = timed(lambda: pool.decode(jobs), 3, warmup=1, device="cuda")
+        process = nvdec.DecodeProcess(torch.device("cuda"), "nvdec", n)
+        dt = timed(lambda: process.decode(jobs), 3, warmup=1, device="cuda")
         out[f"threads_{n}_clips_per_s"] = round(3 * len(jobs) / dt, 1)
-        pool.close()
+        process.close()
     return out
 
 
 def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
     cfg = recipe(root, decoder, share)
-    ds = build_dataset(cfg.data, "train")
     dev = torch.device("cuda")
     notes = []
-    stage = nvdec.build_stage(ds, decoder, dev, args.workers, args.threads, cfg.data.nvdec_share,
-                              log_choice=lambda fmt, *a: notes.append(fmt % a))
+    note = lambda fmt, *a: notes.append(fmt % a)  # noqa: E731
+    setup = decoding.plan_decoding(cfg.data, dev, note)
+    ds = build_dataset(cfg.data, "train", decoder=setup.decoder)
+    stage = decoding.build_stage(setup, ds, replace(cfg.data, nvdec_threads=args.threads), dev, args.workers,
+                                 args.batch, in_flight=args.workers * 4 + 4, log_choice=note)
     loader = build_loader(ds, args.batch, args.workers, shuffle=True, drop_last=True, seed=0, prefetch_factor=4)
     it = iter(loader)
     batches = stage.epoch(it) if stage is not None else it
@@ -107,7 +113,8 @@ def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
 
     for _ in range(args.workers + 2):  # every worker has delivered
         take(step is not None)
-    rec = dict(decoder=decoder, share=round(ds.gpu_share, 3), choice=notes)
+    rec = dict(decoder=decoder, share=round(float(setup.share[0]), 3) if setup.share is not None else 0.0,
+               choice=notes)
     if step is not None:
         rec["e2e_clips_per_s"] = round(args.batch * args.steps / timed(lambda: take(True), args.steps, device=dev), 1)
     # after draining the prefetched batches

@@ -4,12 +4,13 @@ import logging
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from tests.conftest import write_broken_videos
 import torch
 
-from tpn.config import DataConfig
+from tpn.config import DataConfig, load_config
 from tpn.data import sampling
 from tpn.data.datasets import AnnotationError, Batch, build_dataset, read_annotations, read_label_names
 from tpn.data.loader import build_loader
@@ -124,7 +125,7 @@ def test_loader_workers_resize_after_opencv_ran_threaded_in_the_parent(synth_dat
 import cv2, numpy as np
 cv2.resize(np.zeros((1080, 1920, 3), np.uint8), (455, 256))  # starts OpenCV's pool
 from dataclasses import replace
-from tpn.config import DataConfig
+from tpn.config import DataConfig, load_config
 from tpn.data.datasets import build_dataset
 from tpn.data.loader import build_loader
 root = {str(synth_dataset)!r}
@@ -286,34 +287,45 @@ def test_rawframe_dataset_matches_video_frames(synth_dataset, tmp_path):
 
 
 # ---------------------------------------------------------------- clips per decode
+def reference_train_clip(cfg, clip, rng):
+    """One training clip as the pre-plan pipeline made it, op by op: crop geometry, then the
+    flip/jitter draw, applied in the worker unless data.augment_on_device."""
+    from tpn.data import transforms as T
+
+    clip = T.apply_geometry(clip, T.draw_train_geometry(clip.shape[-2], clip.shape[-1], cfg.train_crop,
+                                                        cfg.crop_size, cfg.short_side, rng), cfg.crop_size)
+    aug = T.draw_augment(rng, cfg.flip, cfg.color_jitter)
+    return (clip if cfg.augment_on_device else T.apply_augment(clip[None], aug[None])[0]), aug
+
+
 @pytest.mark.parametrize("on_device", [False, True])
 def test_clips_per_decode_takes_k_clips_from_one_read(synth_dataset, monkeypatch, on_device):
     """k clips per item, each exactly what the one-clip path makes from the same draws (starts
     drawn one after another, then each clip's crop/flip/jitter), from a single read of the video."""
-    from tpn.data import datasets, transforms as T, video
+    from tpn.data import decoders, transforms as T, video
 
     kw = dict(train_crop="random_resized", color_jitter=True, augment_on_device=on_device)
     ds = build_dataset(_cfg(synth_dataset, clips_per_decode=3, **kw), "train", seed=5)
     reads = []
-    monkeypatch.setattr(datasets, "read_clip", lambda *a, **k: reads.append(a[0]) or video.read_clip(*a, **k))
+    monkeypatch.setattr(decoders, "VideoReader", lambda p: reads.append(p) or video.VideoReader(p))
     item = ds[4]
     assert len(reads) == 1  # one open and one decoding pass for the three clips
     clips, labels = item.clip, item.label
     assert clips.shape == (3, 3, 4, 56, 56) and labels.tolist() == [ds.samples[4][1]] * 3
     assert item.index.tolist() == [4] * 3 and item.ok.tolist() == [True] * 3
-    rng = ds._rng(4)
+    rng = np.random.default_rng([5, 0, 4, 0])  # (seed, epoch, index, attempt)
     frames = read_all_frames(ds.samples[4][0])
     picks = [sampling.train_indices(len(frames), 4, 2, rng) for _ in range(3)]
     assert len({tuple(p) for p in picks}) > 1  # independent starts
     for j in range(3):
-        clip, aug = ds._train_transform(T.to_clip(frames[picks[j]]), rng)
+        clip, aug = reference_train_clip(ds.cfg, T.to_clip(frames[picks[j]]), rng)
         assert torch.equal(clips[j], clip), j
         if on_device:
             assert torch.equal(item.aug[j], aug)
     # k = 1 (the default) is the one-clip recipe: one start, then that clip's draws
     one = build_dataset(_cfg(synth_dataset, **kw), "train", seed=5)[4]
-    rng = ds._rng(4)
-    clip, _ = ds._train_transform(T.to_clip(frames[sampling.train_indices(len(frames), 4, 2, rng)]), rng)
+    rng = np.random.default_rng([5, 0, 4, 0])
+    clip, _ = reference_train_clip(ds.cfg, T.to_clip(frames[sampling.train_indices(len(frames), 4, 2, rng)]), rng)
     assert torch.equal(one.clip, clip) and one.label == ds.samples[4][1] and one.index == 4
 
 
@@ -328,6 +340,6 @@ def test_clips_per_decode_batches_hold_batch_size_clips(synth_dataset):
         assert b.index.tolist() == [0, 0, 1, 1] and b.ok.tolist() == [True] * 4 and b.aug is None
     with pytest.raises(TpnError, match="batch size 3 is not a multiple of data.clips_per_decode \\(2\\)"):
         build_loader(ds, batch_size=3, num_workers=0)
-    with pytest.raises(TpnError, match="data.clips_per_decode must be at least 1, got 0"):
-        build_dataset(_cfg(synth_dataset, clips_per_decode=0), "train")
+    with pytest.raises(TpnError, match="config key 'data.clips_per_decode' must be"):
+        load_config("tpn_tiny_synth", ["data.clips_per_decode=0"])
     assert build_dataset(_cfg(synth_dataset, clips_per_decode=2), "val").clips_per_item == 1

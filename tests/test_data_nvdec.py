@@ -4,7 +4,6 @@ tests/test_gpu.py (the probe that first compared NVDEC with PyAV: benchmarks/res
 import json
 import logging
 from dataclasses import replace
-from functools import partial
 
 import av
 import numpy as np
@@ -13,7 +12,10 @@ import torch
 
 from tests.test_engine_common import tempo_data, tiny_cfg  # noqa: F401
 from tpn.data import nvdec, sampling
-from tpn.data.datasets import build_dataset
+from tpn.data.datasets import Batch, build_dataset
+from tpn.data.decoders import PyAVDecoder, Routed, share_value
+from tpn.data.plan import ClipPlan
+from tpn.engine import decoding
 from tpn.data.synthetic import render, write_mp4, write_webm
 from tpn.errors import TpnError
 
@@ -42,6 +44,14 @@ def _reference_nv12(path) -> list[torch.Tensor]:
         return [nvdec.PyAVStream._nv12(f) for f in c.decode(video=0)]
 
 
+def _job(path, v, wanted, out=64, aug=NO_AUG):
+    """The job of a plan that takes whole frames of `v` (`wanted`), resized to out x out."""
+    wanted = np.asarray(wanted, np.int64)
+    plan = ClipPlan(0, str(path), wanted.reshape(1, -1), np.array([[v.height, v.width]]),
+                    np.array([[0, 0, v.height, v.width]]), out, np.array([0]), aug.numpy())
+    return nvdec.make_job(plan, v)
+
+
 def _jobs(videos, count=12, seed=0):
     rng = np.random.default_rng(seed)
     jobs = []
@@ -50,8 +60,7 @@ def _jobs(videos, count=12, seed=0):
         v = nvdec.demux(path)
         n = len(v.index)
         wanted = (sampling.train_indices(n, 8, 4, rng) if s % 2 else np.sort(rng.choice(n, 8, replace=False)))
-        jobs.append((s, nvdec.make_job(path, v, wanted, [(v.height, v.width)], [(0, 0, v.height, v.width)], 64,
-                                       NO_AUG)))
+        jobs.append((s, _job(path, v, wanted)))
     return jobs
 
 
@@ -69,7 +78,7 @@ def test_streamed_jobs_give_exactly_the_frames_of_a_sequential_decode(videos):
         expected = nvdec.nv12_to_rgb(torch.stack([refs[next(p for p in videos if str(p) == job.path)][i]
                                                   for i in job.wanted]), SIZE[1], SIZE[0])
         assert torch.equal(got[slot], expected), job.path
-        first = nvdec.plan(v, job.wanted)[0]
+        first = nvdec.packets_for(v, job.wanted)[0]
         dropped += (int(job.frames.size) < int(max(np.flatnonzero(np.isin(v.index, job.wanted)))) - first + 1)
     assert dropped > 0  # the B-frame files had packets left out
     pool.close()
@@ -98,47 +107,86 @@ def test_demux_leaves_what_nvdec_does_not_take_to_the_cpu(tmp_path, videos):
     assert v.data[0][:4] == b"\x00\x00\x00\x01"  # Annex B start code, not an mp4 length
 
 
+def _routed(ds, share=1.0) -> Routed:
+    """A dataset's decoder that sends a share of its items to GPU decoding, as the engine builds it."""
+    cpu = PyAVDecoder(ds.cfg.max_frame_pixels, ds.cfg.short_side)
+    return Routed(nvdec.PacketReader(ds.cfg.max_frame_pixels, ds.cfg.short_side), cpu, share_value(share))
+
+
 @pytest.mark.parametrize("crop,k", [("random_resized", 1), ("random", 2)])
 def test_gpu_item_draws_what_the_cpu_item_draws(tempo_data, crop, k):  # noqa: F811
-    """The GPU path's item makes the same frames, crops, flips, jitter and labels as the CPU path
-    (k clips of one video with data.clips_per_decode)."""
+    """The packet reader plans an item as the CPU decoder does (the same frames, crops, flips, jitter
+    and labels, k clips of one video with data.clips_per_decode), and the decode process makes the
+    same bytes from its job."""
     cfg = tiny_cfg(tempo_data, ["data.flip=0.5", "data.color_jitter=true", f"data.train_crop={crop}",
                                 "data.augment_on_device=true", f"data.clips_per_decode={k}", "train.batch_size=4"])
     ds = build_dataset(cfg.data, "train")
-    pool = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream)
-    for index in range(6):
-        cpu = ds._cpu_train_item(index, ds._rng(index))
-        gpu = ds._gpu_job(index, ds._rng(index))
-        assert torch.equal(gpu.aug, cpu.aug) and torch.equal(torch.as_tensor(gpu.label), torch.as_tensor(cpu.label))
-        assert gpu.clip.shape == cpu.clip.shape
-        rgb = pool.decode([(0, gpu.job)])[0]
-        clips = nvdec.clips_from_frames(rgb, gpu.job)
-        assert torch.equal(clips, cpu.clip.reshape(clips.shape)), index  # the same bytes: conversion and resize
+    reader = nvdec.PacketReader(cfg.data.max_frame_pixels, cfg.data.short_side)
+    process = nvdec.DecodeProcess(CPU, "pyav", threads=1)
+    try:
+        for index in range(6):
+            cpu = ds.train_item(*ds.read(index))
+            plan, job = ds.read(index, decoder=reader)
+            gpu = ds.train_item(plan, job)
+            assert torch.equal(gpu.aug, cpu.aug) and torch.equal(torch.as_tensor(gpu.label), torch.as_tensor(cpu.label))
+            assert gpu.clip.shape == cpu.clip.shape and gpu.job is job
+            clips = process.decode([(0, job)])[0]
+            assert torch.equal(clips, cpu.clip.reshape(clips.shape)), index  # the same bytes
+    finally:
+        process.close()
 
 
-def test_training_through_the_stage_with_a_broken_video(tempo_data, tmp_path, caplog):  # noqa: F811
-    """hybrid: half the items decoded by the stage (CPU stand-in), a missing file among them is
-    reported once and training goes on; the epoch record says how many clips each side made."""
+def _stage_cfg(tempo_data, extra=()):  # noqa: F811
+    return tiny_cfg(tempo_data, ["data.num_workers=1", "train.epochs=1", "train.val_interval=0",
+                                 "train.batch_size=4", *extra])
+
+
+def _last_epoch(run) -> dict:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "epoch"' in x][-1]
+
+
+def test_training_through_the_decode_process_with_a_broken_video(tempo_data, tmp_path, caplog, monkeypatch):  # noqa: F811
+    """hybrid: half the items decoded by the decode process (FFmpeg standing in for NVDEC), a
+    missing file among them is reported once and training goes on; the epoch record says how many
+    clips each side made."""
     from tpn.engine import train as train_mod
 
+    monkeypatch.setenv("TPN_DECODER_STANDIN", "pyav")
     root = tmp_path / "data"
     root.mkdir()
     lines = (tempo_data / "train.txt").read_text().splitlines()
     (root / "train.txt").write_text("\n".join(lines + ["missing.mp4 0"]) + "\n")
-    cfg = tiny_cfg(tempo_data, [f"data.train_list={root / 'train.txt'}", "data.decoder=hybrid",
-                                "data.nvdec_share=0.5", "data.num_workers=1", "train.epochs=1",
-                                "train.val_interval=0", "train.batch_size=4"])
-    orig = nvdec.build_stage
-    try:
-        nvdec.build_stage = partial(orig, factory=nvdec.PyAVStream)
-        with caplog.at_level(logging.INFO):
-            train_mod.train(cfg, tmp_path / "run", device="cpu")
-    finally:
-        nvdec.build_stage = orig
-    epoch = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"epoch"' in x and '"kind": "epoch"' in x][-1]
+    cfg = _stage_cfg(tempo_data, [f"data.train_list={root / 'train.txt'}", "data.decoder=hybrid",
+                                  "data.nvdec_share=0.5"])
+    with caplog.at_level(logging.INFO):
+        train_mod.train(cfg, tmp_path / "run", device="cpu")
+    epoch = _last_epoch(tmp_path / "run")
     assert epoch["decode"]["gpu_clips"] > 0 and epoch["decode"]["cpu_clips"] > 0
-    assert "decoder hybrid: 50% of training items" in caplog.text
+    assert "decoder hybrid: 50% of training items decoded on cpu by the decode process" in caplog.text
+
+
+def test_a_dead_decode_process_is_one_line_and_the_cpu_takes_over(tempo_data, tmp_path, caplog, monkeypatch):  # noqa: F811
+    """The decode process is killed before the first batch: one warning, the share goes to 0, the
+    batches already sent are read on the CPU, and training ends with every clip made."""
+    from tpn.engine import train as train_mod
+
+    monkeypatch.setenv("TPN_DECODER_STANDIN", "pyav")
+    orig = decoding.build_stage
+
+    def killed(*a, **k):
+        stage = orig(*a, **k)
+        stage.process.proc.kill()
+        return stage
+
+    monkeypatch.setattr(decoding, "build_stage", killed)
+    cfg = _stage_cfg(tempo_data, ["data.decoder=nvdec"])
+    with caplog.at_level(logging.INFO):
+        train_mod.train(cfg, tmp_path / "run", device="cpu")
+    lost = [r for r in caplog.records if "decode process exited" in r.getMessage()]
+    assert len(lost) == 1 and "training goes on with the CPU decoding every clip" in lost[0].getMessage()
+    epoch = _last_epoch(tmp_path / "run")
+    assert epoch["decode"]["decode_process"] is False and epoch["decode"]["gpu_clips"] == 0
+    assert epoch["decode"]["cpu_clips"] > 0
 
 
 def test_stage_reads_a_failed_job_on_the_cpu_and_replaces_an_unreadable_one(videos, tmp_path):
@@ -147,53 +195,60 @@ def test_stage_reads_a_failed_job_on_the_cpu_and_replaces_an_unreadable_one(vide
     broken = job0._replace(data=np.zeros_like(job0.data))  # garbage packets: nothing comes out
     missing = jobs[1][1]._replace(path=str(tmp_path / "gone.mp4"), data=np.zeros_like(jobs[1][1].data))
     reported = []
-    ds = type("D", (), {"_report": lambda self, i, e: reported.append((i, str(e)))})()
-    stage = nvdec.DecodeStage(ds, nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream), CPU)
-    from tpn.data.datasets import Batch
-
+    process = nvdec.DecodeProcess(CPU, "pyav", threads=1)
+    stage = nvdec.DecodeStage(process, CPU, lambda i, e: reported.append((i, str(e))))
     n = 3
     batch = Batch(torch.zeros(n, 3, 8, 64, 64, dtype=torch.uint8), torch.arange(n), torch.arange(n),
                   torch.ones(n, dtype=torch.bool), None, [broken, missing, jobs[2][1]])
-    out = list(stage.epoch(iter([batch])))[0]
+    try:
+        out = list(stage.epoch(iter([batch])))[0]
+    finally:
+        stage.close()
     assert stage.fallbacks == 2 and len(reported) == 1 and "gone.mp4" in reported[0][1]
     assert out.clip[0].float().mean() > 0 and torch.equal(out.clip[1], out.clip[0])  # row 1 took row 0's clip
     assert out.label.tolist() == [0, 0, 2]
 
 
-def test_choosing_the_decoder(tempo_data, caplog):  # noqa: F811
+def test_choosing_the_decoder(tempo_data, caplog, monkeypatch):  # noqa: F811
     cfg = tiny_cfg(tempo_data)
-    ds = build_dataset(cfg.data, "train")
     with caplog.at_level(logging.INFO):
-        assert nvdec.build_stage(ds, "auto", CPU, 2) is None
+        assert decoding.plan_decoding(replace(cfg.data, decoder="auto"), CPU).share is None
     assert "decoder auto: pyav (NVDEC not usable: device cpu is not a CUDA GPU)" in caplog.text
     with pytest.raises(TpnError, match="^data.decoder nvdec: device cpu is not a CUDA GPU$"):
-        nvdec.build_stage(ds, "nvdec", CPU, 2)
-    m = nvdec.calibrate(ds, nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream), workers=2, clips=8)
-    assert 0 < m["share"] <= 1 and m["gpu_clips_per_s"] > 0 and m["predicted"]["hybrid"] >= m["predicted"]["pyav"]
-    stage = nvdec.build_stage(ds, "auto", CPU, 2, factory=nvdec.PyAVStream)
-    assert float(ds._gpu_share[0]) == 0  # measured once the loader's workers run: at the first epoch
-    assert list(stage.epoch(iter([]))) == [] and 0 < float(ds._gpu_share[0]) <= 1 and stage.measured["share"] > 0
-    timed = nvdec.build_stage(ds, "auto", CPU, 2, factory=nvdec.PyAVStream, trial=(2, 2, 4))
-    assert list(timed.epoch(iter([]))) == [] and isinstance(timed.trial, nvdec.Trial)
-    assert float(ds._gpu_share[0]) == 0 and [n for n, _ in timed.trial.candidates] == ["pyav", "hybrid"]
-    ds2 = build_dataset(replace(cfg.data, decoder="pyav"), "train")
-    assert nvdec.build_stage(ds2, "pyav", CPU, 2) is None and float(ds2._gpu_share[0]) == 0
+        decoding.plan_decoding(replace(cfg.data, decoder="nvdec"), CPU)
+    assert decoding.plan_decoding(replace(cfg.data, decoder="pyav"), CPU).share is None
+    monkeypatch.setenv("TPN_DECODER_STANDIN", "pyav")
+    setup = decoding.plan_decoding(replace(cfg.data, decoder="auto"), CPU)
+    assert isinstance(setup.decoder, Routed) and float(setup.share[0]) == 0  # measured at the first epoch
+    ds = build_dataset(cfg.data, "train", decoder=setup.decoder)
+    stage = decoding.build_stage(setup, ds, replace(cfg.data, decoder="auto"), CPU, workers=2, batch=4, in_flight=2)
+    try:
+        m = decoding.calibrate(ds, stage.process, workers=2, clips=8)
+        assert 0 < m["share"] <= 1 and m["gpu_clips_per_s"] > 0 and m["predicted"]["hybrid"] >= 0.99 * m["predicted"]["pyav"]
+        assert list(stage.epoch(iter([]))) == [] and stage.policy.measured["share"] > 0
+        trial = stage.policy.trial
+        assert isinstance(trial, decoding.Trial) and [n for n, _ in trial.candidates][0] == "pyav"
+        assert float(setup.share[0]) == 0  # the trial starts at share 0
+    finally:
+        stage.close()
 
 
 def test_stage_fills_every_row_of_a_batch_of_multi_clip_items(tempo_data):  # noqa: F811
-    """Through the loader (collate_clips: k clips an item, one job an item) and the stage, each row
-    holds the clip the CPU path makes for it."""
+    """Through the loader (collate_clips: k clips an item, one job an item) and the decode process,
+    each row holds the clip the CPU path makes for it."""
     from tpn.data.loader import build_loader
 
     cfg = tiny_cfg(tempo_data, ["data.clips_per_decode=2", "train.batch_size=4", "data.augment_on_device=true"])
-    ds = build_dataset(cfg.data, "train")
-    ds.set_gpu_share(1.0)
-    stage = nvdec.DecodeStage(ds, nvdec.DecoderPool(CPU, 2, nvdec.PyAVStream), CPU)
-    batch = next(stage.epoch(iter(build_loader(ds, 4, 0, persistent_workers=False))))
-    assert batch.job is None and batch.clip.shape[0] == 4 and stage.gpu_clips == 4
-    cpu = [ds._cpu_train_item(i, ds._rng(i)) for i in range(2)]
-    expected = torch.cat([c.clip for c in cpu])
-    assert torch.equal(batch.clip, expected)
+    cpu_ds = build_dataset(cfg.data, "train")
+    ds = build_dataset(cfg.data, "train", decoder=_routed(cpu_ds, 1.0))
+    stage = nvdec.DecodeStage(nvdec.DecodeProcess(CPU, "pyav", threads=2), CPU, ds.report)
+    try:
+        batch = next(stage.epoch(iter(build_loader(ds, 4, 0, persistent_workers=False))))
+    finally:
+        stage.close()
+    assert batch.job is None and batch.clip.shape[0] == 4 and stage.gpu_clips % 4 == 0 and stage.gpu_clips >= 4
+    cpu = [cpu_ds[i] for i in range(2)]
+    assert torch.equal(batch.clip, torch.cat([c.clip for c in cpu]))
     assert torch.equal(batch.label, torch.cat([c.label for c in cpu])) and torch.equal(batch.aug, torch.cat([c.aug for c in cpu]))
 
 
@@ -222,7 +277,7 @@ def test_bt709_videos_convert_with_the_matrix_pyav_uses(tmp_path):
     v = nvdec.demux(path)
     assert v.bt709 and not v.full_range
     wanted = np.arange(0, 30, 4)
-    job = nvdec.make_job(path, v, wanted, [(v.height, v.width)], [(0, 0, v.height, v.width)], 64, NO_AUG)
+    job = _job(path, v, wanted)
     rgb = nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream).decode([(0, job)])[0]
     ref = torch.from_numpy(read_video_frames(path, wanted)).permute(0, 3, 1, 2)
     assert torch.equal(rgb, ref)
@@ -231,35 +286,52 @@ def test_bt709_videos_convert_with_the_matrix_pyav_uses(tmp_path):
 def test_auto_keeps_the_share_that_trained_faster(tempo_data, caplog):  # noqa: F811
     """`Trial`: batches the step takes are timed at share 0 and at the measured share, the first `lag`
     after each switch skipped; the faster share is kept and logged."""
-    ds = build_dataset(tiny_cfg(tempo_data).data, "train")
+    share = share_value(0.5)
     now = [0.0]
     notes = []
-    trial = nvdec.Trial(ds, [("pyav", 0.0), ("hybrid", 0.3)], lag=3, window=4, batch=8,
-                        log_choice=lambda fmt, *a: notes.append(fmt % a), clock=lambda: now[0])
-    assert float(ds._gpu_share[0]) == 0
+    trial = decoding.Trial(share, [("pyav", 0.0), ("hybrid", 0.3)], lag=3, window=4, batch=8,
+                           log_choice=lambda fmt, *a: notes.append(fmt % a), clock=lambda: now[0], what="decoder auto")
+    assert float(share[0]) == 0
     for step_s in [9, 9, 9, 1, 1, 1, 1] + [9, 9, 9, 0.5, 0.5, 0.5, 0.5]:  # lag steps are not timed
         if trial.seen == 0 and trial.phase == 1:
-            assert float(ds._gpu_share[0]) == pytest.approx(0.3)
+            assert float(share[0]) == pytest.approx(0.3)
         now[0] += step_s
         trial.tick()
     assert trial.rates == {"pyav": 8.0, "hybrid": 16.0} and trial.done
-    assert float(ds._gpu_share[0]) == pytest.approx(0.3)
+    assert float(share[0]) == pytest.approx(0.3)
     assert notes == ["decoder auto: hybrid (measured in training: pyav 8.0, hybrid 16.0 clips/s; GPU share 0.30)"]
-    slow = nvdec.Trial(ds, [("pyav", 0.0), ("hybrid", 0.3)], lag=1, window=2, batch=8, log_choice=lambda *a: None,
-                       clock=lambda: now[0])
+    slow = decoding.Trial(share, [("pyav", 0.0), ("hybrid", 0.3)], lag=1, window=2, batch=8,
+                          log_choice=lambda *a: None, clock=lambda: now[0])
     for step_s in [1, 1, 1, 1, 5, 5]:
         now[0] += step_s
         slow.tick()
-    assert slow.done and float(ds._gpu_share[0]) == 0  # hybrid trained slower: back to pyav
+    assert slow.done and float(share[0]) == 0  # hybrid trained slower: back to pyav
 
 
-def test_the_stage_ticks_its_trial_once_per_batch_taken(tempo_data):  # noqa: F811
-    ds = build_dataset(tiny_cfg(tempo_data).data, "train")
-    ticks = []
-    stage = nvdec.DecodeStage(ds, nvdec.DecoderPool(CPU, 1, nvdec.PyAVStream), CPU,
-                              choose=lambda d, p: ({}, type("T", (), {"tick": lambda self: ticks.append(1)})()))
-    from tpn.data.datasets import Batch
-
+def test_the_stage_tells_its_policy_of_epochs_and_batches_taken():
+    events = []
+    policy = type("P", (), {"start_epoch": lambda self, stage: events.append("epoch"),
+                            "tick": lambda self: events.append("tick")})()
+    stage = nvdec.DecodeStage(None, CPU, lambda i, e: None, policy=policy)
     batches = [Batch(torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8), torch.zeros(2), torch.zeros(2),
                      torch.ones(2, dtype=torch.bool)) for _ in range(5)]
-    assert len(list(stage.epoch(iter(batches)))) == 5 and len(ticks) == 5
+    assert len(list(stage.epoch(iter(batches)))) == 5 and events == ["epoch"] + ["tick"] * 5
+
+
+def test_a_hybrid_share_is_re_timed_against_its_neighbours_each_epoch():
+    """After the first epoch's choice, each epoch starts a trial of the share and +-0.1 (rates drift)."""
+    share = share_value(0.4)
+    notes = []
+    policy = decoding.Policy(share, None, None, "hybrid", workers=2, batch=8, lag=1, given=False, window=2,
+                             log_choice=lambda fmt, *a: notes.append(fmt % a))
+    policy.measured = {"share": 0.4}  # the first epoch's calibration is done
+    stage = type("S", (), {"process": object()})()
+    policy.start_epoch(stage)
+    assert [v for _, v in policy.trial.candidates] == [0.3, 0.4, 0.5]
+    now = [0.0]
+    policy.trial.clock = lambda: now[0]
+    for step_s in [1, 2, 2] + [1, 1, 1] + [1, 3, 3]:  # share 0.4 trains fastest
+        now[0] += step_s
+        policy.tick()
+    assert policy.trial.done and float(share[0]) == pytest.approx(0.4)
+    assert "re-timed" in notes[-1] and "GPU share 0.40" in notes[-1]

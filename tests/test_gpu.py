@@ -96,8 +96,8 @@ def _nvdec_missing():
 @pytest.mark.skipif(bool(_nvdec_missing()), reason="needs NVDEC (PyNvVideoCodec)")
 def test_nvdec_stream_equals_pyav_stand_in():
     """Jobs of B-frame H.264 and open-GOP HEVC files streamed into NVDEC (4 threads, decoders reused
-    across videos) give the frames FFmpeg's decoder gives for the same packets: equal planes, so RGB
-    equal up to float rounding of the conversion on another processor."""
+    across videos) give the frames FFmpeg's decoder gives for the same packets, RGB byte for byte; and
+    the decode process (its own CUDA context) hands back clips equal to the CPU path's."""
     from tests.test_data_nvdec import _jobs
     from tpn.data import nvdec
     from tpn.data.synthetic import render, write_mp4
@@ -118,7 +118,14 @@ def test_nvdec_stream_equals_pyav_stand_in():
         torch.cuda.synchronize()
         for slot, job in jobs:
             assert isinstance(gpu[slot], torch.Tensor), gpu[slot]
-            assert (gpu[slot].cpu().int() - cpu[slot].int()).abs().max() <= 1, job.path
+            assert torch.equal(gpu[slot].cpu(), cpu[slot]), job.path
+        process = nvdec.DecodeProcess(torch.device("cuda"), "nvdec", 4)
+        try:
+            clips = process.decode(jobs)
+        finally:
+            process.close()
+        for slot, job in jobs:
+            assert clips[slot].is_cuda and torch.equal(clips[slot].cpu(), nvdec.clips_from_frames(cpu[slot], job))
 
 
 @pytest.mark.skipif(bool(_nvdec_missing()), reason="needs NVDEC (PyNvVideoCodec)")

@@ -188,6 +188,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
 
+    @property
+    def videos_per_batch(self) -> int:
+        """Videos in one training batch of `train.batch_size` clips: each gives
+        `data.clips_per_decode` clips (the load checks the batch holds whole videos). The one
+        place that turns clips into videos; samplers and loaders count videos."""
+        return self.train.batch_size // self.data.clips_per_decode
+
 
 # --------------------------------------------------------------------------- loading
 def available_configs() -> list[str]:

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,8 +41,10 @@ import torch
 from torch.utils.data import Dataset
 
 from tpn.config import DataConfig
-from tpn.data import sampling, transforms as T
-from tpn.data.video import VideoError, check_frame_size, count_rawframes, read_clip, read_rawframes
+from tpn.data import transforms as T
+from tpn.data.decoders import Decoder, Request, cpu_decoder
+from tpn.data.plan import ClipPlan, Planner
+from tpn.data.video import VideoError
 from tpn.errors import TpnError, read_text
 
 log = logging.getLogger("tpn.data")
@@ -172,12 +175,8 @@ def parse_line(line: str, fmt: str, names: dict[str, int] | None, where: str) ->
 
 
 def frames_needed(cfg: DataConfig, split: str) -> int:
-    """The fewest frames a video of `split` may have. Only training with `data.short_videos: skip`
-    asks for more than one: a clip's span (segments: one frame per segment); a shorter training
-    video is replaced. Val/test, and training with `loop`, wrap a short video's indices around."""
-    if split != "train" or cfg.short_videos == "loop":
-        return 1
-    return cfg.clip_len if cfg.sampling == "segments" else sampling.span(cfg.clip_len, cfg.frame_interval)
+    """The fewest frames a video of `split` may have (`tpn.data.plan.Planner.fewest_frames`)."""
+    return Planner(cfg, split).fewest_frames()
 
 
 def read_report(report_path: str | Path) -> list[dict]:
@@ -212,28 +211,23 @@ def flip_label_map(pairs) -> dict[int, int]:
 
 
 class VideoDataset(Dataset):
+    """The items of one split: each is planned (`tpn.data.plan.Planner`, seeded from (seed, epoch,
+    index, attempt)) and read by the dataset's decoder (`tpn.data.decoders`: PyAV or raw frames on
+    the CPU, or a router that hands a share of training items to GPU decoding as `PacketJob`s)."""
+
     def __init__(self, cfg: DataConfig, split: str, samples: list[tuple[str, int, int]],
-                 label_names: list[str] | None, report_path=None, seed: int = 0):
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {split!r}")
+                 label_names: list[str] | None, report_path=None, seed: int = 0, decoder: Decoder | None = None):
         self.cfg, self.split, self.seed = cfg, split, seed
-        self.root = Path(cfg.root)
-        self.rawframes = cfg.format == "mmaction_rawframes"
+        self.planner = Planner(cfg, split, flip_label_map(cfg.flip_label_pairs))
+        self.decoder = decoder or cpu_decoder(cfg)
+        root = Path(cfg.root)
         # (path under data.root, label, total frames or -1) per list entry
-        self.samples = [(str(self.root / p), label, n) for p, label, n in samples]
+        self.samples = [(str(root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
         self.report_path = report_path
         self._reported: set[str] = set()
-        if cfg.clips_per_decode < 1:
-            raise TpnError(f"data.clips_per_decode must be at least 1, got {cfg.clips_per_decode}")
-        self.segments = cfg.sampling == "segments"
-        self.flip_labels = flip_label_map(cfg.flip_label_pairs)
-        if self.segments and cfg.test_clips not in (1, 2):
-            raise AnnotationError(f"data.test_clips must be 1 or 2 with data.sampling segments (segment centres, "
-                                  f"then also segment starts), got {cfg.test_clips}")
         # Shared memory, so `set_epoch` in the main process reaches persistent workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._gpu_share = torch.zeros(1, dtype=torch.float64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -250,8 +244,8 @@ class VideoDataset(Dataset):
 
     @property
     def clips_per_item(self) -> int:
-        """Clips in one training item (`data.clips_per_decode`); 1 for val and test."""
-        return self.cfg.clips_per_decode if self.split == "train" else 1
+        """Clips in one item (`data.clips_per_decode` in training; 1 for val and test)."""
+        return self.planner.clips_per_item
 
     @property
     def epoch(self) -> int:
@@ -263,47 +257,23 @@ class VideoDataset(Dataset):
         self._epoch[0] = epoch
 
     # -- reading -----------------------------------------------------------------
-    def _read(self, index: int, picker) -> torch.Tensor:
-        """(3, len(indices), H, W) uint8 for the indices `picker(num_frames)` chooses."""
-        path, _, total = self.samples[index]
-        if self.rawframes:
-            n = total if total > 0 else count_rawframes(path, self.cfg.filename_tmpl)
-            if n < 1:
-                raise VideoError(f"{path}: no frames")
-            frames = read_rawframes(path, np.asarray(picker(n)).reshape(-1), self.cfg.filename_tmpl)
-            check_frame_size(path, frames.shape[2], frames.shape[1], self.cfg.max_frame_pixels, self.cfg.short_side)
-        else:
-            frames, _ = read_clip(path, picker, max_pixels=self.cfg.max_frame_pixels, short_side=self.cfg.short_side)
-        return T.to_clip(frames)
+    def request(self, index: int, attempt: int = 0, rng: np.random.Generator | None = None) -> Request:
+        """What a decoder needs to read item `index` (its plan drawn from `rng`, by default the
+        item's own generator)."""
+        path, label, total = self.samples[index]
+        if rng is None and self.split == "train":
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+        draft = partial(self.planner.draft, index, path, label, rng=rng)
+        return Request(path, f"{self.seed}:{self.epoch}:{index}", lambda n: draft(n), total)
 
-    def _train_pick(self, index: int, n: int, rng: np.random.Generator) -> np.ndarray:
-        c = self.cfg
-        need = frames_needed(c, "train")
-        if n < need:
-            raise VideoError(f"{self.samples[index][0]}: too short: {n} frames, one clip spans "
-                             f"{need} (data.short_videos=loop keeps it)")
-        if self.segments:
-            return sampling.segment_train_indices(n, c.clip_len, rng)
-        return sampling.train_indices(n, c.clip_len, c.frame_interval, rng)
+    def read(self, index: int, attempt: int = 0, decoder: Decoder | None = None, rng=None):
+        """(plan, views or a `PacketJob`) of item `index`; an unreadable video raises `VideoError`."""
+        return (decoder or self.decoder).read(self.request(index, attempt, rng))
 
-    def _val_pick(self, n: int) -> np.ndarray:
-        c = self.cfg
-        if self.segments:
-            return sampling.segment_test_indices(n, c.clip_len, 1)[0]
-        return sampling.val_indices(n, c.clip_len, c.frame_interval)
-
-    def _test_pick(self, n: int) -> np.ndarray:
-        c = self.cfg
-        if self.segments:
-            return sampling.segment_test_indices(n, c.clip_len, c.test_clips)
-        return sampling.test_indices(n, c.clip_len, c.frame_interval, c.test_clips)
-
-    def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index, attempt])
-
-    def _report(self, index: int, err: Exception) -> None:
+    def report(self, index: int, err: Exception) -> None:
+        """Log and record (`report_path`) an unreadable video, once per process."""
         path = self.samples[index][0]
-        if path in self._reported:  # once per process: a long run meets a broken video every epoch
+        if path in self._reported:  # a long run meets a broken video every epoch
             return
         self._reported.add(path)
         what = "replaced by another sample" if self.split == "train" else "scored as missing"
@@ -312,14 +282,12 @@ class VideoDataset(Dataset):
 
     # -- items -------------------------------------------------------------------
     def __getitem__(self, index: int):
-        c = self.cfg
         if self.split == "train":
             for attempt in range(REPLACEMENTS):
-                rng = self._rng(index, attempt)
                 try:
-                    return self._train_item(index, rng)
+                    return self.train_item(*self.read(index, attempt))
                 except VideoError as e:
-                    self._report(index, e)
+                    self.report(index, e)
                     # a deterministic replacement: same choice for the same (index, attempt)
                     index = zlib.crc32(f"{index}:{attempt}".encode()) % len(self.samples)
             raise NoReadableVideo(f"{REPLACEMENTS} unreadable videos in a row (last {self.samples[index][0]}); "
@@ -328,7 +296,8 @@ class VideoDataset(Dataset):
         try:
             return Batch(self.eval_clip(index), label, index, True)
         except VideoError as e:
-            self._report(index, e)
+            self.report(index, e)
+            c = self.cfg
             if self.split == "val":
                 shape = (3, c.clip_len, c.crop_size, c.crop_size)
             else:
@@ -337,114 +306,30 @@ class VideoDataset(Dataset):
 
     def eval_clip(self, index: int) -> torch.Tensor:
         """The val clip or the test views of video `index`; an unreadable video raises `VideoError`."""
-        if self.split == "val":
-            return self._val_transform(self._read(index, self._val_pick))
-        return self._test_transform(self._read(index, self._test_pick))
+        _, views = self.read(index)
+        return views[0] if self.split == "val" else views
 
-    def _train_item(self, index: int, rng: np.random.Generator) -> Batch:
-        """`clips_per_item` clips of one video: their starts drawn independently (each as in
-        mmaction2), their frames decoded in one pass, each with its own crop/flip/jitter draw.
-        A flipped clip of a left/right class takes its twin's label (data.flip_label_pairs)."""
-        if self._on_gpu(index):
-            job = self._gpu_job(index, rng)
-            if job is not None:
-                return job
-        return self._cpu_train_item(index, rng)
-
-    def _cpu_train_item(self, index: int, rng: np.random.Generator) -> Batch:
-        k = self.clips_per_item
-        clips = self._read(index, lambda n: np.stack([self._train_pick(index, n, rng) for _ in range(k)]))
-        t = clips.shape[1] // k  # frames per clip (segments: num_clips x clip_len)
-        parts = [self._train_transform(clips[:, j * t:(j + 1) * t], rng) for j in range(k)]
-        return self._train_batch(index, [clip for clip, _ in parts], [aug for _, aug in parts])
-
-    def _train_batch(self, index: int, clips: list[torch.Tensor], augs: list[torch.Tensor], job=None) -> Batch:
-        """A training item of the k clips of video `index` with their flip/jitter draws (a flipped
-        clip of a left/right class takes its twin's label); k = 1 is a plain item."""
-        label = self.samples[index][1]
-        labels = [self.flip_labels.get(label, label) if aug[0] > 0 else label for aug in augs]
-        on_device, k = self.cfg.augment_on_device, len(clips)
+    def train_item(self, plan: ClipPlan, out) -> Batch:
+        """A training item of a plan's k clips: `out` is their views, or a `PacketJob` the GPU
+        decodes (zeros in `clip` until then). Flip/jitter is applied here unless
+        `data.augment_on_device` leaves it to the device (or the GPU decoding stage)."""
+        c, k = self.cfg, plan.views
+        aug = torch.from_numpy(plan.aug)
+        job = None
+        if isinstance(out, torch.Tensor):
+            clips = out if c.augment_on_device else T.apply_augment(out, aug)
+        else:
+            job = out
+            clips = T.frames_last(torch.zeros((k, 3, plan.frames.shape[1], plan.out, plan.out), dtype=torch.uint8))
+        on_device = aug if c.augment_on_device else None
         if k == 1:
-            return Batch(clips[0], labels[0], index, True, augs[0] if on_device else None, job)
-        return Batch(T.stack_frames_last(clips), torch.tensor(labels, dtype=torch.int64),
-                     torch.full((k,), index, dtype=torch.int64), torch.ones(k, dtype=torch.bool),
-                     torch.stack(augs) if on_device else None, job)
-
-    def _train_transform(self, clip: torch.Tensor, rng: np.random.Generator):
-        """(clip, flip/jitter draw): applied to the clip, or with data.augment_on_device left for the device."""
-        c = self.cfg
-        clip = T.apply_geometry(clip, self._draw_geometry(clip.shape[-2], clip.shape[-1], rng), c.crop_size)
-        aug = T.draw_augment(rng, c.flip, c.color_jitter)
-        if c.augment_on_device:  # flip and jitter are applied by the engine on the device
-            return T.frames_last(clip), aug
-        return T.frames_last(T.apply_augment(clip[None], aug[None])[0]), aug
-
-    def _draw_geometry(self, h: int, w: int, rng: np.random.Generator):
-        c = self.cfg
-        return T.draw_train_geometry(h, w, c.train_crop, c.crop_size, c.short_side, rng)
-
-    # -- GPU decoding (data.decoder nvdec / hybrid: tpn.data.nvdec) ---------------
-    @property
-    def gpu_share(self) -> float:
-        """Share of training items whose frames the GPU decodes (0: none, 1: all it can take)."""
-        return float(self._gpu_share[0])
-
-    def set_gpu_share(self, share: float) -> None:
-        self._gpu_share[0] = float(share)
-
-    def _on_gpu(self, index: int) -> bool:
-        share = self.gpu_share
-        if share <= 0 or self.rawframes:
-            return False
-        draw = zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()) / 2**32
-        return draw < share
-
-    def _gpu_job(self, index: int, rng: np.random.Generator) -> Batch | None:
-        """The item as a `ClipJob` for the GPU (zeros in `clip`, filled on the device), with the
-        random draws of the CPU path in its order; None when the GPU path does not take this
-        video (the caller decodes it here, from the same `rng` state)."""
-        from tpn.data import nvdec
-
-        path = self.samples[index][0]
-        state = rng.bit_generator.state
-        video = nvdec.demux(path)
-        if video is None:
-            return None
-        check_frame_size(path, video.width, video.height, self.cfg.max_frame_pixels, self.cfg.short_side)
-        c, k = self.cfg, self.clips_per_item
-        n = len(video.index)
-        try:
-            wanted = np.stack([self._train_pick(index, n, rng) for _ in range(k)])
-        except VideoError:
-            rng.bit_generator.state = state  # the CPU path raises the same, from the same draws
-            return None
-        geometry, augs = [], []
-        for _ in range(k):  # per clip its crop, then its flip/jitter: the CPU path's order of draws
-            geometry.append(self._draw_geometry(video.height, video.width, rng))
-            augs.append(T.draw_augment(rng, c.flip, c.color_jitter))
-        job = nvdec.make_job(path, video, wanted, [g[0] for g in geometry], [g[1] for g in geometry],
-                             c.crop_size, torch.stack(augs))
-        zeros = T.frames_last(torch.zeros((3, wanted.shape[1], c.crop_size, c.crop_size), dtype=torch.uint8))
-        return self._train_batch(index, [zeros] * k, augs, job)
-
-    def _val_transform(self, clip: torch.Tensor) -> torch.Tensor:
-        return T.frames_last(T.center_crop(T.resize_short_side(clip, self.cfg.short_side), self.cfg.crop_size))
-
-    def _test_transform(self, clip: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        clip = T.resize_short_side(clip, c.short_side)
-        views = []
-        for k in range(c.test_clips):  # clip-major: view v = clip v // crops, crop v % crops
-            part = clip[:, k * c.clip_len:(k + 1) * c.clip_len]
-            if c.test_crops == 3:
-                crops = T.three_crop(part, c.test_crop_size)
-            else:
-                crops = [T.center_crop(part, c.test_crop_size)]
-            views += crops
-        return T.stack_frames_last(views)  # row copies of the decoded frames
+            return Batch(clips[0], int(plan.labels[0]), plan.index, True, None if on_device is None else aug[0], job)
+        return Batch(clips, torch.from_numpy(plan.labels), torch.full((k,), plan.index, dtype=torch.int64),
+                     torch.ones(k, dtype=torch.bool), on_device, job)
 
 
-def build_dataset(data_cfg: DataConfig, split: str, report_path=None, seed: int = 0) -> VideoDataset:
+def build_dataset(data_cfg: DataConfig, split: str, report_path=None, seed: int = 0,
+                  decoder: Decoder | None = None) -> VideoDataset:
     list_file = {"train": data_cfg.train_list, "val": data_cfg.val_list, "test": data_cfg.test_list}[split]
     if not list_file:
         raise AnnotationError(f"data.{split}_list is not set in the config")
@@ -452,4 +337,4 @@ def build_dataset(data_cfg: DataConfig, split: str, report_path=None, seed: int 
     samples = read_annotations(list_file, data_cfg.format, names)
     if not samples:
         raise AnnotationError(f"{list_file}: no samples")
-    return VideoDataset(data_cfg, split, samples, names, report_path, seed)
+    return VideoDataset(data_cfg, split, samples, names, report_path, seed, decoder)

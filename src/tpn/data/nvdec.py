@@ -34,13 +34,11 @@ included, on CPUs with it.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from functools import partial
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -48,7 +46,9 @@ import torch
 
 from tpn.data.nal import nonref_test
 from tpn.data.pixels import nv12_to_rgb24, resize_linear_u8
-from tpn.data.video import VideoError, _why
+from tpn.data.plan import ClipPlan
+from tpn.data.transforms import apply_augment
+from tpn.data.video import VideoError, _why, check_frame_size
 
 log = logging.getLogger("tpn.data")
 
@@ -148,7 +148,7 @@ def demux(path) -> Packets | None:
                    np.asarray(nonref, bool), index)
 
 
-def plan(video: Packets, wanted) -> list[int]:
+def packets_for(video: Packets, wanted) -> list[int]:
     """Decode-order positions of the packets to send for the frames `wanted`."""
     want = set(int(w) for w in np.asarray(wanted).reshape(-1))
     first = min(want)
@@ -181,16 +181,35 @@ class ClipJob(NamedTuple):
     aug: torch.Tensor    # float32 (k, 7): the flip/jitter draws (`transforms.draw_augment`)
 
 
-def make_job(path: str, video: Packets, wanted: np.ndarray, resize, box, out: int, aug: torch.Tensor) -> ClipJob:
-    order = plan(video, wanted)
+def make_job(plan: ClipPlan, video: Packets) -> ClipJob:
+    """The packets and geometry NVDEC needs for `plan`'s views (its frames, resize, box, draws)."""
+    order = packets_for(video, plan.frames)
     parts = [video.data[i] for i in order]
     parts[-1] = parts[-1] + END_OF_SEQUENCE[video.codec]
     offsets = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=offsets[1:])
-    return ClipJob(str(path), video.codec, video.width, video.height, video.bt709, video.full_range,
+    aug = torch.from_numpy(plan.aug) if plan.aug is not None else torch.zeros((plan.views, 7))
+    return ClipJob(plan.source, video.codec, video.width, video.height, video.bt709, video.full_range,
                    np.frombuffer(b"".join(parts), np.uint8), offsets, video.index[order].astype(np.int64),
-                   np.asarray(wanted, np.int64).reshape(-1), np.asarray(resize, np.int64).reshape(-1, 2),
-                   np.asarray(box, np.int64).reshape(-1, 4), int(out), aug.reshape(-1, 7))
+                   plan.frames.reshape(-1), plan.resize, plan.box, int(plan.out), aug.reshape(-1, 7))
+
+
+class PacketReader:
+    """The loader worker's half of GPU decoding, a `tpn.data.decoders.Decoder`: demuxes the video,
+    plans the item on the frame count and size in its header, and returns (plan, `ClipJob`); None
+    for a video NVDEC is not given (the CPU decoder reads it, from the same untouched draws)."""
+    name = "nvdec"
+
+    def __init__(self, max_pixels: int, short_side: int | None = None):
+        self.max_pixels, self.short_side = max_pixels, short_side
+
+    def read(self, request) -> tuple[ClipPlan, ClipJob] | None:
+        video = demux(request.source)
+        if video is None:
+            return None
+        check_frame_size(request.source, video.width, video.height, self.max_pixels, self.short_side)
+        plan = request.draft(len(video.index)).place(video.height, video.width)
+        return plan, make_job(plan, video)
 
 
 # ------------------------------------------------------------------ GPU side (main process)
@@ -373,79 +392,133 @@ class DecoderPool:
         self.pool.shutdown(wait=True)
 
 
+# ------------------------------------------------------------------ the decode process
+STREAMS = {"nvdec": NvdecStream, "pyav": PyAVStream}
+
+
+def _decode_main(device: str, stream: str, threads: int, requests, results) -> None:
+    """The decode process: `threads` decoder threads with long-lived decoders on `device`. Each
+    request (seq, [(slot, job)], augment) comes back as (seq, slots, clips, {slot: error}): clips
+    uint8 (len(slots), k, 3, T, out, out) on the device, one row per decoded slot, in `slots` order."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    torch.set_num_threads(1)
+    pool = DecoderPool(dev, threads, STREAMS[stream])
+    while (req := requests.get()) is not None:
+        seq, jobs, augment = req
+        try:
+            frames = pool.decode(jobs)
+            slots, clips, bad = [], [], {}
+            for slot, job in jobs:
+                if isinstance(frames[slot], Exception):
+                    bad[slot] = str(frames[slot])
+                    continue
+                x = clips_from_frames(frames[slot], job)
+                slots.append(slot), clips.append(apply_augment(x, job.aug) if augment else x)
+            results.put((seq, slots, torch.stack(clips) if clips else None, bad))
+        except Exception as e:  # noqa: BLE001 (the whole request fails; the stage reads it on the CPU)
+            results.put((seq, [], None, {slot: f"GPU decoding failed ({_why(e)})" for slot, _ in jobs}))
+    pool.close()
+
+
+class DecoderLost(RuntimeError):
+    pass
+
+
+class DecodeProcess:
+    """The trainer's handle on its decode process (spawned: its own interpreter and CUDA context,
+    one per training process, so under torchrun each rank decodes on its own GPU). Finished clips
+    come back on the same GPU through CUDA IPC (torch.multiprocessing): no host round trip."""
+
+    def __init__(self, device: torch.device, stream: str = "nvdec", threads: int = 4):
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.requests, self.results = ctx.Queue(), ctx.Queue()
+        self.requests.cancel_join_thread()  # a dead process reads nothing: exiting must not wait on the pipe
+        self.proc = ctx.Process(target=_decode_main, name="tpn-decode", daemon=True,
+                                args=(str(device), stream, threads, self.requests, self.results))
+        self.proc.start()
+        self.device, self.threads, self.seq = device, threads, 0
+
+    def submit(self, jobs: list[tuple[int, ClipJob]], augment: bool = False) -> int:
+        self.seq += 1
+        self.requests.put((self.seq, jobs, augment))
+        return self.seq
+
+    def result(self, seq: int):
+        """(slots, clips or None, {slot: error}) of request `seq` (requests finish in order);
+        `DecoderLost` when the process is gone."""
+        while True:
+            try:
+                got, slots, clips, bad = self.results.get(timeout=0.5)
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    raise DecoderLost(f"the GPU decode process exited (exit code {self.proc.exitcode})") from None
+                continue
+            if got == seq:
+                return slots, clips, bad
+
+    def decode(self, jobs: list[tuple[int, ClipJob]]) -> dict:
+        """{slot: clips or an error text} for `jobs`, waiting for them (calibration, tests)."""
+        slots, clips, bad = self.result(self.submit(jobs))
+        return {**bad, **{s: clips[i] for i, s in enumerate(slots)}}
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.requests.put(None)
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.requests.close()
+        self.results.close()
+
+
 # ------------------------------------------------------------------ the stage between loader and step
-class Trial:
-    """`auto` in training: the batches the step takes are timed at each candidate GPU share in turn
-    (`lag` batches skipped after each switch: those already made at the old share, in the loader's
-    queues), `window` batches each; then the share of the faster is kept and logged. `tick()` is
-    called each time the training loop asks for a batch; `clock` is a time function."""
-
-    def __init__(self, dataset, candidates: list[tuple[str, float]], lag: int, window: int, batch: int,
-                 log_choice=log.info, clock=time.perf_counter):
-        self.dataset, self.candidates, self.lag, self.window, self.batch = dataset, candidates, lag, window, batch
-        self.log_choice, self.clock = log_choice, clock
-        self.rates: dict[str, float] = {}
-        self.phase, self.seen, self.t0 = 0, 0, None
-        dataset.set_gpu_share(candidates[0][1])
-
-    @property
-    def done(self) -> bool:
-        return self.phase >= len(self.candidates)
-
-    def tick(self) -> None:
-        if self.done:
-            return
-        self.seen += 1
-        if self.seen == self.lag:
-            self.t0 = self.clock()
-        elif self.seen == self.lag + self.window:
-            name, _ = self.candidates[self.phase]
-            self.rates[name] = round(self.window * self.batch / max(self.clock() - self.t0, 1e-9), 1)
-            self.phase, self.seen = self.phase + 1, 0
-            if self.phase < len(self.candidates):
-                self.dataset.set_gpu_share(self.candidates[self.phase][1])
-            else:
-                self._decide()
-
-    def _decide(self) -> None:
-        best = max(self.candidates, key=lambda c: self.rates[c[0]])
-        self.dataset.set_gpu_share(best[1])
-        self.log_choice("decoder auto: %s (measured in training: %s clips/s; GPU share %.2f)", best[0],
-                        ", ".join(f"{n} {self.rates[n]}" for n, _ in self.candidates), best[1])
-
-
 class DecodeStage:
-    """Wraps a training loader: a background thread takes each batch, moves its clips to `device`,
-    decodes its `ClipJob`s there (`DecoderPool`) and writes them into their rows, `depth` batches
-    ahead of the training step. A clip the GPU does not deliver is read with PyAV here; a video
-    that cannot be read at all is reported (`dataset._report`) and its rows take another item's.
-    Iterate `stage.epoch(iter(loader))` once per epoch; `close()` at the end."""
+    """Wraps a training loader: a background thread moves each batch's clips to `device`, sends its
+    `ClipJob`s to the decode process (`depth` batches in flight), and writes the clips that come
+    back into their rows, ahead of the training step. A clip the GPU does not deliver is read with
+    PyAV here; a video that cannot be read at all is reported (`report(index, error)`) and its rows
+    take another item's. If the decode process dies, one line says so, `on_lost()` is called (the
+    engine stops sending items to it) and what was in flight is read on the CPU.
+    Iterate `stage.epoch(iter(loader))` once per epoch; `close()` at the end. `policy`, when
+    given, is told when an epoch starts (`start_epoch(stage)`) and each time the step takes a
+    batch (`tick()`)."""
 
-    def __init__(self, dataset, pool: DecoderPool, device: torch.device, depth: int = 2, choose=None):
-        self.dataset, self.pool, self.device, self.depth = dataset, pool, device, depth
-        # choose(dataset, pool) -> (measurements, Trial or None): the GPU share, at the first epoch
-        self.choose, self.measured, self.trial = choose, None, None
+    def __init__(self, process: DecodeProcess, device: torch.device, report, depth: int = 2,
+                 on_lost=lambda: None, policy=None):
+        self.process, self.device, self.report, self.depth = process, device, report, depth
+        self.on_lost, self.policy = on_lost, policy
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.clips = self.gpu_clips = self.fallbacks = 0
-        self.decode_s = 0.0
+        self.wait_s = 0.0
 
     def epoch(self, batches):
-        if self.choose is not None:  # the loader's workers exist by now (iter(loader) started them)
-            (self.measured, self.trial), self.choose = self.choose(self.dataset, self.pool), None
+        if self.policy is not None:  # the loader's workers exist by now (iter(loader) started them)
+            self.policy.start_epoch(self)
         q: queue.Queue = queue.Queue(self.depth)
         stop = threading.Event()
 
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce():
             try:
+                pending = []
                 for batch in batches:
-                    item = self._finish(batch)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    pending.append(self._send(batch))
+                    if len(pending) > self.depth and not put(self._finish(*pending.pop(0))):
+                        return
+                for p in pending:
+                    if not put(self._finish(*p)):
                         return
                 q.put(StopIteration())
             except BaseException as e:  # noqa: BLE001 (handed to the consumer, raised there)
@@ -465,50 +538,60 @@ class DecodeStage:
                     torch.cuda.current_stream(self.device).wait_event(event)
                     batch.clip.record_stream(torch.cuda.current_stream(self.device))
                 yield batch
-                if self.trial is not None:  # the step is done with the batch: the loop asks for the next
-                    self.trial.tick()
+                if self.policy is not None:  # the step is done with the batch: the loop asks for the next
+                    self.policy.tick()
         finally:
             stop.set()
 
-    def _finish(self, batch):
-        """(batch with every clip on the device, the event that marks them ready or None)."""
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
-        with ctx:
+    def _ctx(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+
+    def _send(self, batch):
+        """(batch, its clips on the device, the request of its jobs or None)."""
+        with self._ctx():
             x = batch.clip.to(self.device, non_blocking=True)
-            if batch.job is not None:
-                t0 = time.perf_counter()
-                self._fill(batch, x)
-                self.decode_s += time.perf_counter() - t0
+        jobs = [(i, job) for i, job in enumerate(batch.job or ()) if job is not None]
+        seq = None
+        if jobs and self.process is not None:
+            seq = self.process.submit(jobs, augment=batch.aug is None)
+        return batch, x, jobs, seq
+
+    def _finish(self, batch, x: torch.Tensor, jobs, seq):
+        """(batch with every clip on the device, the event that marks them ready or None)."""
+        t0 = time.perf_counter()
+        with self._ctx():
+            k = x.shape[0] // len(batch.job) if batch.job else 1  # clips per item (data.clips_per_decode)
+            slots, clips, bad = self._collect(jobs, seq)
+            for n, i in enumerate(slots):
+                x[i * k:(i + 1) * k] = clips[n]
+            failed = [i for i, job in jobs if i in bad]
+            unreadable = [i for i in failed if not self._read_on_cpu(dict(jobs)[i], batch, x, k, i)]
+            if unreadable:
+                self._replace(batch, x, unreadable, k)
+            self.gpu_clips += len(slots) * k
             self.clips += x.shape[0]
             event = None
             if self.stream is not None:
                 event = torch.cuda.Event()
                 event.record(self.stream)
+        self.wait_s += time.perf_counter() - t0
         return batch._replace(clip=x, job=None), event
 
-    def _fill(self, batch, x: torch.Tensor) -> None:
-        jobs = [(i, job) for i, job in enumerate(batch.job) if job is not None]
-        k = x.shape[0] // len(batch.job)  # clips per item (data.clips_per_decode)
-        frames = self.pool.decode(jobs)
-        bad = []
-        for i, job in jobs:
-            rgb = frames[i]
-            if isinstance(rgb, Exception):
-                rgb = self._read_on_cpu(job, batch.index[i * k])
-                if rgb is None:
-                    bad.append(i)
-                    continue
-            clips = clips_from_frames(rgb, job)
-            if batch.aug is None:  # without data.augment_on_device the GPU path applies flip/jitter here
-                from tpn.data.transforms import apply_augment
+    def _collect(self, jobs, seq):
+        if seq is None or self.process is None:
+            return [], None, {i: "not decoded on the GPU" for i, _ in jobs}
+        try:
+            return self.process.result(seq)
+        except DecoderLost as e:
+            log.warning("%s; training goes on with the CPU decoding every clip", e)
+            self.process.close()
+            self.process = None
+            self.on_lost()
+            return [], None, {i: str(e) for i, _ in jobs}
 
-                clips = apply_augment(clips, job.aug)
-            x[i * k:(i + 1) * k] = clips
-            self.gpu_clips += k
-        if bad:
-            self._replace(batch, x, bad, k)
-
-    def _read_on_cpu(self, job: ClipJob, index) -> torch.Tensor | None:
+    def _read_on_cpu(self, job: ClipJob, batch, x: torch.Tensor, k: int, i: int) -> bool:
+        """The job's clips read with PyAV (then the same GPU arithmetic) into rows i*k...; False
+        when the video cannot be read (reported)."""
         from tpn.data.video import VideoReader
 
         self.fallbacks += 1
@@ -516,9 +599,11 @@ class DecodeStage:
             with VideoReader(job.path) as reader:
                 frames = reader.get_frames(job.wanted)
         except VideoError as e:
-            self.dataset._report(int(index), e)
-            return None
-        return torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2)
+            self.report(int(batch.index[i * k]), e)
+            return False
+        clips = clips_from_frames(torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2), job)
+        x[i * k:(i + 1) * k] = apply_augment(clips, job.aug) if batch.aug is None else clips
+        return True
 
     @staticmethod
     def _replace(batch, x: torch.Tensor, bad: list[int], k: int) -> None:
@@ -536,103 +621,8 @@ class DecodeStage:
 
     def stats(self) -> dict:
         return dict(gpu_clips=self.gpu_clips, cpu_clips=self.clips - self.gpu_clips, fallbacks=self.fallbacks,
-                    gpu_decode_s=round(self.decode_s, 2), gpu_share=round(self.dataset.gpu_share, 3))
+                    stage_wait_s=round(self.wait_s, 2), decode_process=self.process is not None)
 
     def close(self) -> None:
-        self.pool.close()
-
-
-# ------------------------------------------------------------------ choosing the path
-def _rate(fn, n: int) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return n / max(time.perf_counter() - t0, 1e-9)
-
-
-def calibrate(dataset, pool: DecoderPool, workers: int, clips: int = 32, seed: int = 12345) -> dict:
-    """Measured here, on this run's own videos: NVDEC clips/s (the pool, a batch of `clips` jobs,
-    after one to warm the decoders up), one CPU process's clips/s decoding with PyAV and making
-    jobs; the share of items to put on the GPU so both sides finish together, and the predicted
-    clips/s of each path (`workers` loader processes)."""
-    n = len(dataset)
-    picks = np.random.default_rng(seed).choice(n, size=min(clips, n), replace=n < clips)
-    rng = lambda i: np.random.default_rng([seed, int(i)])  # noqa: E731
-    t0 = time.perf_counter()
-    items = [dataset._gpu_job(int(i), rng(i)) for i in picks]
-    jobs = [(s, b.job) for s, b in enumerate(items) if b is not None]
-    job_s = (time.perf_counter() - t0) / len(picks)
-    if not jobs:
-        return dict(gpu_clips_per_s=0.0, share=0.0, reason="no video of this list goes to NVDEC")
-    pool.decode(jobs)  # decoders created, kernels compiled
-    if pool.device.type == "cuda":
-        torch.cuda.synchronize(pool.device)
-    gpu = _rate(lambda: (pool.decode(jobs), torch.cuda.synchronize(pool.device) if pool.device.type == "cuda"
-                         else None), len(jobs))
-    few = picks[:max(2, len(picks) // 8)]
-    cpu_s = 1 / _rate(lambda: [dataset._cpu_train_item(int(i), rng(i)) for i in few], len(few))
-    # per clip: CPU seconds to decode (c) or to make a job (d); W workers, NVDEC at `gpu`
-    c, d, w = cpu_s, job_s, max(1, workers)
-    share = min(1.0, gpu * c / (w + gpu * (c - d)))
-    return dict(gpu_clips_per_s=round(gpu, 1), cpu_clips_per_s_per_process=round(1 / c, 1),
-                job_ms=round(d * 1000, 2), workers=w, share=round(share, 3),
-                predicted=dict(pyav=round(w / c, 1), nvdec=round(min(gpu, w / d), 1),
-                               hybrid=round(gpu / share if share > 0 else w / c, 1)))
-
-
-def build_stage(dataset, decoder: str, device: torch.device, workers: int, threads: int = 4,
-                share: float | None = None, log_choice=log.info, factory=None,
-                trial: tuple[int, int, int] | None = None) -> DecodeStage | None:
-    """The GPU decoding stage for `data.decoder` (None: the loader's CPU workers decode everything),
-    with `dataset`'s share of GPU items set; the choice and its measurements are logged.
-    `nvdec`/`hybrid` without a usable NVDEC is an error; `auto` then falls back to PyAV. `trial`
-    (lag, window, batch): `auto` decides by timing training itself (`Trial`), not by prediction."""
-    from tpn.errors import TpnError
-
-    if decoder == "pyav" or dataset.rawframes:
-        dataset.set_gpu_share(0)
-        return None
-    if factory is None and os.environ.get("TPN_DECODER_STANDIN") == "pyav":
-        factory = PyAVStream  # FFmpeg fed the same packets on the CPU: the GPU path's logic without a GPU
-    why = nvdec_available(device) if factory is None else None  # another factory: the tests' CPU stand-in
-    factory = factory or NvdecStream
-    if why is not None:
-        if decoder != "auto":
-            raise TpnError(f"data.decoder {decoder}: {why}")
-        log_choice("decoder auto: pyav (NVDEC not usable: %s)", why)
-        dataset.set_gpu_share(0)
-        return None
-    pool = DecoderPool(device, threads, factory)
-    if decoder == "nvdec" or (decoder == "hybrid" and share is not None):
-        dataset.set_gpu_share(1.0 if decoder == "nvdec" else share)
-        log_choice("decoder %s: %.0f%% of training items decoded on %s (%d decoder threads)", decoder,
-                   100 * dataset.gpu_share, device, pool.threads)
-        return DecodeStage(dataset, pool, device)
-    # measured once the loader's workers run: a worker forked after the decoder threads started
-    # (and NVDEC sessions opened) can crash; until then the workers decode everything
-    dataset.set_gpu_share(0)
-    return DecodeStage(dataset, pool, device, choose=partial(choose, decoder=decoder, workers=workers,
-                                                             log_choice=log_choice, trial=trial))
-
-
-def choose(dataset, pool: DecoderPool, decoder: str, workers: int, log_choice=log.info,
-           trial: tuple[int, int, int] | None = None) -> tuple[dict, Trial | None]:
-    """`calibrate`, then set `dataset`'s GPU share for `decoder` (hybrid: the balanced share; auto:
-    the fastest predicted path, or with `trial` = (lag, window, batch) a `Trial` in training between
-    pyav and that path) and log the choice with what was measured."""
-    m = calibrate(dataset, pool, workers)
-    best = "hybrid" if decoder == "hybrid" else max(m.get("predicted", {"pyav": 1}).items(), key=lambda kv: kv[1])[0]
-    if decoder == "auto" and trial is not None and m["share"] > 0:
-        other, share = ("nvdec", 1.0) if best == "nvdec" else ("hybrid", m["share"])
-        log_choice("decoder auto: timing training at GPU share 0 (pyav) and %.2f (%s); measured alone: %s",
-                   share, other, m)
-        return m, Trial(dataset, [("pyav", 0.0), (other, share)], *trial, log_choice=log_choice)
-    if best == "pyav" or m["share"] <= 0:
-        dataset.set_gpu_share(0)
-        log_choice("decoder %s: pyav (measured here: %s)", decoder, m)
-        return m, None
-    dataset.set_gpu_share(1.0 if best == "nvdec" else m["share"])
-    log_choice("decoder %s: %s, %.0f%% of training items on NVDEC (measured here: NVDEC %.0f clips/s with %d "
-               "threads, PyAV %.1f clips/s per worker x %d workers; predicted clips/s %s)", decoder, best,
-               100 * dataset.gpu_share, m["gpu_clips_per_s"], pool.threads,
-               m["cpu_clips_per_s_per_process"], m["workers"], m["predicted"])
-    return m, None
+        if self.process is not None:
+            self.process.close()

@@ -96,19 +96,39 @@ def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
     return crop(clip, (h - size) // 2, (w - size) // 2, size, size)
 
 
-def three_crop(clip: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Three size x size crops covering the long side: start, centre, end (mmaction2's offsets:
-    0, (L - size) // 2 and twice that); the short side is centre-cropped if it exceeds `size`."""
-    h, w = clip.shape[-2:]
+def three_crop_boxes(h: int, w: int, size: int) -> list[tuple[int, int]]:
+    """(top, left) of three size x size crops covering the long side: start, centre, end
+    (mmaction2's offsets: 0, (L - size) // 2 and twice that); the short side is centre-cropped."""
     if h < size or w < size:
         raise ValueError(f"three_crop: clip {h}x{w} smaller than crop {size}")
     if w >= h:
         step = (w - size) // 2
-        tops, lefts = [(h - size) // 2] * 3, [0, step, 2 * step]
-    else:
-        step = (h - size) // 2
-        tops, lefts = [0, step, 2 * step], [(w - size) // 2] * 3
-    return [crop(clip, t, l, size, size) for t, l in zip(tops, lefts)]
+        return [((h - size) // 2, left) for left in (0, step, 2 * step)]
+    step = (h - size) // 2
+    return [(top, (w - size) // 2) for top in (0, step, 2 * step)]
+
+
+def three_crop(clip: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The three `three_crop_boxes` crops of a (3, T, H, W) clip."""
+    return [crop(clip, t, l, size, size) for t, l in three_crop_boxes(*clip.shape[-2:], size)]
+
+
+def make_views(frames: np.ndarray, indices: np.ndarray, plan) -> torch.Tensor:
+    """A `tpn.data.plan.ClipPlan`'s views, uint8 (V, 3, T, out, out) frames-last, from the decoded
+    frames (N, H, W, 3) of the sorted frame `indices` it names: each distinct frame is resized
+    once per size (OpenCV's INTER_LINEAR, as `resize`), each view gathers its frames' box, which
+    is resized to out x out."""
+    rows = np.searchsorted(indices, plan.frames)  # (V, T) positions in `frames`
+    clip, resized = to_clip(frames), {}
+    views = []
+    for v in range(plan.views):
+        size = (int(plan.resize[v, 0]), int(plan.resize[v, 1]))
+        if size not in resized:
+            resized[size] = resize(clip, size)
+        top, left, h, w = (int(x) for x in plan.box[v])
+        view = resized[size][:, torch.from_numpy(rows[v]), top:top + h, left:left + w]
+        views.append(resize(view, (plan.out, plan.out)))
+    return stack_frames_last(views)
 
 
 VIEW_ORDERS = ("tpn", "mmaction2")

@@ -31,6 +31,7 @@ from tpn.convert.inflate import inflate_2d_into
 from tpn.data.datasets import REPLACEMENTS, NoReadableVideo, VideoDataset, build_dataset, read_report
 from tpn.data.labels import resolve_num_classes
 from tpn.data import nvdec
+from tpn.engine import decoding
 from tpn.data.loader import build_loader
 from tpn.data.transforms import apply_augment
 from tpn.engine import distributed as D, workdir
@@ -160,7 +161,8 @@ def seed_everything(cfg: Config, d: D.Dist) -> None:
 def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     t = cfg.train
     report = work_dir / "bad_videos.jsonl"
-    train_set = build_dataset(cfg.data, "train", report_path=report, seed=t.seed)
+    setup = decoding.plan_decoding(cfg.data, d.device, log_choice=log.info if d.main else (lambda *a: None))
+    train_set = build_dataset(cfg.data, "train", report_path=report, seed=t.seed, decoder=setup.decoder)
     val_set = build_dataset(cfg.data, "val", report_path=report) if t.val_interval > 0 and cfg.data.val_list else None
     sampler = D.ShardedSampler(len(train_set), d.rank, d.world, shuffle=True, seed=t.seed)
     # persistent workers (no re-spawn each epoch); their seeds come from the loader's own
@@ -168,19 +170,15 @@ def build_data(cfg: Config, d: D.Dist, work_dir: Path) -> Data:
     loader = build_loader(train_set, t.batch_size, cfg.data.num_workers, sampler=sampler,
                           pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=True, seed=t.seed,
                           prefetch_factor=PREFETCH)
-    # the sampler counts videos; a batch of t.batch_size clips holds clips_per_decode per video
-    videos_per_batch = t.batch_size // train_set.clips_per_item
+    videos_per_batch = cfg.videos_per_batch  # the sampler counts videos
     iters_per_epoch = len(sampler) // videos_per_batch // t.accum_steps
     if iters_per_epoch < 1:
         raise TpnError(f"{cfg.data.train_list}: {len(train_set)} videos are fewer than one batch "
                        f"({videos_per_batch} x {d.world} processes x {t.accum_steps} accumulation steps)")
-    dc = cfg.data
-    # auto times training at each share: skip the batches already queued at the old share (the
-    # workers' prefetch and the stage's), then time 50
-    in_flight = max(1, dc.num_workers) * PREFETCH + 4
-    stage = nvdec.build_stage(train_set, dc.decoder, d.device, dc.num_workers, dc.nvdec_threads, dc.nvdec_share,
-                              log_choice=log.info if d.main else (lambda *a: None),
-                              trial=(in_flight, 50, t.batch_size))
+    # a timed share skips the batches already queued at the old one (the workers' prefetch and the stage's)
+    in_flight = max(1, cfg.data.num_workers) * PREFETCH + 4
+    stage = decoding.build_stage(setup, train_set, cfg.data, d.device, cfg.data.num_workers, t.batch_size, in_flight,
+                                 log_choice=log.info if d.main else (lambda *a: None))
     return Data(train_set, val_set, sampler, loader, iters_per_epoch, videos_per_batch, stage)
 
 
