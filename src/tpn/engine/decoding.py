@@ -173,6 +173,11 @@ class Policy:
                 self.share.fill_(0.0)
                 self.log_choice("decoder %s: pyav (measured here: %s)", self.decoder, m)
                 return
+            if self.decoder == "hybrid":  # the balanced share; later epochs re-time it against its neighbours
+                self.share.fill_(m["share"])
+                self.log_choice("decoder hybrid: %.0f%% of training items on the decode process (measured here: "
+                                "%s)", 100 * m["share"], m)
+                return
             other = best if best != "pyav" else "hybrid"
             self.log_choice("decoder %s: timing training at GPU share 0 (pyav) and %.2f (%s); measured alone: %s",
                             self.decoder, path_share, other, m)
