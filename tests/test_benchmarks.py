@@ -335,8 +335,8 @@ def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
 
 
 def test_profile_reader_groups_a_clips_time(tmp_path):
-    """benchmarks/profile_reader.py on 3 s videos: the groups cover the profiled time and decoding
-    is among them."""
+    """benchmarks/profile_reader.py on 3 s videos: the stages cover the profiled time, decoding is
+    among them, and with the index cache the demux pass is gone from a clip's time."""
     import json
     import subprocess
     import sys
@@ -345,9 +345,16 @@ def test_profile_reader_groups_a_clips_time(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "p.json"
     subprocess.run([sys.executable, "benchmarks/profile_reader.py", "--dir", str(tmp_path / "v"), "--clips", "6",
-                    "--seconds", "3", "--out", str(out)], cwd=repo, check=True, capture_output=True, timeout=300)
+                    "--seconds", "3", "--videos", "2", "--sets", "128x96", "--parts", "cache", "--out", str(out)],
+                   cwd=repo, check=True, capture_output=True, timeout=300)
     r = json.loads(out.read_text())
-    assert abs(sum(r["share"].values()) - 1) < 0.01 and r["share"]["decode"] > 0.2 and r["clips"] == 6
+    (res,) = r["results"]
+    for key in ("profile_no_cache", "profile"):
+        share = res[key]["share"]
+        assert abs(sum(share.values()) - 1) < 0.01 and share["seek_and_decode"] > 0.2 and r["clips"] == 6
+    ms = res["profile"]["stage_cpu_ms_per_clip"], res["profile_no_cache"]["stage_cpu_ms_per_clip"]
+    assert ms[0]["index"] < ms[1]["index"] / 2
+    assert set(res["index_cache"]) == {"off", "on", "on_over_off_per_cpu_s"}
 
 
 def test_bn_bandwidth_shapes_are_the_r50_backbones_batchnorms():

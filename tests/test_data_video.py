@@ -157,3 +157,111 @@ def test_decoding_stops_at_the_last_needed_packet(skip_videos, name):
                 assert np.array_equal(r.get_frames([w]), reference[[w]])
                 assert r.frames_decoded + r.packets_dropped == r._decode_pos[w] + 1
                 assert (r.packets_dropped > 0) == drop
+
+
+# ------------------------------------------------------------------ the index cache
+def test_a_reopened_video_skips_the_demux_and_gives_the_same_bytes(skip_videos, monkeypatch):
+    """Across readers of one process (a loader worker's epochs) the demux pass runs once per file;
+    the frames, the frames decoded and the packets dropped are those of a reader without cache."""
+    from tpn.data.video import IndexCache
+
+    demuxes = []
+    demux = VideoReader._demux
+    monkeypatch.setattr(VideoReader, "_demux", lambda self: demuxes.append(self.path) or demux(self))
+    for name in ("x264", "x264_gop12", "hevc"):
+        path = skip_videos[name]
+        reference = read_all_frames(path)
+        sets = _index_sets(len(reference))
+        monkeypatch.setattr(VideoReader, "index_cache", None)
+        plain = []
+        for idx in sets:
+            with VideoReader(path) as r:
+                plain.append((r.get_frames(idx), r.frames_decoded, r.packets_dropped))
+        assert len(demuxes) == len(sets)
+        cache = IndexCache()
+        monkeypatch.setattr(VideoReader, "index_cache", cache)
+        demuxes.clear()
+        for epoch in range(2):
+            for idx, (frames, decoded, dropped) in zip(sets, plain):
+                with VideoReader(path) as r:
+                    got = r.get_frames(idx)
+                    assert got.tobytes() == frames.tobytes() == reference[idx].tobytes(), (name, list(idx))
+                    assert (r.frames_decoded, r.packets_dropped) == (decoded, dropped)
+        assert demuxes == [path] and cache.misses == 1 and cache.hits == 2 * len(sets) - 1
+        flags = cache.get(IndexCache.key(path)).nonref
+        assert flags.count(2) > 0 and flags.count(0) < len(flags)  # non-reference flags learned, kept
+        demuxes.clear()
+
+
+def test_the_index_cache_is_bounded_and_forgets_the_least_recently_used(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from tpn.data.video import FileIndex, IndexCache
+
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"v{i}.mp4")
+        write_mp4(paths[-1], render("up_slow", (32, 24), 30 + 10 * i, np.random.default_rng(i)))
+    cache = IndexCache(max_bytes=3 * 1500)  # an entry of 30-80 frames: 1300-1800 bytes
+    monkeypatch.setattr(VideoReader, "index_cache", cache)
+    for p in paths[:3] + [paths[0]] + paths[3:]:  # v0 used again before v3..v5 come
+        with VideoReader(p):
+            assert cache.bytes <= cache.max_bytes
+    kept = {k[0] for k in cache._entries}
+    assert 1 <= len(kept) < 6 and str(paths[5]) in kept and str(paths[1]) not in kept
+    assert cache.hits == 1 and cache.misses == 6
+    # the byte count covers what the entries hold in memory (tracemalloc: their arrays, keys, records)
+    big = IndexCache(max_bytes=1 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            n = 300 + i % 7
+            entry = FileIndex(n, np.arange(n, dtype=np.int64) * 512, np.zeros(n, bool), bytearray(n))
+            big.put((f"k400/train/some_class/{i:011d}_000010_000020.mp4", 10**6 + i, 10**8 + i, 17 * 10**17 + i,
+                     17 * 10**17 + i), entry)
+            del entry
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert big.bytes <= big.max_bytes and 200 < len(big) < 300
+    assert held <= big.max_bytes, (held, big.bytes)
+
+
+def test_a_rewritten_file_is_indexed_afresh(tmp_path, monkeypatch):
+    from tpn.data.video import IndexCache
+
+    monkeypatch.setattr(VideoReader, "index_cache", IndexCache())
+    p = tmp_path / "v.mp4"
+    write_mp4(p, render("up_slow", (32, 24), 30, np.random.default_rng(0)))
+    with VideoReader(p) as r:
+        assert r.num_frames == 30
+    tmp = tmp_path / "new.mp4"
+    frames = render("left_fast", (32, 24), 45, np.random.default_rng(1))
+    write_mp4(tmp, frames, preset="medium")
+    tmp.replace(p)  # replaced by a rename, as `tpn data prepare` and downloaders do
+    with VideoReader(p) as r:
+        assert r.num_frames == 45
+        assert np.array_equal(r.get_frames([44, 3]), read_all_frames(p)[[44, 3]])
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_reader_converts_in_its_own_thread_with_the_same_pixels(skip_videos, monkeypatch):
+    """PyAV's converter starts a pool of one thread per CPU for every video unless told otherwise:
+    a reader converts in its own thread (a loader worker is the unit of parallelism), to the
+    same bytes as a converter with threads."""
+    import gc
+    import os
+
+    path, idx = skip_videos["x264"], [3, 50, 119]
+    reference = read_all_frames(path)[idx]
+    gc.collect()
+    before = len(os.listdir("/proc/self/task"))
+    with VideoReader(path) as r:
+        frames = r.get_frames(idx)
+        assert len(os.listdir("/proc/self/task")) <= before
+    assert frames.tobytes() == reference.tobytes()
+    monkeypatch.setattr(VideoReader, "convert_threads", 3)
+    with VideoReader(path) as r:
+        assert r.get_frames(idx).tobytes() == frames.tobytes()
+        assert len(os.listdir("/proc/self/task")) > before

@@ -22,8 +22,15 @@ default B-pyramid an 8x8 training clip decodes 88 instead of 156 frames (docs/da
 codecs drop nothing.
 
 Only wanted frames are converted to RGB, through
-one swscale context per video. One decoder thread per call: data-loader workers give the
-parallelism.
+one swscale context per video. One decoder thread and one converter thread per reader:
+data-loader workers give the parallelism (more threads cost more CPU per clip, and PyAV's
+converter otherwise starts a pool of as many threads as the machine has CPUs for every video:
+docs/data.md, "Where a CPU worker's time goes").
+
+A file's index (the demux pass above) and the non-reference flags learned while decoding it are
+kept in `VideoReader.index_cache` (an `IndexCache`, least recently used dropped beyond its byte
+bound), so a process that reads a video again (a loader worker in a later epoch) opens it without
+the demux pass; a file rewritten since is indexed afresh.
 
 Frames come out upright, as a player shows them: a display matrix on the stream (phone videos
 filmed in portrait carry a 90 or 270 degree rotation; a flipped video adds a mirror) is applied
@@ -37,9 +44,10 @@ or its size after the short-side resize, above `max_pixels`), before anything is
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -76,16 +84,86 @@ PREPARED_TAG = "tpn-prepare gop="
 _UNREAD = object()  # a display matrix not read yet (None: the video has none)
 
 
+class FileIndex(NamedTuple):
+    """What the demux pass learns of a file: `pts` (int64, every packet's timestamp in decode order;
+    None when some packet has none), `keys` (bool, which of them are keyframes), `num_frames`; and
+    `nonref` (one byte per frame in presentation order: 0 not known yet, 1 a reference, 2 not),
+    filled in by the readers that decode it."""
+    num_frames: int
+    pts: np.ndarray | None
+    keys: np.ndarray | None
+    nonref: bytearray
+
+    def nbytes(self) -> int:
+        arrays = sum(a.nbytes for a in (self.pts, self.keys) if a is not None)
+        return arrays + len(self.nonref) + INDEX_ENTRY_OVERHEAD
+
+
+# bytes an index entry costs besides its arrays (its key, the arrays' and the record's Python
+# objects, the dict slot), as measured with tracemalloc (tests/test_data_video.py)
+INDEX_ENTRY_OVERHEAD = 1024
+
+
+class IndexCache:
+    """`FileIndex`es by file, at most `max_bytes` of them (`FileIndex.nbytes`), the least recently
+    used dropped first: a 10 s 30 fps video takes about 4 KB, so the default 32 MiB keeps about
+    8000. A file is known by its path, size, inode and modification and change times, so a file
+    rewritten or replaced is indexed afresh. Each process has its own (a forked loader worker
+    starts with a copy of its parent's)."""
+
+    def __init__(self, max_bytes: int = 32 << 20):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._entries: OrderedDict[tuple, tuple[FileIndex, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def key(path: Path) -> tuple:
+        st = path.stat()
+        return str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+    def get(self, key: tuple) -> FileIndex | None:
+        got = self._entries.get(key)
+        if got is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return got[0]
+
+    def put(self, key: tuple, entry: FileIndex) -> None:
+        size = entry.nbytes() + len(key[0])
+        if key in self._entries:
+            self.bytes -= self._entries.pop(key)[1]
+        if size > self.max_bytes:
+            return
+        self._entries[key] = entry, size
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = self.hits = self.misses = 0
+
+
 class VideoReader:
     """One open video file. Use as a context manager; `num_frames` is exact (demuxed).
 
     `frames_decoded` (packets sent to the decoder) and `packets_dropped` (frames not decoded
     because nothing needed them) count the work since opening;
     `drop_unneeded = False` (class or instance) sends every packet to the decoder.
+    `index_cache` (class: every reader of the process) keeps files' indexes across readers; None
+    demuxes every file at every open. `thread_type` and `thread_count` are FFmpeg's decoder
+    threading, `convert_threads` swscale's (0: one per CPU); set them on the class before opening
+    (the benchmarks vary them).
     """
 
     min_skip = SEEK_MIN_SKIP
     drop_unneeded = True
+    index_cache: IndexCache | None = IndexCache()
+    thread_type, thread_count, convert_threads = "SLICE", 1, 1
 
     def __init__(self, path: str | Path):
         import av
@@ -108,8 +186,8 @@ class VideoReader:
         # builds a new swscale context each time, which costs more than the conversion itself.
         self._to_rgb = VideoReformatter()
         self._matrix = _UNREAD  # the display matrix, from the first frame kept
-        self.stream.thread_type = "SLICE"
-        self.stream.codec_context.thread_count = 1
+        self.stream.thread_type = self.thread_type
+        self.stream.codec_context.thread_count = self.thread_count
         self._nonref = nonref_test(self.stream.codec_context.name, self.stream.codec_context.extradata)
         self.frames_decoded = self.packets_dropped = 0
         self._decode_pos = None  # decode position of each frame; None: decode order is presentation order
@@ -123,7 +201,19 @@ class VideoReader:
             raise
 
     def _index(self) -> None:
-        """Timestamps of all frames (sorted) and the indices of keyframes, from the packets."""
+        """Timestamps of all frames (sorted) and the indices of keyframes: the cache's when it
+        knows the file, else from the packets (`_demux`), then kept in the cache."""
+        cache = self.index_cache
+        key = cache.key(self.path) if cache is not None else None
+        entry = cache.get(key) if cache is not None else None
+        if entry is None:
+            entry = self._demux()
+            if cache is not None:
+                cache.put(key, entry)
+        self._set_index(entry)
+
+    def _demux(self) -> FileIndex:
+        """Every packet's timestamp and keyframe flag, in decode order (one pass, no decoding)."""
         pts, keys = [], []
         self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
         try:
@@ -137,12 +227,18 @@ class VideoReader:
         declared = self.stream.frames or 0
         if declared and len(pts) < declared:
             raise VideoError(f"{self.path}: truncated: header announces {declared} frames, {len(pts)} present")
-        self.num_frames = len(pts)
+        self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+        known = bool(pts) and None not in pts
+        return FileIndex(len(pts), np.asarray(pts, dtype=np.int64) if known else None,
+                         np.asarray(keys, dtype=bool) if known else None, bytearray(len(pts)))
+
+    def _set_index(self, index: FileIndex) -> None:
+        self.num_frames = index.num_frames
         self.timestamps = None  # None: no usable timestamps, count frames sequentially instead
         self.keyframes = np.zeros(1, np.int64)
-        self._decode_pos, self._pts_index = None, {}
-        if pts and None not in pts:
-            decode_order = np.asarray(pts, dtype=np.int64)
+        self._decode_pos, self._pts_index, self._nonref_flags = None, {}, index.nonref
+        if index.pts is not None:
+            decode_order = index.pts
             if np.all(np.diff(decode_order) > 0) and self.min_skip == SEEK_MIN_SKIP:
                 self.min_skip = SEEK_MIN_SKIP_NO_REORDER  # no B-frames: seeking is cheap
             order = np.argsort(decode_order, kind="stable")
@@ -151,10 +247,9 @@ class VideoReader:
                 self.timestamps = ts
                 rank = np.empty_like(order)
                 rank[order] = np.arange(len(order))
-                self.keyframes = np.sort(rank[np.asarray(keys, dtype=bool)])
+                self.keyframes = np.sort(rank[index.keys])
                 self._decode_pos = order.tolist()
                 self._pts_index = dict(zip(ts.tolist(), range(len(ts))))
-        self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
 
     def _index_from_tag(self) -> bool:
         """The index of a prepared video from its header alone (no demux pass over the
@@ -178,6 +273,7 @@ class VideoReader:
         self.timestamps = (s.start_time or 0) + np.arange(n, dtype=np.int64) * int(step)
         self.keyframes = np.arange(0, n, gop, dtype=np.int64)
         self._pts_index = dict(zip(self.timestamps.tolist(), range(n)))
+        self._nonref_flags = bytearray(n)
         self.min_skip = SEEK_MIN_SKIP_NO_REORDER
         return True
 
@@ -202,6 +298,9 @@ class VideoReader:
     def _frame_index(self, frame, counter: int) -> int:
         if self.timestamps is None:
             return counter
+        i = self._pts_index.get(frame.pts)  # a dict: a fraction of np.searchsorted's time per frame
+        if i is not None and self.timestamps[i] == frame.pts:
+            return i
         if frame.pts is None:
             raise VideoError(f"{self.path}: a decoded frame carries no timestamp")
         i = int(np.searchsorted(self.timestamps, frame.pts))
@@ -257,6 +356,14 @@ class VideoReader:
             runs[-1][1].append(w)
         return runs
 
+    def _is_nonref(self, idx: int, packet) -> bool:
+        """Whether frame `idx` (its `packet`) is one no other frame refers to: the file's flag when
+        a reader has parsed it before (the flags live in the index cache), else parsed and kept."""
+        flag = self._nonref_flags[idx]
+        if not flag:
+            flag = self._nonref_flags[idx] = 2 if self._nonref(memoryview(packet)) else 1
+        return flag == 2
+
     def _take(self, frame, counter: int, todo: set, got: dict) -> int:
         """Keep a decoded frame in `got` when wanted (upright); 1 if it was kept."""
         idx = self._frame_index(frame, counter)
@@ -264,7 +371,8 @@ class VideoReader:
             return 0
         if self._matrix is _UNREAD:  # the stream's, on every frame: read once (reading it makes garbage)
             self._matrix = display_matrix(frame)
-        got[idx] = upright(self._to_rgb.reformat(frame, format="rgb24").to_ndarray(), self._matrix, self.path)
+        rgb = self._to_rgb.reformat(frame, format="rgb24", threads=self.convert_threads).to_ndarray()
+        got[idx] = upright(rgb, self._matrix, self.path)
         return 1
 
     def _decode_run(self, start: int, targets: list[int], got: dict, seek: bool, drop: bool) -> int | None:
@@ -286,7 +394,7 @@ class VideoReader:
             pts = packet.pts
             if drop and packet.size and not packet.is_keyframe:
                 idx = self._pts_index.get(pts)
-                if idx is not None and idx not in todo and self._nonref(memoryview(packet)):
+                if idx is not None and idx not in todo and self._is_nonref(idx, packet):
                     self.packets_dropped += 1
                     continue
             self.frames_decoded += packet.size > 0
