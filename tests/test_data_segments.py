@@ -40,7 +40,8 @@ from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
 
-from tpn.config import DataConfig  # noqa: E402
+from tpn.config import DataConfig, load_config  # noqa: E402
+from tpn.errors import TpnError  # noqa: E402
 from tpn.data import transforms as T  # noqa: E402
 from tpn.data.datasets import AnnotationError, build_dataset  # noqa: E402
 from tpn.data.synthetic import generate_dataset, render  # noqa: E402
@@ -139,5 +140,5 @@ def test_flip_label_map_swaps_left_and_right_classes(sth):
     assert aug[0] == 1 and label == flipped[0][1]  # the loader swaps the label, the device flips
     with pytest.raises(AnnotationError, match="label 2 appears more than once"):
         build_dataset(_cfg(root, "sthv2", flip_label_pairs=((0, 2), (2, 3))), "train")
-    with pytest.raises(AnnotationError, match="data.test_clips must be 1 or 2 with data.sampling segments"):
-        build_dataset(_cfg(root, "sthv2", test_clips=10), "test")
+    with pytest.raises(TpnError, match="data.test_clips must be 1 or 2 with data.sampling segments"):
+        load_config("tpn_tsm_tiny_synth", ["data.test_clips=10"])  # checked once, when the config loads

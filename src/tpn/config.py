@@ -521,6 +521,9 @@ def check_rules(cfg: Config, source_of) -> None:
              f"model.neck.groups ({g}) must divide model.neck.out_channels ({m.neck.out_channels}) and the "
              f"backbone's last output channels ({top} = model.backbone.base_channels {m.backbone.base_channels} "
              f"x 2^{m.backbone.out_indices[-1]} x 4)")
+    if d.sampling == "segments" and d.test_clips not in (1, 2):
+        fail(("data.test_clips", "data.sampling"), f"data.test_clips must be 1 or 2 with data.sampling segments "
+             f"(segment centres, then also segment starts), got {d.test_clips}")
     for key in ("crop_size", "test_crop_size"):
         if getattr(d, key) > d.short_side:
             fail((f"data.{key}", "data.short_side"), f"data.{key} ({getattr(d, key)}) is larger than the resized "
