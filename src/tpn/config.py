@@ -79,6 +79,9 @@ class ModelConfig:
     neck: NeckConfig = field(default_factory=NeckConfig)
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # fine-tuning: weights of any checkpoint `load_weights` reads (tpn, mmaction2, official, Paddle) loaded
+    # where shapes fit when training starts from scratch; heads of another class count re-initialised
+    init_from: str | None = None
 
 
 @dataclass
@@ -137,6 +140,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False exempts BN parameters and biases from decay
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate x this (neck and heads x 1); fine-tuning
     schedule: Literal["step", "cosine"] = "step"
     milestones: tuple[int, ...] = (75, 125)
     gamma: float = 0.1
@@ -481,6 +485,7 @@ RANGES: dict[str, Range] = {
     **{f"train.{k}": AT_LEAST_1 for k in ("epochs", "batch_size", "lr_batch_size", "accum_steps", "log_interval",
                                           "milestones")},
     "train.gamma": POSITIVE,
+    "train.backbone_lr_mult": AT_LEAST_0,
     "train.momentum": Range(0, 1, hi_open=True),
     "train.activation_budget": Range(0, 1, lo_open=True),
     **{f"train.{k}": AT_LEAST_0 for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad", "val_interval",
@@ -524,6 +529,9 @@ def check_rules(cfg: Config, source_of) -> None:
     if d.sampling == "segments" and d.test_clips not in (1, 2):
         fail(("data.test_clips", "data.sampling"), f"data.test_clips must be 1 or 2 with data.sampling segments "
              f"(segment centres, then also segment starts), got {d.test_clips}")
+    if m.init_from and m.backbone.pretrained2d:
+        fail(("model.init_from", "model.backbone.pretrained2d"), "model.init_from and model.backbone.pretrained2d "
+             "both initialise the backbone: set one (init_from loads a whole model's checkpoint)")
     for key in ("crop_size", "test_crop_size"):
         if getattr(d, key) > d.short_side:
             fail((f"data.{key}", "data.short_side"), f"data.{key} ({getattr(d, key)}) is larger than the resized "

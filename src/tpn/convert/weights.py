@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, load_config, to_dict
+from tpn.convert import zoo
 from tpn.convert.mappings import MAPPINGS, TRANSFORMS
 from tpn.errors import listing
 from tpn.models.build import build_model
@@ -66,11 +67,21 @@ def rename(state_dict: dict, fmt: str, source: str) -> tuple[dict, list[str]]:
     return out, dropped
 
 
+def resolve_source(path: str | Path) -> Path:
+    """The file a checkpoint argument names. Every weights read (load_weights, convert,
+    model.init_from, pretrained2d) passes through here: the one place for `zoo:NAME` names
+    (`tpn.convert.zoo`: downloaded, checked and converted once, then cached)."""
+    if isinstance(path, str) and path.startswith(zoo.PREFIX):
+        return zoo.resolve(path, convert_checkpoint)
+    return Path(path)
+
+
 def read_raw(path: str | Path) -> tuple[dict, dict]:
     """The tensors of a checkpoint under their own names: a torch file (tpn, mmaction2, official
     TPN, torchvision/timm), a Paddle .pdparams file or a Paddle 1.x persistables folder."""
     from tpn.convert.paddle import is_paddle_source, read_paddle
 
+    path = resolve_source(path)
     if is_paddle_source(path):
         sd, skipped = read_paddle(path)
         return sd, {"skipped_objects": skipped}
@@ -163,6 +174,40 @@ def load_weights(model: nn.Module, path: str | Path, fmt: str = "auto") -> dict:
         raise CheckpointError(f"{e}{_saved_config_hint(info.get('saved_config'))}") from None
     info["format"] = fmt
     return info
+
+
+HEADS = ("head.", "aux_head.")
+
+
+def init_from(model: nn.Module, path: str | Path) -> dict:
+    """Fine-tuning's start: fill `model` from the checkpoint at `path` (any format `load_weights`
+    reads) where shapes fit. A head tensor (class head, aux head) that is missing or of another
+    shape keeps the model's fresh initialisation; any other tensor that does not fit, either way,
+    is a CheckpointError. Returns {format, loaded, total, reinit: [keys], why}."""
+    sd, fmt, _info = read_state_dict(path)
+    _check_family(model, sd, str(path))
+    fit_to_model(model, sd)
+    own = model.state_dict()
+    reinit, bad = [], []
+    for k, v in own.items():
+        if k in sd and sd[k].shape == v.shape:
+            continue
+        if k.startswith(HEADS):
+            reinit.append(k)
+        else:
+            bad.append(f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" if k in sd else f"{k} (missing)")
+    extra = [k for k in sd if k not in own]
+    if bad or extra:
+        parts = [f"{len(bad)} model tensors not filled: {listing(bad)}"] if bad else []
+        parts += [f"{len(extra)} checkpoint tensors the model lacks: {listing(extra)}"] if extra else []
+        raise CheckpointError(f"model.init_from {path} ({fmt}): only a head may differ; " + "; ".join(parts))
+    merged = {k: (sd[k] if k not in reinit else v) for k, v in own.items()}
+    model.load_state_dict(merged, strict=True)
+    theirs = sd.get("head.fc.weight")
+    why = (f"the checkpoint has {theirs.shape[0]} classes, this model {own['head.fc.weight'].shape[0]}"
+           if theirs is not None and theirs.shape != own["head.fc.weight"].shape else "not in the checkpoint")
+    return {"format": fmt, "loaded": len(own) - len(reinit), "total": len(own), "reinit": reinit,
+            "why": why if reinit else ""}
 
 
 def load_model(config, checkpoint: str | Path | None = None) -> nn.Module:

@@ -28,6 +28,7 @@ from tpn.accel import Execution, execution, make_forward, to_channels_last
 from tpn.checkpoint import FORMAT, load_state_dict_strict, save_atomic
 from tpn.config import Config, dump_config, to_dict
 from tpn.convert.inflate import inflate_2d_into
+from tpn.convert.weights import init_from
 from tpn.data.datasets import REPLACEMENTS, NoReadableVideo, VideoDataset, build_dataset, read_report
 from tpn.data.labels import resolve_num_classes
 from tpn.data import nvdec
@@ -68,16 +69,33 @@ def lr_at(cfg: Config, it: int, iters_per_epoch: int, lr0: float) -> float:
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
-    if cfg.train.decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    decay, no_decay = [], []
-    for m in model.modules():
-        for name, p in m.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            is_norm = isinstance(m, nn.modules.batchnorm._NormBase)
-            (no_decay if is_norm or name == "bias" else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Trainable parameters in SGD groups: with BN/bias exemption (train.decay_norm_and_bias
+    false) a group without weight decay; with train.backbone_lr_mult != 1 the backbone's groups
+    apart, their "lr_mult" scaling the scheduled lr (saved in the optimiser state: a resume keeps it)."""
+    mult = cfg.train.backbone_lr_mult
+    parts = [(model.backbone, mult), *((m, 1.0) for n, m in model.named_children() if n != "backbone")] \
+        if mult != 1.0 else [(model, 1.0)]
+    groups = []
+    for part, lr_mult in parts:
+        decay, no_decay = [], []
+        for m in part.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                is_norm = isinstance(m, nn.modules.batchnorm._NormBase)
+                exempt = not cfg.train.decay_norm_and_bias and (is_norm or name == "bias")
+                (no_decay if exempt else decay).append(p)
+        extra = {"lr_mult": lr_mult} if mult != 1.0 else {}
+        groups.append({"params": decay, **extra})
+        if not cfg.train.decay_norm_and_bias:
+            groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
+    if mult != 1.0:  # one group per multiplier and decay: the neck's and the heads' merged
+        merged: dict = {}
+        for g in groups:
+            key = (g["lr_mult"], g.get("weight_decay"))
+            merged.setdefault(key, {**g, "params": []})["params"] += g["params"]
+        groups = list(merged.values())
+    return groups
 
 
 # ------------------------------------------------------------------ what a run holds
@@ -191,6 +209,10 @@ def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scra
     t = cfg.train
     cuda = d.device.type == "cuda"
     model = build_model(cfg)
+    if from_scratch and cfg.model.init_from:
+        r = init_from(model, cfg.model.init_from)
+        log.info("model initialised from %s (%s): %d of %d tensors loaded%s", cfg.model.init_from, r["format"],
+                 r["loaded"], r["total"], f"; re-initialised {listing(r['reinit'])} ({r['why']})" if r["reinit"] else "")
     if from_scratch and cfg.model.backbone.pretrained2d:
         r = inflate_2d_into(model.backbone, cfg.model.backbone.pretrained2d)
         log.info("backbone initialised from the 2D ResNet %s (%d tensors inflated, %d copied)",
@@ -216,7 +238,12 @@ def restore(run: Run, ckpt: dict, path: Path) -> Progress:
     """Model, optimiser, scaler and RNG state from a training checkpoint; returns where it stopped."""
     d, ipe = run.d, run.data.iters_per_epoch
     load_state_dict_strict(run.model, ckpt["state_dict"], str(path))
-    run.opt.load_state_dict(ckpt["optimizer"])
+    try:
+        run.opt.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # other groups: another lr mult, decay exemption or frozen stages
+        raise TpnError(f"{path}: its optimiser state does not fit this config's parameter groups ({e}): resume "
+                       "with the run's own config (config.yaml in its work dir; train.backbone_lr_mult, "
+                       "train.decay_norm_and_bias and model.backbone.frozen_stages shape the groups)") from None
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     prog = Progress(ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["global_iter"], ckpt.get("best_top1", -1.0))
@@ -352,7 +379,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     for it in range(first, data.iters_per_epoch):
         lr = lr_at(cfg, prog.global_iter, data.iters_per_epoch, run.lr0)
         for g in run.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         loss_step, n = train_step(run, batches)
         clips += n
         window.loss += loss_step
