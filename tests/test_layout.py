@@ -7,7 +7,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lower number = lower layer; a module may import from a lower layer or from its own package
 LAYERS = {"tpn.errors": 0, "tpn.config": 1, "tpn.options": 1, "tpn.bench": 1, "tpn.data": 2, "tpn.models": 2,
-          "tpn.checkpoint": 2, "tpn.convert": 3, "tpn.accel": 3, "tpn.engine": 4, "tpn.cli": 5}
+          "tpn.checkpoint": 2, "tpn.convert": 3, "tpn.accel": 3, "tpn.engine": 4, "tpn.zoo": 4,
+          "tpn.cli": 5}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -1,4 +1,4 @@
-"""`tpn convert` and `tpn export` sub-commands."""
+"""`tpn convert`, `tpn export` and `tpn zoo` sub-commands."""
 
 
 def _cmd_convert(args) -> int:
@@ -15,6 +15,17 @@ def _cmd_export(args) -> int:
 
     print(export_onnx(args.config, args.checkpoint, args.out, frames=args.frames, size=args.size,
                       opset=args.opset, overrides=args.overrides, check=not args.no_check))
+    return 0
+
+
+def _cmd_zoo(args) -> int:
+    from tpn.convert.weights import resolve_source
+    from tpn.convert.zoo import PREFIX, zoo_table
+
+    if args.fetch:
+        print(resolve_source(PREFIX + args.fetch.removeprefix(PREFIX)))
+    else:
+        print(zoo_table())
     return 0
 
 
@@ -39,3 +50,8 @@ def add_convert_commands(sub, add_set) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     add_set(p)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("zoo", help="released models usable as --checkpoint zoo:NAME (names, configs, published accuracy)")
+    p.add_argument("--fetch", default=None, metavar="NAME",
+                   help="download, check and convert this model now (into TPN_HOME) and print its path")
+    p.set_defaults(func=_cmd_zoo)
