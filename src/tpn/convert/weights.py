@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from tpn.checkpoint import FORMAT, CheckpointError, load_file, load_state_dict_strict, save_atomic
 from tpn.config import Config, load_config, to_dict
+from tpn.convert import zoo
 from tpn.convert.mappings import MAPPINGS, TRANSFORMS
 from tpn.errors import listing
 from tpn.models.build import build_model
@@ -68,7 +69,10 @@ def rename(state_dict: dict, fmt: str, source: str) -> tuple[dict, list[str]]:
 
 def resolve_source(path: str | Path) -> Path:
     """The file a checkpoint argument names. Every weights read (load_weights, convert,
-    model.init_from, pretrained2d) passes through here: the one place for `zoo:NAME` names."""
+    model.init_from, pretrained2d) passes through here: the one place for `zoo:NAME` names
+    (`tpn.convert.zoo`: downloaded, checked and converted once, then cached)."""
+    if isinstance(path, str) and path.startswith(zoo.PREFIX):
+        return zoo.resolve(path, convert_checkpoint)
     return Path(path)
 
 
