@@ -7,7 +7,7 @@ decodes from near the start. The rewrite uses H.264 with
   - no B-frames, so a seek costs no reordering delay (the reader then seeks even for short skips);
   - x264's `fastdecode` tuning (CAVLC instead of CABAC, no deblocking filter): cheaper per frame;
   - the short side at the training size (256).
-The measured gain in clips per CPU second and file size: README.md, "Benchmarks", and
+The measured gain in clips per CPU second and file size: docs/benchmarks.md, "Benchmarks", and
 docs/data.md, "Data-loading benchmark".
 Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
 cannot be read are skipped and listed; the rewritten list holds only the written videos.
