@@ -88,11 +88,13 @@ def served(tmp_path, monkeypatch):
     server.server_close()
 
 
-def test_zoo_name_downloads_checks_converts_once_then_hits_the_cache(served, tmp_path, capsys):
+def test_zoo_name_downloads_checks_converts_once_then_hits_the_cache(served, tmp_path, capsys, caplog):
     sd, entry, handler = served
-    model = tpn.load_model("tpn_tiny_synth", checkpoint="zoo:tiny")
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    with caplog.at_level("WARNING", logger="tpn.zoo"):
+        model = tpn.load_model("tpn_tiny_synth", checkpoint="zoo:tiny")
     raw, converted = zoo.paths(entry)
+    assert "zoo:tiny: downloading http://127.0.0.1:" in caplog.text and f" to {raw}" in caplog.text  # no silent download
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
     assert raw.is_file() and converted.is_file() and handler.requests == [entry.url[len(zoo.OPENMMLAB) - 1:]]
     assert torch.load(converted, weights_only=True)["format"] == "tpn"
     assert not list(raw.parent.glob("*.part"))
@@ -163,3 +165,25 @@ def test_the_table_holds_mmaction2s_published_tpn_models():
     for m in zoo.MODELS.values():
         assert m.filename.endswith(f"-{m.sha256}.pth") and m.url.startswith("https://download.openmmlab.com/")
         load_config(m.config)
+
+
+def test_predict_and_fine_tuning_take_a_zoo_name(served, tmp_path, capsys):
+    """`tpn predict --checkpoint zoo:NAME` on a real video; `model.init_from`'s reader
+    (`init_from`) with a zoo name into a model of another class count: one download for both."""
+    import numpy as np
+
+    from tpn.convert.weights import init_from
+    from tpn.data.synthetic import render, write_mp4
+
+    sd, _entry, handler = served
+    video = tmp_path / "v.mp4"
+    write_mp4(video, render("right_slow", (96, 80), 40, np.random.default_rng(0)))
+    code = main(["predict", str(video), "--config", "tpn_tiny_synth", "--checkpoint", "zoo:tiny", "--views", "1x1",
+                 "--device", "cpu", "--topk", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[0] == str(video) and len(out.splitlines()) == 3
+    other = build_model(load_config("tpn_tiny_synth", ["model.head.num_classes=3"]))
+    info = init_from(other, "zoo:tiny")
+    assert "head.fc.weight" in info["reinit"]
+    assert torch.equal(other.state_dict()["backbone.conv1.conv.weight"], sd["backbone.conv1.conv.weight"])
+    assert len(handler.requests) == 1
