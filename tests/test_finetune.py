@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.test_checkpoint import mmaction2_reference_state_dict
-from tests.test_engine_common import tempo_data, tiny_cfg  # noqa: F401
+from tests.test_engine_common import TINY, tempo_data, tiny_cfg  # noqa: F401
 from tpn.checkpoint import CheckpointError, FORMAT, load_file, save_atomic
 from tpn.config import ConfigError, load_config, to_dict
 from tpn.convert.weights import init_from
@@ -169,3 +169,37 @@ def test_finetune_run_logs_freezes_and_resume_keeps_the_groups(tempo_data, tmp_p
     with pytest.raises(TpnError, match="does not fit this config's parameter groups") as e:
         train(tiny_cfg(tempo_data, [*ft, "train.backbone_lr_mult=1"]), work, device="cpu", resume="auto", max_iters=4)
     assert "\n" not in str(e.value)
+
+
+def test_data_lists_from_class_folders_train_a_model(tmp_path):
+    """`tpn data lists` turns FOLDER/CLASS/VIDEO into lists that training reads as they are."""
+    import shutil
+
+    from tests.test_engine_common import cli
+    from tpn.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "synth", classes=3, videos_per_class=5, size=(64, 48), frames=24, seed=5, workers=1)
+    mine = tmp_path / "my videos"
+    for p in (tmp_path / "synth" / "videos").rglob("*.mp4"):  # videos/CLASS/x.mp4, one class a level deeper
+        dst = mine / p.parent.name / ("takes" if p.parent.name.endswith("slow") else "") / p.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+    (mine / "notes").mkdir()
+    (mine / "notes" / "readme.txt").write_text("not a video")
+    r = cli("data", "lists", str(mine), "--val-fraction", "0.4", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 9 train + 6 val videos of 3 classes" in r.stdout and "without videos: notes" in r.stdout
+    names = (mine / "labels.txt").read_text().splitlines()
+    assert names == sorted(p.name for p in (tmp_path / "synth" / "videos").iterdir())
+    lines = (mine / "train.txt").read_text().splitlines() + (mine / "val.txt").read_text().splitlines()
+    assert len(set(lines)) == 15 and all(names[int(x.rsplit(" ", 1)[1])] == x.split("/", 1)[0] for x in lines)
+    again = cli("data", "lists", str(mine))
+    assert again.returncode == 2 and "train.txt: exists; pass --overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    cfg = load_config("tpn_tiny_synth", TINY + [f"data.root={mine}", f"data.train_list={mine}/train.txt",
+                                                  f"data.val_list={mine}/val.txt", f"data.label_map={mine}/labels.txt",
+                                                  "model.head.num_classes=null", "data.num_workers=0",
+                                                  "train.batch_size=3", "train.lr_batch_size=3", "train.epochs=1"])
+    summary = train(cfg, tmp_path / "work", device="cpu")
+    assert summary["epochs"][0]["val_top1"] is not None
+    assert summary["model"].head.fc.weight.shape[0] == 3

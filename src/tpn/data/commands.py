@@ -92,6 +92,22 @@ def _cmd_prepare(args) -> int:
     return 0 if not r["failed"] else 1
 
 
+def _cmd_lists(args) -> int:
+    from tpn.data.folders import write_lists
+
+    s = write_lists(args.folder, args.out, val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite)
+    out = Path(s["out"])
+    print(f"wrote {s['train']} train + {s['val']} val videos of {len(s['classes'])} classes to {out / 'train.txt'}, "
+          f"{out / 'val.txt'} and {out / 'labels.txt'}")
+    if s["empty"]:
+        print(f"  skipped {len(s['empty'])} sub-folders without videos: {', '.join(s['empty'][:6])}")
+    if s["no_val"]:
+        print(f"  classes with one video, in train only: {', '.join(s['no_val'][:6])}")
+    print(f"  train on them with: --set data.root={s['root']} data.train_list={out / 'train.txt'} "
+          f"data.val_list={out / 'val.txt'} data.label_map={out / 'labels.txt'} model.head.num_classes=null")
+    return 0
+
+
 def add_data_commands(sub, add_set) -> None:
     data = sub.add_parser("data", help="prepare and check video datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -111,6 +127,15 @@ def add_data_commands(sub, add_set) -> None:
     p.add_argument("--distractors", type=int, default=0,
                    help="objects moving their own way, unrelated to the class (default 0)")
     p.set_defaults(func=_cmd_synth)
+
+    p = data.add_parser("lists", help="write train/val lists and labels.txt from a folder of videos in class "
+                                      "sub-folders (FOLDER/CLASS/VIDEO)")
+    p.add_argument("folder", help="folder with one sub-folder of videos per class (videos at any depth inside)")
+    p.add_argument("--out", default=None, help="where train.txt, val.txt, labels.txt go (default FOLDER)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing train.txt, val.txt, labels.txt")
+    p.set_defaults(func=_cmd_lists)
 
     p = data.add_parser("prepare", help="re-encode a video list for fast training decoding (short GOP, short side)")
     p.add_argument("list", help="annotation file (video list)")
