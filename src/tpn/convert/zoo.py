@@ -116,7 +116,7 @@ def download(url: str, dst: Path, what: str, progress: bool = True) -> None:
     from tqdm import tqdm
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(dst.name + ".part")
+    part = dst.with_name(f"{dst.name}.{os.getpid()}.part")  # one per process: DDP ranks may fetch at once
     by_hand = f"download it by hand and place it at {dst}"
     got, total = 0, None
     try:  # the part file never outlives this call: renamed when complete, else removed
