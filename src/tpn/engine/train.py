@@ -238,8 +238,11 @@ def restore(run: Run, ckpt: dict, path: Path) -> Progress:
     """Model, optimiser, scaler and RNG state from a training checkpoint; returns where it stopped."""
     d, ipe = run.d, run.data.iters_per_epoch
     load_state_dict_strict(run.model, ckpt["state_dict"], str(path))
+    mults = [g.get("lr_mult", 1.0) for g in run.opt.param_groups]
     try:
         run.opt.load_state_dict(ckpt["optimizer"])
+        if [g.get("lr_mult", 1.0) for g in run.opt.param_groups] != mults:
+            raise ValueError("another train.backbone_lr_mult")
     except ValueError as e:  # other groups: another lr mult, decay exemption or frozen stages
         raise TpnError(f"{path}: its optimiser state does not fit this config's parameter groups ({e}): resume "
                        "with the run's own config (config.yaml in its work dir; train.backbone_lr_mult, "
