@@ -542,3 +542,43 @@ def read_rawframes(folder: str | Path, indices, template: str = "img_{:05d}.jpg"
                 raise VideoError(f"{p}: cannot read frame ({type(e).__name__}: {e})") from None
         out.append(cache[i])
     return np.stack(out)
+
+
+def stream_frames(path: str | Path, wanted: Callable[[int], bool], max_pixels: int | None = None,
+                  short_side: int | None = None):
+    """Decode `path` once from the start, in order, and yield (index, frame) for each frame whose
+    0-based index `wanted(index)` accepts, upright uint8 (H, W, 3); only those are converted to RGB.
+    No index pass and nothing kept: memory stays flat however long the video (`tpn predict
+    --timeline`). The first item is `VideoInfo` (frame count 0: not known before the end)."""
+    import av
+
+    from av.video.reformatter import VideoReformatter
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: file not found")
+    try:
+        container = av.open(str(path))
+    except Exception as e:
+        raise VideoError(f"{path}: cannot open video ({_why(e)})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type, stream.codec_context.thread_count = VideoReader.thread_type, VideoReader.thread_count
+        cc = stream.codec_context
+        if max_pixels:
+            check_frame_size(path, cc.width, cc.height, max_pixels, short_side)
+        yield VideoInfo(0, float(stream.average_rate or stream.guessed_rate or 30), cc.width, cc.height)
+        to_rgb, matrix, index = VideoReformatter(), _UNREAD, 0
+        try:
+            for frame in container.decode(stream):
+                if wanted(index):
+                    matrix = display_matrix(frame) if matrix is _UNREAD else matrix
+                    rgb = to_rgb.reformat(frame, format="rgb24", threads=VideoReader.convert_threads).to_ndarray()
+                    yield index, upright(rgb, matrix, path)
+                index += 1
+        except VideoError:
+            raise
+        except Exception as e:
+            raise VideoError(f"{path}: decoding failed at frame {index} ({_why(e)})") from None

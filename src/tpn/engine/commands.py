@@ -7,6 +7,8 @@ import sys
 
 from tpn.options import add_device_option
 
+OUT_DEFAULT = "work_dirs/timeline"  # `tpn predict --timeline --out`
+
 
 def _cmd_train(args) -> int:
     from tpn.config import load_config
@@ -59,13 +61,27 @@ def _cmd_test(args) -> int:
 
 def _cmd_predict(args) -> int:
     from tpn.config import load_config
-    from tpn.engine.predict import predict_videos
+    from tpn.engine.predict import checkpoint_config, predict_videos
 
-    cfg = load_config(args.config, precision_overrides(args))
-    results = predict_videos(cfg, args.checkpoint, args.videos, topk=args.topk, views=args.views, device=args.device)
+    overrides = precision_overrides(args)
+    cfg = load_config(args.config, overrides) if args.config else checkpoint_config(args.checkpoint, overrides)
+    if (args.stride is not None or args.out != OUT_DEFAULT) and not args.timeline:
+        from tpn.errors import TpnError
+
+        raise TpnError("--stride and --out go with --timeline")
+    if args.timeline:
+        from tpn.engine.predict import predict_timelines
+
+        results = predict_timelines(cfg, args.checkpoint, args.videos, args.out, stride=args.stride, topk=args.topk,
+                                    views=args.views, device=args.device)
+    else:
+        results = predict_videos(cfg, args.checkpoint, args.videos, topk=args.topk, views=args.views,
+                                 device=args.device)
     failed = sum("error" in r for r in results)
     if args.json:
         print(json.dumps(results, indent=1))
+    elif args.timeline:
+        print_timelines(results)
     else:
         for r in results:
             print(r["video"])
@@ -76,6 +92,19 @@ def _cmd_predict(args) -> int:
     if failed:
         print(f"tpn: {failed} of {len(results)} videos could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_timelines(results: list[dict]) -> None:
+    """Each video's segments (runs of windows with the same top-1 class) and the files written."""
+    for r in results:
+        print(r["video"])
+        if "error" in r:
+            print(f"  error: {r['error']}")
+            continue
+        for s in r["segments"]:
+            print(f"  {s['start']:9.2f}s - {s['end']:9.2f}s  {s['label']}  "
+                  f"(mean {s['score']:.3f}, {s['windows']} windows)")
+        print("  files: " + ", ".join(r["files"].values()))
 
 
 def _cmd_demo(args) -> int:
@@ -124,11 +153,18 @@ def add_engine_commands(sub, add_set) -> None:
                                    "1 some video could not be read (its reason is in the output), "
                                    "2 a usage, config or checkpoint error.")
     p.add_argument("videos", nargs="+")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default=None,
+                   help="shipped config name or YAML path (default: the one a tpn checkpoint was saved with)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--topk", type=int, default=5, help="classes per video (at most the model's; default 5)")
     p.add_argument("--views", default=None, help="CLIPSxCROPS (default: the config's test views)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--timeline", action="store_true",
+                   help="score sliding windows (one clip span each, the config's test crops) over each whole video, "
+                        "decoded as a stream: per-window top-k to OUT/<video>.timeline.csv/.json and a plot (.png)")
+    p.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="with --timeline: seconds between window starts (default: one window's duration)")
+    p.add_argument("--out", default=OUT_DEFAULT, help="with --timeline: folder of the files (default %(default)s)")
     add_precision_option(p)
     add_device_option(p)
     add_set(p)

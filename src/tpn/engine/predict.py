@@ -5,6 +5,9 @@ read, {"video", "error"} (the reason, naming the file); the other videos are sti
 `topk` above the model's classes shows them all (with a warning); below 1 is an error. Class
 names come from the checkpoint (indices when it has none); a head with more classes than
 names calls the rest `class_<i>`, with a warning.
+
+Without `--config`, a tpn checkpoint's saved config is used (`checkpoint_config`); a foreign
+checkpoint (mmaction2, official, Paddle) carries none and is a one-line error asking for one.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpn.config import Config
+from tpn.config import Config, ConfigError, apply_overrides, check_ranges, check_rules, from_dict
 from tpn.data.datasets import VideoDataset
 from tpn.data.labels import resolve_num_classes
 from tpn.data.video import VideoError
@@ -26,9 +29,8 @@ from tpn.errors import TpnError
 log = logging.getLogger("tpn.predict")
 
 
-@torch.no_grad()
-def predict_videos(cfg: Config, checkpoint, videos: list[str], topk: int = 5, views: str | None = None,
-                   device: str = "auto") -> list[dict]:
+def prepare(cfg: Config, checkpoint, topk: int, views: str | None, device: str):
+    """(cfg with the views, device, forward, class names, topk at most the classes)."""
     if topk < 1:
         raise TpnError(f"--topk must be at least 1, got {topk}")
     cfg = with_views(cfg, views)
@@ -40,6 +42,13 @@ def predict_videos(cfg: Config, checkpoint, videos: list[str], topk: int = 5, vi
     if topk > len(names):
         log.warning("--topk %d: the model has %d classes; showing all %d", topk, len(names), len(names))
         topk = len(names)
+    return cfg, dev, forward, names, topk
+
+
+@torch.no_grad()
+def predict_videos(cfg: Config, checkpoint, videos: list[str], topk: int = 5, views: str | None = None,
+                   device: str = "auto") -> list[dict]:
+    cfg, dev, forward, names, topk = prepare(cfg, checkpoint, topk, views, device)
     data = replace(cfg.data, root="")
     dataset = VideoDataset(data, "test", [(str(Path(v)), 0, -1) for v in videos], names)
     out = []
@@ -56,6 +65,25 @@ def predict_videos(cfg: Config, checkpoint, videos: list[str], topk: int = 5, vi
     return out
 
 
+@torch.no_grad()
+def predict_timelines(cfg: Config, checkpoint, videos: list[str], out_dir, stride: float | None = None,
+                      topk: int = 5, views: str | None = None, device: str = "auto") -> list[dict]:
+    """`tpn predict --timeline`: per-window top-k of each video written to `out_dir`
+    (`tpn.engine.timeline`); a video that cannot be read is {"video", "error"}."""
+    from tpn.engine.timeline import score_windows, write_timeline
+
+    cfg, dev, forward, names, topk = prepare(cfg, checkpoint, topk, views, device)
+    out = []
+    for path in videos:
+        try:
+            scores = score_windows(cfg, forward, dev, path, stride)
+        except VideoError as e:
+            out.append({"video": path, "error": str(e)})
+            continue
+        out.append(write_timeline(Path(out_dir), path, scores, names, topk))
+    return out
+
+
 def class_names(names: list[str] | None, num_classes: int) -> list[str]:
     """One name per head class: `names` (the checkpoint's) or indices; missing ones `class_<i>`."""
     if names is None:
@@ -64,3 +92,26 @@ def class_names(names: list[str] | None, num_classes: int) -> list[str]:
         log.warning("the model has %d classes but %d class names: classes %d-%d are shown as class_<i>",
                     num_classes, len(names), len(names), num_classes - 1)
     return list(names[:num_classes]) + [f"class_{i}" for i in range(len(names), num_classes)]
+
+
+def checkpoint_config(checkpoint, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config a tpn checkpoint was saved with, plus `--set` overrides, checked as a config file
+    is; a checkpoint without one (a foreign format) is a one-line error asking for `--config`."""
+    from tpn.convert.weights import read_raw
+
+    _, info = read_raw(checkpoint)
+    saved = info.get("saved_config")
+    if saved is None:
+        kind = "a tpn checkpoint saved without its config" if info.get("format") else "not a tpn checkpoint"
+        raise ConfigError(f"{checkpoint}: {kind}, so it carries no config: pass --config NAME_OR_YAML "
+                          "(the config of the model it holds, e.g. tpn_r50_8x8_k400)")
+    source = f"{checkpoint} (its saved config)"
+    cfg = apply_overrides(from_dict(Config, saved, source=source), overrides)
+    overridden = [item.split("=", 1)[0].strip() for item in overrides]
+
+    def source_of(key: str) -> str:
+        return "--set" if any(key == k or key.startswith(k + ".") for k in overridden) else source
+
+    check_ranges(cfg, source_of)
+    check_rules(cfg, source_of)
+    return cfg
