@@ -204,3 +204,18 @@ def test_data_lists_from_class_folders_train_a_model(tmp_path):
     summary = train(cfg, tmp_path / "work", device="cpu")
     assert summary["epochs"][0]["val_top1"] is not None
     assert summary["model"].head.fc.weight.shape[0] == 3
+
+
+def test_cli_init_from_errors_are_one_line(tempo_data, tmp_path):  # noqa: F811
+    from tests.test_engine_common import TINY, cli, data_overrides, sets
+
+    src_cfg = small(4, ["model.neck.out_channels=32"])
+    save_tpn(build_model(src_cfg), src_cfg, tmp_path / "other_arch.pth")
+    for ckpt, text in ((tmp_path / "nowhere.pth", "not found"), (tmp_path / "other_arch.pth", "only a head may differ")):
+        r = cli("train", "tpn_tiny_synth", "--work-dir", str(tmp_path / ckpt.stem), "--device", "cpu",
+                *sets(TINY + data_overrides(tempo_data) + [f"model.init_from={ckpt}", "train.epochs=1"]))
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and str(ckpt) in r.stderr.strip().splitlines()[-1]
+        assert text in r.stderr.strip().splitlines()[-1]
+    r = cli("train", "tpn_tiny_synth", "--set", "model.init_from=a.pth", "--set", "model.backbone.pretrained2d=b.pth")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "both initialise" in r.stderr
