@@ -190,6 +190,7 @@ def test_data_lists_from_class_folders_train_a_model(tmp_path):
     r = cli("data", "lists", str(mine), "--val-fraction", "0.4", "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert "wrote 9 train + 6 val videos of 3 classes" in r.stdout and "without videos: notes" in r.stdout
+    assert f"--set '{f'data.root={mine}'}' --set '{f'data.train_list={mine}/train.txt'}' --set" in r.stdout
     names = (mine / "labels.txt").read_text().splitlines()
     assert names == sorted(p.name for p in (tmp_path / "synth" / "videos").iterdir())
     lines = (mine / "train.txt").read_text().splitlines() + (mine / "val.txt").read_text().splitlines()

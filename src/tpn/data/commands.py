@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from tpn.errors import TpnError
@@ -103,8 +104,9 @@ def _cmd_lists(args) -> int:
         print(f"  skipped {len(s['empty'])} sub-folders without videos: {', '.join(s['empty'][:6])}")
     if s["no_val"]:
         print(f"  classes with one video, in train only: {', '.join(s['no_val'][:6])}")
-    print(f"  train on them with: --set data.root={s['root']} data.train_list={out / 'train.txt'} "
-          f"data.val_list={out / 'val.txt'} data.label_map={out / 'labels.txt'} model.head.num_classes=null")
+    sets = {"data.root": s["root"], "data.train_list": out / "train.txt", "data.val_list": out / "val.txt",
+            "data.label_map": out / "labels.txt", "model.head.num_classes": "null"}
+    print("  train on them with: " + " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in sets.items()))
     return 0
 
 
