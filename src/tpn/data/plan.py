@@ -21,6 +21,8 @@ clip-major) are all that one operation. Strategies: the sampling (`Dense`: `clip
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +30,7 @@ import numpy as np
 from tpn.config import DataConfig
 from tpn.data import sampling, transforms as T
 from tpn.data.video import VideoError
+from tpn.errors import TpnError
 
 
 class ClipPlan(NamedTuple):
@@ -47,22 +50,24 @@ class ClipPlan(NamedTuple):
 
 
 class Dense:
-    """`clip_len` frames `frame_interval` apart (mmaction2's SampleFrames)."""
+    """`clip_len` frames `frame_interval` apart (mmaction2's SampleFrames), from the video as played
+    at `tempo` x speed (`sampling.at_tempo`; 1: as recorded)."""
 
-    def __init__(self, clip_len: int, frame_interval: int):
-        self.clip_len, self.interval = clip_len, frame_interval
+    def __init__(self, clip_len: int, frame_interval: int, tempo: Fraction = Fraction(1)):
+        self.clip_len, self.interval, self.tempo = clip_len, frame_interval, Fraction(tempo)
 
-    def fewest_frames(self) -> int:
-        return sampling.span(self.clip_len, self.interval)
+    def fewest_frames(self) -> int:  # the source frames whose played video holds one clip's span
+        return math.floor((sampling.span(self.clip_len, self.interval) - 1) * self.tempo) + 1
 
     def train(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return sampling.train_indices(n, self.clip_len, self.interval, rng)
+        return sampling.at_tempo(n, self.tempo, lambda m: sampling.train_indices(m, self.clip_len, self.interval, rng))
 
     def val(self, n: int) -> np.ndarray:
-        return sampling.val_indices(n, self.clip_len, self.interval)
+        return sampling.at_tempo(n, self.tempo, lambda m: sampling.val_indices(m, self.clip_len, self.interval))
 
     def test(self, n: int, clips: int) -> np.ndarray:
-        return sampling.test_indices(n, self.clip_len, self.interval, clips)
+        return sampling.at_tempo(n, self.tempo,
+                                 lambda m: sampling.test_indices(m, self.clip_len, self.interval, clips))
 
 
 class Segments:
@@ -84,8 +89,15 @@ class Segments:
         return sampling.segment_test_indices(n, self.clip_len, clips)
 
 
-def sampler_of(cfg: DataConfig) -> Dense | Segments:
-    return Segments(cfg.clip_len) if cfg.sampling == "segments" else Dense(cfg.clip_len, cfg.frame_interval)
+def sampler_of(cfg: DataConfig, tempo: Fraction = Fraction(1)) -> Dense | Segments:
+    """The config's sampling; `tempo` != 1 (playback speed) is for dense sampling only: segments
+    spread over the whole video, so a video played faster or slower gives the same frames."""
+    if cfg.sampling == "segments":
+        if tempo != 1:
+            raise TpnError("--tempo: data.sampling 'segments' takes one frame per segment of the whole video, "
+                           "the same frames at any playback speed: tempo applies to dense sampling only")
+        return Segments(cfg.clip_len)
+    return Dense(cfg.clip_len, cfg.frame_interval, tempo)
 
 
 class Draft(NamedTuple):
@@ -104,11 +116,16 @@ class Draft(NamedTuple):
 class Planner:
     """The plans of one split of a dataset: `draft(...)` then `Draft.place(h, w)`."""
 
-    def __init__(self, cfg: DataConfig, split: str, flip_labels: dict[int, int] | None = None):
+    def __init__(self, cfg: DataConfig, split: str, flip_labels: dict[int, int] | None = None,
+                 tempo: Fraction = Fraction(1)):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
-        self.cfg, self.split, self.flip_labels = cfg, split, flip_labels or {}
-        self.sampler = sampler_of(cfg)
+        self.cfg, self.split, self.flip_labels, self.tempo = cfg, split, flip_labels or {}, Fraction(tempo)
+        self.sampler = sampler_of(cfg, self.tempo)
+
+    def with_tempo(self, tempo: Fraction) -> "Planner":
+        """The same plans from the videos played at `tempo` x speed (dense sampling only)."""
+        return Planner(self.cfg, self.split, self.flip_labels, tempo)
 
     @property
     def clips_per_item(self) -> int:

@@ -22,8 +22,18 @@ Short videos loop: an index past the end wraps around modulo the frame count (mm
 `out_of_bound_opt='loop'`), so a 20-frame video gives a full 8x8 clip
 `[0, 8, 16, 4, 12, 0, 8, 16]` rather than a clip of repeated last frames. Start 0 is used
 when the video is shorter than the window.
+
+Playback speed (`tpn test --tempo`, dense sampling only): a video of n frames played at s x speed
+is one of `ceil(n / s)` frames whose frame j shows source frame `floor(j * s)` (s > 1 skips frames,
+s < 1 repeats them). A clip is sampled from that played video by the protocols above (its
+intervals are `frame_interval * s` source frames; past its end it loops, as above) and mapped back
+to source indices (`at_tempo`). Speed 1 is the plain sampling, index for index.
 """
 from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +47,20 @@ def clip_indices(start: int, num_frames: int, clip_len: int, frame_interval: int
     if num_frames < 1:
         raise ValueError("a video with no frames has no clips")
     return (start + np.arange(clip_len, dtype=np.int64) * frame_interval) % num_frames
+
+
+def played_frames(num_frames: int, tempo: Fraction) -> int:
+    """Frames of a `num_frames` video played at `tempo` x speed: ceil(num_frames / tempo)."""
+    return math.ceil(num_frames / tempo)
+
+
+def at_tempo(num_frames: int, tempo: Fraction, pick: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Source indices of the frames `pick(m)` chooses from the video played at `tempo` x speed
+    (m = `played_frames`; its frame j is source frame floor(j * tempo), exact in integers)."""
+    if tempo == 1:
+        return pick(num_frames)
+    j = pick(played_frames(num_frames, tempo))
+    return (j * tempo.numerator) // tempo.denominator
 
 
 def train_indices(num_frames: int, clip_len: int, frame_interval: int, rng: np.random.Generator) -> np.ndarray:

@@ -47,7 +47,8 @@ def _cmd_test(args) -> int:
     from tpn.engine.distributed import teardown
 
     try:
-        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device, view_scores=args.view_scores)
+        r = run_test(cfg, args.checkpoint, out, views=args.views, device=args.device, view_scores=args.view_scores,
+                     tempo=args.tempo)
     finally:
         teardown()
     m = r["metrics"]
@@ -55,6 +56,10 @@ def _cmd_test(args) -> int:
         print(f"{r['views']} views on {m['videos']} videos ({m['skipped']} unreadable): top-1 {100 * m['top1']:.2f}% "
               f"top-5 {100 * m['top5']:.2f}% mean class accuracy {100 * m['mean_class_accuracy']:.2f}% "
               f"({rate_text(m['videos'] + m['skipped'], r['seconds'], 'videos')})")
+        if r["tempo"]:
+            from tpn.engine.tempo import summary_lines
+
+            print("\n".join(summary_lines(r["tempo"])))
         print("report: " + ", ".join(r["paths"].values()))
     return 0
 
@@ -143,6 +148,10 @@ def add_engine_commands(sub, add_set) -> None:
     p.add_argument("--view-scores", default=None, choices=["tpn", "mmaction2"], metavar="ORDER",
                    help="also write view_scores.npy (softmax per view), views in tpn's order (clip-major) "
                         "or mmaction2's (crop-major: left, right, middle)")
+    p.add_argument("--tempo", default=None, metavar="SPEEDS",
+                   help="test at each playback speed, e.g. 0.5,1,2: every video re-sampled as if played that fast "
+                        "(clip frame interval x speed; dense sampling only); top-1/top-5 per speed in the summary, "
+                        "metrics.json and accuracy_vs_tempo.png; the rest of the report is speed 1's (else the first)")
     add_precision_option(p)
     add_device_option(p)
     add_set(p)

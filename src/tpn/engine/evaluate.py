@@ -28,6 +28,7 @@ from tpn.data.transforms import view_order
 from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
 from tpn.engine.report import most_confused, plot_confusion
+from tpn.engine.tempo import parse_tempos, plot_tempo, report_speed, tempo_row
 from tpn.errors import TpnError, listing, writable_dir
 from tpn.models.build import build_model
 from tpn.options import parse_pair
@@ -169,7 +170,7 @@ def csv_cell(value):
 
 
 def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_names: list[str] | None,
-                      reasons: dict[str, str] | None = None) -> dict:
+                      reasons: dict[str, str] | None = None, extra: dict | None = None) -> dict:
     """metrics.json, predictions.csv and .json (top-5 per video), confusion_matrix.png; returns the paths.
 
     CSV: a real CSV (quoted where a field needs it); booleans as 1/0; the fields an unreadable
@@ -183,6 +184,7 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     summary["skipped_videos"] = [{"path": r["path"], "error": r["error"]} for r in rows if not r["readable"]]
     if m.get("confusion"):
         summary["most_confused"] = most_confused(np.array(m["confusion"]), names)
+    summary.update(extra or {})
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -252,10 +254,32 @@ def write_view_scores(path: Path, per_view: dict, results: dict, order: list[int
     return path
 
 
+def evaluate_at_speeds(forward, dataset, d: Dist, cfg, speeds, progress: bool, per_view: dict | None):
+    """(results, seconds) of the report's speed (`tempo.report_speed`) and one `tempo_row` per speed:
+    the test once per playback speed, the dataset's plans re-sampled at each (`Planner.with_tempo`)."""
+    base, keep, rows = dataset.planner, report_speed(speeds), []
+    planners = [base.with_tempo(s) for s in speeds]  # dense sampling only: a one-line error before any video
+    try:
+        for s, planner in zip(speeds, planners):
+            dataset.planner = planner
+            t0 = time.time()
+            loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
+            r = predict_probs(forward, loader, d, progress=progress, per_view=per_view if s == keep else None)
+            seconds = time.time() - t0
+            rows.append(tempo_row(s, metrics(r, cfg.model.head.num_classes), seconds))
+            if s == keep:
+                results, elapsed = r, seconds
+    finally:
+        dataset.planner = base
+    return results, elapsed, rows
+
+
 def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True,
-             view_scores: str | None = None) -> dict:
+             view_scores: str | None = None, tempo: str | None = None) -> dict:
     """The multi-view test of `checkpoint` on `cfg.data.test_list`; rank 0 writes the report, and with
-    `view_scores` ("tpn" or "mmaction2", the view order) the scores of every view."""
+    `view_scores` ("tpn" or "mmaction2", the view order) the scores of every view. `tempo` ("0.5,1,2"):
+    the test at each playback speed (`tpn.engine.tempo`); the report is of speed 1 (else the first)."""
+    speeds = parse_tempos(tempo) if tempo is not None else None
     d = D.setup(device)
     cfg = resolve_num_classes(with_views(cfg, views), ("test",))
     out_dir = Path(out_dir)
@@ -265,15 +289,22 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     report_path = out_dir / "bad_videos.jsonl"
     dataset = build_dataset(cfg.data, "test", report_path=report_path)
     names = checkpoint_label_order(dataset, info.get("label_names"), cfg.data.label_map, checkpoint)
-    loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
-    t0 = time.time()
     per_view = {} if view_scores else None
-    results = predict_probs(forward, loader, d, progress=progress, per_view=per_view)
-    elapsed = time.time() - t0
+    rows, extra = None, None
+    if speeds is None:
+        loader = make_eval_loader(dataset, d, cfg.test.batch_size, cfg.data.num_workers)
+        t0 = time.time()
+        results = predict_probs(forward, loader, d, progress=progress, per_view=per_view)
+        elapsed = time.time() - t0
+    else:
+        results, elapsed, rows = evaluate_at_speeds(forward, dataset, d, cfg, speeds, progress, per_view)
+        extra = {"tempo": {"report_speed": float(report_speed(speeds)), "speeds": rows}}
     m = metrics(results, cfg.model.head.num_classes)
     paths = {}
     if d.main:
-        paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path))
+        paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path), extra)
+        if rows:
+            paths["tempo_plot"] = str(plot_tempo(rows, out_dir / "accuracy_vs_tempo.png"))
     if d.main and results and not m["videos"]:
         raise TpnError(f"{cfg.data.test_list}: none of its {len(results)} videos could be read (why: "
                        f"{paths['predictions']}, {report_path})")
@@ -281,4 +312,4 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
         order = view_order(cfg.data.test_clips, cfg.data.test_crops, view_scores)
         paths["view_scores"] = str(write_view_scores(out_dir / "view_scores.npy", per_view, results, order))
     return {"metrics": m, "paths": paths, "videos_per_s": len(results) / max(elapsed, 1e-9), "seconds": elapsed,
-            "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}"}
+            "views": f"{cfg.data.test_clips}x{cfg.data.test_crops}", "tempo": rows}
