@@ -10,6 +10,7 @@ from tests.test_engine_common import TINY, cli, data_overrides, sets, tempo_data
 from tests.test_engine_eval import toy_checkpoint
 from tpn.data import sampling
 from tpn.data.plan import Dense, Planner
+from tpn.engine.tempo import parse_tempos
 from tpn.errors import TpnError
 
 
@@ -28,6 +29,7 @@ def test_indices_at_2x_and_half_speed_are_the_played_videos_frames():
     # exact in integers: 100 played frames at 0.57x are source frame 57 (100 * 0.57 is 56.99... in floats)
     assert sampling.at_tempo(200, Fraction("0.57"), lambda m: np.array([100])).tolist() == [57]
     assert sampling.played_frames(100, Fraction("0.57")) == 176  # ceil(175.4...)
+    assert parse_tempos("0.57, 2/3,2") == [Fraction(57, 100), Fraction(2, 3), Fraction(2)]
     # every index stays in the video; speed 1 is the plain sampling, index for index
     for n in (1, 5, 13, 24, 100):
         for s in ("0.25", "0.5", "0.7", "1.5", "2", "3"):
@@ -64,6 +66,11 @@ def test_speed_1_is_the_plain_test_bit_for_bit(tempo_data, tmp_path):  # noqa: F
     assert {k: rows[1][k] for k in keys} == {k: plain["metrics"][k] for k in keys}
     saved = json.loads((tmp_path / "tempo/metrics.json").read_text())
     assert saved["tempo"] == {"report_speed": 1.0, "speeds": rows} and saved["top1"] == plain["metrics"]["top1"]
+    # without speed 1 the report is the first speed's
+    r2 = run_test(cfg, ckpt, tmp_path / "no1", views="2x1", device="cpu", progress=False, tempo="2,0.5")
+    saved = json.loads((tmp_path / "no1/metrics.json").read_text())
+    assert saved["tempo"]["report_speed"] == 2.0 and [x["speed"] for x in r2["tempo"]] == [2.0, 0.5]
+    assert {k: saved[k] for k in keys} == {k: r2["tempo"][0][k] for k in keys}
     # the other speeds read other frames: the dataset's plans at 2x are the played video's
     ds = build_dataset(cfg.data, "test")
     ds.planner = ds.planner.with_tempo(Fraction(2))
