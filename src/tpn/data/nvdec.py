@@ -402,6 +402,7 @@ def _decode_main(device: str, stream: str, threads: int, requests, results) -> N
     uint8 (len(slots), k, 3, T, out, out) on the device, one row per decoded slot, in `slots` order."""
     dev = torch.device(device)
     if dev.type == "cuda":
+        dev = torch.device("cuda", dev.index or 0)
         torch.cuda.set_device(dev)
     torch.set_num_threads(1)
     pool = DecoderPool(dev, threads, STREAMS[stream])
