@@ -1,21 +1,23 @@
 """GPU decoding of training clips (`data.decoder: nvdec | hybrid | auto`).
 
 The work is split where each side is good:
-- a loader worker (CPU) demuxes the video with PyAV, frames each packet as Annex B (FFmpeg's
-  `h264_mp4toannexb` / `hevc_mp4toannexb`, the framing NVDEC's parser reads), draws the clip's
-  frames, crop and flip/jitter with the same random calls, in the same order, as the CPU path,
-  and keeps only the packets the decoder needs: from the keyframe at or before the first wanted
-  frame to the packet of the wanted frame last in decode order, without the non-reference
-  packets of unwanted frames (`tpn.data.nal`). That is a `ClipJob`: bytes, no pixels.
-- the main process (`DecodeStage`, one background thread per process, so under torchrun each
-  process decodes on its own GPU) hands a batch's jobs to `threads` decoder threads. Each thread
-  keeps one long-lived decoder per (codec, width, height) and streams the jobs it gets into it
-  one after another, each job closed by an end-of-sequence NAL unit (so the next job's keyframe
-  starts afresh, as after a seek), then drains it once per batch. Frames are recognised by the
-  timestamp each packet carries (job slot and frame index), the wanted ones copied out of the
-  decoder, converted NV12 -> RGB (the matrix and range PyAV's `rgb24` uses: BT.601 unless the
-  stream says BT.709, limited unless full), cropped and resized (OpenCV's INTER_LINEAR) on the
-  GPU and written into the batch.
+- a loader worker (CPU, `PacketReader`) demuxes the video with PyAV, frames each packet as Annex B
+  (FFmpeg's `h264_mp4toannexb` / `hevc_mp4toannexb`, the framing NVDEC's parser reads), plans the
+  item as the CPU path does (`tpn.data.plan`: the same frames, crops and flip/jitter draws) and
+  keeps only the packets the decoder needs: from the keyframe at or before the first wanted frame
+  to the packet of the wanted frame last in decode order, without the non-reference packets of
+  unwanted frames (`tpn.data.nal`). That is a `ClipJob`: bytes, no pixels.
+- the decode process (`DecodeProcess`, spawned once per training process, so under torchrun each
+  rank decodes on its own GPU in its own interpreter) hands each batch's jobs to `threads` decoder
+  threads. Each thread keeps one long-lived decoder per (codec, width, height) and streams the jobs
+  it gets into it one after another, each job closed by an end-of-sequence NAL unit (so the next
+  job's keyframe starts afresh, as after a seek), then drains it once per batch. Frames are
+  recognised by the timestamp each packet carries (job slot and frame index), the wanted ones
+  copied out of the decoder, converted NV12 -> RGB (the matrix and range PyAV's `rgb24` uses:
+  BT.601 unless the stream says BT.709, limited unless full), cropped and resized (OpenCV's
+  INTER_LINEAR) on the GPU, and the finished clips go back to the trainer through CUDA IPC.
+- the trainer's `DecodeStage` (one thread) moves each batch to the GPU, sends its jobs and writes
+  the clips that come back into their rows.
 
 Frames are the ones PyAV decodes at the same indices: the Y and UV planes are equal byte for
 byte, and so are the RGB frames and the finished clips: the conversion and the resize are
@@ -25,7 +27,8 @@ What NVDEC is not given stays on the CPU path of the worker: codecs other than H
 pixel formats than 8-bit 4:2:0, odd sizes, sizes outside NVDEC's (`MIN_SIZE`, `MAX_SIDE`), colour
 matrices other than BT.601/BT.709, rotated videos, videos without usable timestamps, raw frames.
 A clip that does not come out of the GPU decoder is read again with PyAV in the stage; a video
-that PyAV cannot read either is reported and its rows take another clip of the batch.
+that PyAV cannot read either is reported and its rows take another clip of the batch; a decode
+process that dies is one warning, and the workers decode everything from then on.
 
 `TPN_DECODER_STANDIN=pyav` in the environment puts FFmpeg's decoder (`PyAVStream`, the same
 packets and calls) in NVDEC's place on any device: the tests run the whole path, torchrun
