@@ -107,20 +107,22 @@ def _tensor(storage, offset, size, stride, dtype=None) -> torch.Tensor:
     return torch.empty((0,), dtype=dtype).set_(storage.data, offset, tuple(size), tuple(stride))
 
 
+def _with_grad(t: torch.Tensor, requires_grad) -> torch.Tensor:
+    return t.requires_grad_(bool(requires_grad)) if t.is_floating_point() or t.is_complex() else t
+
+
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     return _tensor(storage, offset, size, stride)
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    t = _tensor(storage, offset, size, stride)
-    return t.requires_grad_(bool(requires_grad)) if t.is_floating_point() or t.is_complex() else t
+    return _with_grad(_tensor(storage, offset, size, stride), requires_grad)
 
 
 def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
     if not isinstance(dtype, torch.dtype):
         raise pickle.UnpicklingError("a tensor without a dtype")
-    t = _tensor(storage, offset, size, stride, dtype)
-    return t.requires_grad_(bool(requires_grad)) if t.is_floating_point() or t.is_complex() else t
+    return _with_grad(_tensor(storage, offset, size, stride, dtype), requires_grad)
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks=None):

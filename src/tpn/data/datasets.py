@@ -264,7 +264,7 @@ class VideoDataset(Dataset):
         if rng is None and self.split == "train":
             rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
         draft = partial(self.planner.draft, index, path, label, rng=rng)
-        return Request(path, f"{self.seed}:{self.epoch}:{index}", lambda n: draft(n), total)
+        return Request(path, f"{self.seed}:{self.epoch}:{index}", draft, total)
 
     def read(self, index: int, attempt: int = 0, decoder: Decoder | None = None, rng=None):
         """(plan, views or a `PacketJob`) of item `index`; an unreadable video raises `VideoError`."""

@@ -568,8 +568,7 @@ class DecodeStage:
             slots, clips, bad = self._collect(jobs, seq)
             for n, i in enumerate(slots):
                 x[i * k:(i + 1) * k] = clips[n]
-            failed = [i for i, job in jobs if i in bad]
-            unreadable = [i for i in failed if not self._read_on_cpu(dict(jobs)[i], batch, x, k, i)]
+            unreadable = [i for i, job in jobs if i in bad and not self._read_on_cpu(job, batch, x, k, i)]
             if unreadable:
                 self._replace(batch, x, unreadable, k)
             self.gpu_clips += len(slots) * k
