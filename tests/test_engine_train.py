@@ -21,6 +21,7 @@ def test_loss_falls_and_accuracy_beats_chance(tempo_data, tmp_path):  # noqa: F8
     assert [r["epoch"] for r in recs if r["kind"] == "val"] == list(range(1, 9))
     epochs = [r for r in recs if r["kind"] == "epoch"]
     assert len(epochs) == 8 and all(r["time_s"] > 0 and r["clips_per_s"] > 0 for r in epochs)
+    assert epochs[-1]["train_top1"] >= 0.5 and epochs[-1]["train_top1"] > epochs[0]["train_top1"]
     # accuracy on the training videos (1 clip, centre crop) beats chance (25%) clearly
     from tpn.accel import make_eval_forward
     from tpn.data.datasets import build_dataset
@@ -77,3 +78,19 @@ def test_epoch_summary_steady_rate_and_no_validation(tempo_data, tmp_path, caplo
     finished = next(line for line in text.splitlines() if "finished:" in line)
     assert finished.rstrip().endswith(f"curves {tmp_path / 'run' / 'training_curves.png'}")
     assert "no validation" in finished and "best val" not in finished and "clips/s steady (warm-up" in finished
+
+
+def test_epoch_records_training_top1_of_its_clips(tempo_data, tmp_path, caplog):  # noqa: F811
+    """Each epoch's record carries the top-1 of the clips it trained on: hits / clips, a multiple of 1/clips."""
+    cfg = tiny_cfg(tempo_data, ["train.epochs=2", "train.val_interval=0", "data.num_workers=0",
+                                "train.batch_size=4", "train.lr_batch_size=4"])
+    with caplog.at_level("INFO", logger="tpn"):
+        train(cfg, tmp_path / "run", device="cpu")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    clips = 4 * epochs[0]["iter"]  # an epoch's iterations x the batch
+    assert len(epochs) == 2
+    for r in epochs:
+        hits = r["train_top1"] * clips
+        assert 0 <= r["train_top1"] <= 1 and abs(hits - round(hits)) < 1e-9
+    assert "training top-1" in caplog.text

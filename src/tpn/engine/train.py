@@ -128,6 +128,7 @@ class Run:
     mlog: MetricsLog | None = None
     stop: StopSignal | None = None  # SIGTERM, read between steps
     last_ckpt: Path | None = None  # the newest resumable checkpoint saved (or resumed from)
+    train_top1: float | None = None  # the last epoch's training top-1 (train_one_epoch)
     stopped: str | None = None  # what a stop by SIGTERM saved
 
 
@@ -330,6 +331,8 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         epoch_time = t_end - t_epoch
         erec = {"kind": "epoch", "epoch": epoch + 1, "iter": prog.global_iter, "time_s": epoch_time,
                 "clips_per_s": clips * d.world / epoch_time}
+        if run.train_top1 is not None:
+            erec.update(train_top1=run.train_top1)
         if data.stage is not None:
             erec.update(decode=data.stage.stats())
         if warm is not None:  # time and rate apart from the first steps (see WARMUP_STEPS)
@@ -346,7 +349,8 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0)
         if d.main:
             prune_after_epoch(work_dir, t.keep_last)
-            log.info("epoch %d done in %.1f s: %s", epoch + 1, epoch_time, _rate_text(erec))
+            log.info("epoch %d done in %.1f s: %s%s", epoch + 1, epoch_time, _rate_text(erec),
+                     f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec else "")
         if epoch + 1 < t.epochs and run.stop is not None and run.stop.requested():
             run.stopped = f"SIGTERM: stopped after epoch {epoch + 1}, saved {run.last_ckpt} (--resume auto continues)"
             break
@@ -375,6 +379,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     data.sampler.set_epoch(epoch, start=first * data.videos_per_batch * t.accum_steps)
     run.model.train()
     window = _Window(d.device)
+    correct = torch.zeros((), dtype=torch.long, device=d.device)  # training top-1 hits, read once an epoch
     bar = _progress_bar(run, epoch, first)
     batches = data.stage.epoch(iter(data.loader)) if data.stage is not None else iter(data.loader)
     clips, warm = 0, None
@@ -383,7 +388,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
         lr = lr_at(cfg, prog.global_iter, data.iters_per_epoch, run.lr0)
         for g in run.opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        loss_step, n = train_step(run, batches)
+        loss_step, n = train_step(run, batches, correct)
         clips += n
         window.loss += loss_step
         window.steps += 1
@@ -410,7 +415,17 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
             return clips, True, warm
     if bar is not None:
         bar.close()
+    run.train_top1 = _train_top1(correct, clips, d)
     return clips, False, warm
+
+
+def _train_top1(correct: torch.Tensor, clips: int, d: D.Dist) -> float | None:
+    """Top-1 of the epoch's training clips as the model saw them (augmented, in train mode, each
+    scored by the weights before its own step), over all ranks; None for an epoch that did not run."""
+    total = torch.tensor([float(correct), float(clips)], dtype=torch.float64)
+    if d.enabled:
+        total = D.all_reduce_mean(total.to(d.device), d).cpu()  # the ratio of means is the ratio of sums
+    return float(total[0] / total[1]) if total[1] > 0 else None
 
 
 def save_in_epoch(run: Run, prog: Progress, epoch: int, iter_in_epoch: int) -> None:
@@ -420,8 +435,9 @@ def save_in_epoch(run: Run, prog: Progress, epoch: int, iter_in_epoch: int) -> N
         prune(run.work_dir, "iter_*.pth", 1)
 
 
-def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
-    """One optimiser step over `train.accum_steps` micro-batches: (mean loss on the device, clips)."""
+def train_step(run: Run, batches, correct: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """One optimiser step over `train.accum_steps` micro-batches: (mean loss on the device, clips).
+    `correct` (a device scalar) gains the micro-batches' top-1 hits, without a host sync."""
     t, d = run.cfg.train, run.d
     loss_step = torch.zeros((), device=d.device)
     clips = 0
@@ -438,6 +454,8 @@ def train_step(run: Run, batches) -> tuple[torch.Tensor, int]:
             out = run.forward(x, y)
             run.scaler.scale(out["loss"] / t.accum_steps).backward()
         loss_step += out["loss"].detach() / t.accum_steps
+        if correct is not None:
+            correct += (out["logits"].detach().argmax(1) == y).sum()
         clips += x.shape[0]
     if t.clip_grad > 0:
         run.scaler.unscale_(run.opt)
