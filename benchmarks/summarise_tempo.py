@@ -63,8 +63,10 @@ def summarise_run(run: Path) -> dict:
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     names, labels, probs = _test_scores(run)
     pred = probs.argmax(1)
-    same_dir = np.array([names[p].rsplit("_", 1)[0] == names[t].rsplit("_", 1)[0] for p, t in zip(pred, labels)])
-    same_tempo = np.array([names[p].rsplit("_", 1)[1] == names[t].rsplit("_", 1)[1] for p, t in zip(pred, labels)])
+    same_dir = np.array([names[p].rsplit("_", 1)[0] == names[t].rsplit("_", 1)[0] for p, t in zip(pred, labels)],
+                        dtype=bool)
+    same_tempo = np.array([names[p].rsplit("_", 1)[1] == names[t].rsplit("_", 1)[1] for p, t in zip(pred, labels)],
+                          dtype=bool)
     wrong = pred != labels
     epochs = [r for r in recs if r.get("kind") == "epoch"]
     return {

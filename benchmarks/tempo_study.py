@@ -1,0 +1,303 @@
+"""The tempo study (issues 25 and 27): is it the pyramid, and does fine-tuning from a tempo model help?
+
+Every run is the unchanged `tpn train` / `tpn test` command on the harder synthetic tempo set
+(`tpn data synth --tempo-ratio 1.5 --distractors 3 --frames 64`, 24 classes; a held-out test set
+from another seed), 3 training seeds each. Groups (`--groups`, in this order of priority):
+
+  tpn              TPN R50 8x8, the recipe (tempo_hard_tpn_r50_8x8: lr 0.05, 16 epochs)
+  finetune         TPN pre-trained on the tempo set (the `tpn` run of seed 0) fine-tuned to another
+                   task (FT_CLASSES classes, tempos 1.8x apart, 1 distractor, 8 training videos a
+                   class): `model.init_from`, lr 0.01, 16 epochs ...
+  scratch          ... against the same model from scratch, the same epochs, lr 0.05 (the recipe) ...
+  scratch_lr0.01   ... and lr 0.01 (the fine-tuning lr)
+  slowonly_lr*     slow-only R50 8x8 (no neck, no aux head), lr 0.015 / 0.05 / 0.15, 24 epochs
+  slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
+  tpn_noaux        TPN without the auxiliary head (model.aux_head.loss_weight=0)
+  tpn_parallel     TPN with parallel flow (model.neck.flow=parallel)
+  tsm_tpn, tsm     TPN on TSM R50 (8 segments, 2x3 views) and TSM alone
+  precision        the tsm_tpn seed-0 model tested fp32 (IEEE, unfolded) and bf16 (folded, the
+                   default test path) on the same 6 views: share of equal top-1, largest difference
+
+Per run (RESULTS/<group>_s<seed>/): run.json (30-view test top-1, tempo-pair accuracy, confusions,
+validation and training-accuracy curves), metrics.jsonl, config.yaml, test/metrics.json and
+test/predictions.csv; for seed 0 of the 3D groups also `tpn test --tempo` (accuracy against
+playback speed, tempo/metrics.json). `--summary` then writes RESULTS/summary.json, table.md and
+curves.png over every run found (several device calls can fill one results folder).
+
+    python benchmarks/tempo_study.py --work /tmp/study --results $OUT --slots 3 --workers 5 --deadline-s 560
+    python benchmarks/tempo_study.py --summary --results benchmarks/results/tempo_study_h100_2026-12-07
+    python benchmarks/tempo_study.py --tiny --work work_dirs/study_tiny --results work_dirs/study_tiny/results
+
+Runs share the GPU (`--slots` at a time, `--workers` loader workers each): timings in the logs are
+not speed measurements. A run not finished by `--deadline-s` is stopped and left out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summarise_tempo import _mean_std, summarise_run  # noqa: E402
+
+TPN_CFG, SLOW_CFG = "tempo_hard_tpn_r50_8x8", "tempo_hard_slowonly_r50_8x8"
+TSM_TPN_CFG, TSM_CFG = "tempo_hard_tpn_tsm_r50_1x1x8", "tempo_hard_tsm_r50_1x1x8"
+SPEEDS = "0.5,0.75,1,1.5,2"
+FT_CLASSES = 12
+GROUPS = {  # name: (config, extra --sets, needs the fine-tuning data, tempo test on seed 0)
+    "tpn": (TPN_CFG, [], False, True),
+    "finetune": (TPN_CFG, ["train.lr=0.01", "model.init_from={pretrained}"], True, False),
+    "scratch": (TPN_CFG, [], True, False),
+    "scratch_lr0.01": (TPN_CFG, ["train.lr=0.01"], True, False),
+    "slowonly_lr0.015": (SLOW_CFG, ["train.lr=0.015", "train.epochs=24"], False, False),
+    "slowonly_lr0.05": (SLOW_CFG, ["train.epochs=24"], False, True),
+    "slowonly_lr0.15": (SLOW_CFG, ["train.lr=0.15", "train.epochs=24"], False, False),
+    "slowonly_aux": (SLOW_CFG, ["model.backbone.out_indices=[2,3]", "model.aux_head.loss_weight=0.5"], False, True),
+    "tpn_noaux": (TPN_CFG, ["model.aux_head.loss_weight=0"], False, True),
+    "tpn_parallel": (TPN_CFG, ["model.neck.flow=parallel"], False, True),
+    "tsm_tpn": (TSM_TPN_CFG, [], False, False),
+    "tsm": (TSM_CFG, [], False, False),
+}
+TINY = ["model.backbone.base_channels=8", "model.backbone.stage_blocks=[1,1,1,1]", "model.neck.out_channels=64",
+        "model.neck.groups=8", "train.batch_size=4", "train.lr_batch_size=4", "train.warmup_epochs=0",
+        "train.val_interval=1", "train.log_interval=2", "train.epochs=2"]
+
+
+DEADLINE = [float("inf")]  # time.time() after which commands are stopped (--deadline-s)
+
+
+def sh(cmd: list[str], log: Path, env: dict | None = None) -> None:
+    with log.open("a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        try:
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                               timeout=max(1.0, DEADLINE[0] - time.time()))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"stopped at the deadline: {' '.join(cmd[:4])} ... (log {log})") from None
+    if r.returncode:
+        raise RuntimeError(f"exit {r.returncode}: {' '.join(cmd[:4])} ... (log {log})")
+
+
+def synth(tpn: list[str], root: Path, classes: int, vpc: int, tvpc: int, ratio: float, distractors: int,
+          workers: int, seed: int, log: Path) -> None:
+    """train + val (20%) from `seed`; a held-out test set of `tvpc` videos a class from `seed + 1`."""
+    if (root / "test.txt").is_file():
+        return
+    common = ["--classes", str(classes), "--frames", "64", "--tempo-ratio", str(ratio),
+              "--distractors", str(distractors), "--workers", str(workers)]
+    sh(tpn + ["data", "synth", str(root), "--videos-per-class", str(vpc), "--seed", str(seed)] + common, log)
+    sh(tpn + ["data", "synth", str(root / "test_set"), "--videos-per-class", str(tvpc), "--seed", str(seed + 1)]
+       + common, log)
+    rows = [f"test_set/{line}" for name in ("train.txt", "val.txt")
+            for line in (root / "test_set" / name).read_text().splitlines() if line.strip()]
+    (root / "test.txt").write_text("\n".join(rows) + "\n")
+
+
+def data_sets(root: Path, classes: int) -> list[str]:
+    return [f"data.root={root}", f"data.train_list={root}/train.txt", f"data.val_list={root}/val.txt",
+            f"data.test_list={root}/test.txt", f"data.label_map={root}/labels.txt",
+            f"model.head.num_classes={classes}"]
+
+
+def run_one(args, tpn: list[str], group: str, seed: int, roots: dict) -> str:
+    cfg, extra, ft, tempo = GROUPS[group]
+    name = f"{group}_s{seed}"
+    work, res = args.work / "runs" / name, args.results / name
+    root, classes = roots["ft"] if ft else roots["main"]
+    pretrained = args.work / "runs" / "tpn_s0" / "epoch_final.pth"
+    sets = data_sets(root, classes) + [f"data.num_workers={args.workers}", f"train.seed={seed}"]
+    sets += [s.format(pretrained=pretrained) for s in extra] + (TINY if args.tiny else [])
+    setargs = [a for s in sets for a in ("--set", s)]
+    log = args.work / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    sh(tpn + ["train", cfg, "--work-dir", str(work), "--overwrite"] + setargs, log)
+    final = sorted(work.glob("epoch_*.pth"))[-1]  # the final model (not the best by validation)
+    if group == "tpn" and seed == 0:
+        shutil.copyfile(final, pretrained)
+    sh(tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(final), "--work-dir", str(work / "test"),
+              "--view-scores", "tpn"], log)
+    res.mkdir(parents=True, exist_ok=True)
+    summary = summarise_run(work)
+    summary["train_top1_curve"] = [{"epoch": r["epoch"], "top1": r["train_top1"]} for r in _records(work)
+                                   if r.get("kind") == "epoch" and "train_top1" in r]
+    summary.update(group=group, seed=seed, config=cfg, sets=sets)
+    if tempo and seed == 0:
+        sh(tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(final), "--work-dir", str(work / "tempo"),
+                  "--tempo", SPEEDS], log)
+        summary["tempo"] = json.loads((work / "tempo" / "metrics.json").read_text()).get("tempo")
+    if group == "tsm_tpn" and seed == 0:
+        summary["precision"] = precision(args, tpn, work, final, log)
+    for f in ("metrics.jsonl", "config.yaml", "test/metrics.json", "test/predictions.csv", "train.log"):
+        (res / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / f, res / f)
+    summary["wall_s"] = round(time.time() - t0, 1)
+    (res / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return f"{name}: test top-1 {100 * summary['test_30view']['top1']:.2f}% ({summary['wall_s']:.0f} s)"
+
+
+def precision(args, tpn: list[str], work: Path, ckpt: Path, log: Path) -> dict:
+    """fp32 (IEEE: no TF32, BN unfolded) against the default bf16 folded test path, the config's views."""
+    env = dict(os.environ, NVIDIA_TF32_OVERRIDE="0")
+    base = tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(ckpt), "--view-scores", "tpn"]
+    sh(base + ["--work-dir", str(work / "fp32"), "--precision", "fp32", "--set", "test.fold_bn=false"], log, env)
+    sh(base + ["--work-dir", str(work / "bf16"), "--precision", "bf16"], log)
+    out = work / "precision.json"
+    sh([sys.executable, str(Path(__file__).parent / "precision_summary.py"), f"fp32={work / 'fp32'}",
+        f"bf16={work / 'bf16'}", "--out", str(out)], log)
+    return json.loads(out.read_text())
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def run_all(args) -> int:
+    tpn = [sys.executable, "-m", "tpn.cli"]
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.work / "logs").mkdir(exist_ok=True)
+    w = args.synth_workers
+    tiny = args.tiny
+    main_root, ft_root = args.work / "data" / "tempo_hard", args.work / "data" / "tempo_ft"
+    synth(tpn, main_root, 4 if tiny else 24, 5 if tiny else 100, 2 if tiny else 25, 1.5, 3, w, 0,
+          args.work / "logs" / "synth.log")
+    roots = {"main": (main_root, 4 if tiny else 24)}
+    jobs = [(g, s) for g in args.groups for s in args.seeds if g in GROUPS]
+    if any(GROUPS[g][2] for g, _ in jobs):
+        synth(tpn, ft_root, 4 if tiny else FT_CLASSES, 5 if tiny else 10, 2 if tiny else 25, 1.8, 1, w, 2,
+              args.work / "logs" / "synth_ft.log")
+        roots["ft"] = (ft_root, 4 if tiny else FT_CLASSES)
+    pretrained = args.work / "runs" / "tpn_s0" / "epoch_final.pth"
+    deadline = DEADLINE[0] = time.time() + args.deadline_s
+    done, failed, skipped = [], [], []
+
+    def job(gs):
+        g, s = gs
+        if time.time() > deadline - args.min_left_s:
+            skipped.append(f"{g}_s{s}")
+            return
+        if g == "finetune":  # waits for its pre-trained model (the tpn run of seed 0)
+            while not pretrained.is_file() and time.time() < deadline:
+                time.sleep(2)
+        try:
+            msg = run_one(args, tpn, g, s, roots)
+            done.append(msg)
+            print(msg, flush=True)
+        except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+            failed.append(f"{g}_s{s}: {e}")
+            print(f"FAILED {g}_s{s}: {e}", flush=True)
+
+    with ThreadPoolExecutor(args.slots) as pool:
+        list(pool.map(job, jobs))
+    print(f"{len(done)} runs done, {len(failed)} failed, {len(skipped)} not started: {skipped}", flush=True)
+    for line in failed:
+        print("  " + line)
+    summarise_all(args.results)
+    return 1 if failed else 0
+
+
+def summarise_all(results: Path) -> dict:
+    """summary.json (per group: mean +- std over its seeds), table.md and curves.png of every run.json."""
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob("*/run.json"))]
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["group"], []).append(r)
+    order = [g for g in GROUPS if g in groups]
+    out = {"groups": {}}
+    for g in order:
+        rs = sorted(groups[g], key=lambda r: r["seed"])
+        final_train = [r["train_top1_curve"][-1]["top1"] for r in rs if r["train_top1_curve"]]
+        out["groups"][g] = {
+            "config": rs[0]["config"], "sets": [s for s in rs[0]["sets"] if not s.startswith(("data.", "train.seed"))],
+            "seeds": [r["seed"] for r in rs],
+            "test_top1": _mean_std([r["test_30view"]["top1"] for r in rs]),
+            "tempo_pair_accuracy": _mean_std([r["tempo_pair_accuracy"] for r in rs]),
+            "tempo_confusions": _mean_std([r["tempo_confusions"] for r in rs]),
+            "direction_confusions": _mean_std([r["direction_confusions"] for r in rs]),
+            "final_train_top1": _mean_std(final_train) if final_train else None,
+            "val_curves": {r["seed"]: r["val_curve"] for r in rs},
+            "train_top1_curves": {r["seed"]: r["train_top1_curve"] for r in rs},
+            **({"tempo_seed0": rs[0]["tempo"]} if rs[0].get("tempo") else {}),
+            **({"precision_seed0": rs[0]["precision"]} if rs[0].get("precision") else {}),
+        }
+    (results / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
+    (results / "table.md").write_text(table(out))
+    if order:
+        plot(out, results / "curves.png")
+    print(table(out))
+    return out
+
+
+def _pm(m: dict | None) -> str:
+    return "-" if m is None else f"{100 * m['mean']:.1f} +- {100 * m['std']:.1f}"
+
+
+def table(summary: dict) -> str:
+    lines = ["| group | config, changes | seeds | test top-1 % (30 views; TSM 6) | tempo-pair acc. % | "
+             "final training top-1 % |", "|---|---|---|---|---|---|"]
+    for g, m in summary["groups"].items():
+        lines.append(f"| {g} | {m['config']} {' '.join(m['sets'][1:]) if len(m['sets']) > 1 else ''} | "
+                     f"{len(m['seeds'])} | {_pm(m['test_top1'])} | {_pm(m['tempo_pair_accuracy'])} | "
+                     f"{_pm(m['final_train_top1'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (g, m) in enumerate(summary["groups"].items()):
+        colour = f"C{i % 10}"
+        for ax, curves in zip(axes, (m["val_curves"], m["train_top1_curves"])):
+            for j, c in enumerate(curves.values()):
+                if c:
+                    ax.plot([p["epoch"] for p in c], [100 * p["top1"] for p in c], color=colour, alpha=0.8,
+                            label=g if j == 0 else None)
+    axes[0].set_ylabel("validation top-1 (1 clip), %")
+    axes[1].set_ylabel("training top-1 (augmented clips, train mode), %")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("harder tempo set: each line one seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("work_dirs/tempo_study"))
+    ap.add_argument("--results", type=Path, default=None, help="small files per run (default WORK/results)")
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--slots", type=int, default=3, help="runs at a time on the GPU")
+    ap.add_argument("--workers", type=int, default=5, help="loader workers per run")
+    ap.add_argument("--synth-workers", type=int, default=15)
+    ap.add_argument("--deadline-s", type=float, default=1e9, help="stop starting runs after this many seconds")
+    ap.add_argument("--min-left-s", type=float, default=100, help="no run starts with less than this left")
+    ap.add_argument("--tiny", action="store_true", help="4 classes, 1/8-width models, 2 epochs: CPU pipeline check")
+    ap.add_argument("--summary", action="store_true", help="only summarise RESULTS")
+    args = ap.parse_args()
+    args.results = args.results or args.work / "results"
+    if args.summary:
+        summarise_all(args.results)
+        return 0
+    return run_all(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
