@@ -309,3 +309,16 @@ def test_videos_declaring_frames_too_large_are_unreadable_not_fatal(huge_video, 
     with pytest.raises(VideoError, match=r"frames of 96x80 \(7,680 pixels\) exceed data.max_frame_pixels \(7,000\)"):
         build_dataset(DataConfig(**{**native, "max_frame_pixels": 7000}), "test").eval_clip(1)
     assert build_dataset(DataConfig(**{**native, "max_frame_pixels": 7680}), "test")[1].ok
+
+
+def test_data_check_applies_the_frame_size_limit(huge_video, synth_dataset, tmp_path):
+    """`tpn data check` finds the videos training would refuse for their frame size, before decoding."""
+    from tpn.data.check import check_list
+
+    good = sorted((synth_dataset / "videos").rglob("*.mp4"))[0]
+    (tmp_path / "list.txt").write_text(f"{huge_video} 0\n{good} 1\n")
+    cfg = DataConfig(clip_len=1, test_clips=1, short_side=256, test_crop_size=256)
+    report = check_list(tmp_path / "list.txt", cfg, "test", workers=1, progress=False)
+    assert report["counts"] == {"unreadable": 1, "ok": 1}
+    assert report["problems"][0]["path"] == str(huge_video)
+    assert "resized to short side 256 would be 262144x256" in report["problems"][0]["detail"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from tpn.config import DataConfig
 from tpn.data.datasets import AnnotationError, frames_needed, iter_annotations, read_label_names
 from tpn.data.pool import map_in_processes
-from tpn.data.video import VideoError, VideoReader, count_rawframes, read_rawframes
+from tpn.data.video import VideoError, VideoReader, check_frame_size, count_rawframes, read_rawframes
 from tpn.errors import read_text
 
 STATUSES = ("missing", "zero-byte", "unreadable", "damaged", "too-short")
@@ -39,15 +39,21 @@ def decode_errors(path: str | Path) -> tuple[int, int, int]:
     return decoded, rejected, concealed
 
 
-def _check_file(path: Path, rawframes: bool, template: str, total: int) -> tuple[int, str]:
-    """(frames, "" or the decoder errors of a damaged video); raises VideoError."""
+def _check_file(path: Path, rawframes: bool, template: str, total: int,
+                size: tuple[int, int | None]) -> tuple[int, str]:
+    """(frames, "" or the decoder errors of a damaged video); raises VideoError. `size`:
+    (data.max_frame_pixels, data.short_side), checked on the header before any decoding, as
+    training and testing check it."""
     if rawframes:  # the frame count as training takes it: the list's, else the folder's
         n = total if total > 0 else count_rawframes(path, template)
         if n < 1:
             raise VideoError(f"{path}: no frames named {template.format(1)}, ...")
-        read_rawframes(path, [0, n - 1], template)
+        frames = read_rawframes(path, [0, n - 1], template)
+        check_frame_size(path, frames.shape[2], frames.shape[1], *size)
         return n, ""
     with VideoReader(path) as reader:  # counts the packets: catches files cut short
+        cc = reader.stream.codec_context
+        check_frame_size(path, cc.width, cc.height, *size)
         n = reader.num_frames
     try:
         decoded, rejected, concealed = decode_errors(path)
@@ -63,16 +69,17 @@ def _check_file(path: Path, rawframes: bool, template: str, total: int) -> tuple
     return n, ""
 
 
-def check_video(job: tuple[str, bool, str, int, int]) -> tuple[str, str]:
-    """(status, detail): ok or one of STATUSES."""
-    path, rawframes, template, total, need = job
+def check_video(job: tuple) -> tuple[str, str]:
+    """(status, detail): ok or one of STATUSES. `job`: (path, rawframes, template, frames in the
+    list, frames needed, (data.max_frame_pixels, data.short_side))."""
+    path, rawframes, template, total, need, size = job
     p = Path(path)
     if not p.exists():
         return "missing", "file not found"
     if p.is_file() and p.stat().st_size == 0:
         return "zero-byte", "empty file"
     try:
-        n, damage = _check_file(p, rawframes, template, total)
+        n, damage = _check_file(p, rawframes, template, total, size)
     except VideoError as e:
         return "unreadable", str(e).split(": ", 1)[-1]
     if damage:
@@ -94,7 +101,8 @@ def check_list(list_file, data: DataConfig, split: str = "train", workers: int =
         else:
             lines.append((n, line, entry))
     need = frames_needed(data, split)
-    jobs = [(str(Path(data.root) / rel), data.format == "mmaction_rawframes", data.filename_tmpl, total, need)
+    size = (data.max_frame_pixels, data.short_side)
+    jobs = [(str(Path(data.root) / rel), data.format == "mmaction_rawframes", data.filename_tmpl, total, need, size)
             for _, _, (rel, _, total) in lines]
     results = map_in_processes(check_video, jobs, workers, chunksize=4, desc="checking" if progress else None)
     problems = [
