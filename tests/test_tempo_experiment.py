@@ -59,3 +59,25 @@ def test_tempo_hard_script_runs_tiny_on_cpu(tmp_path):
         assert [p["epoch"] for p in summary["models"][model]["val_top1_curve"]] == [1]
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert "tempo-pair accuracy" in r.stdout
+
+
+@pytest.mark.slow
+def test_tempo_study_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/tempo_study.py end to end, tiny: data, a TPN run, fine-tuning from it, the summary."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results = tmp_path / "results"
+    r = subprocess.run([sys.executable, "benchmarks/tempo_study.py", "--tiny", "--work", str(tmp_path / "work"),
+                        "--results", str(results), "--groups", "tpn", "finetune", "--seeds", "0", "--slots", "2",
+                        "--workers", "0", "--synth-workers", "2"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = json.loads((results / "finetune_s0" / "run.json").read_text())
+    assert any(s.startswith("model.init_from=") for s in run["sets"]) and run["test_30view"]["videos"] == 8
+    assert "model initialised from" in (results / "finetune_s0" / "train.log").read_text()
+    tpn = json.loads((results / "tpn_s0" / "run.json").read_text())
+    assert [p["speed"] for p in tpn["tempo"]["speeds"]] == [0.5, 0.75, 1.0, 1.5, 2.0]
+    assert [p["epoch"] for p in tpn["train_top1_curve"]] == [1, 2]
+    summary = json.loads((results / "summary.json").read_text())
+    assert list(summary["groups"]) == ["tpn", "finetune"]
+    assert summary["groups"]["tpn"]["test_top1"]["mean"] == pytest.approx(tpn["test_30view"]["top1"])
+    assert (results / "curves.png").stat().st_size > 1000 and "| finetune |" in (results / "table.md").read_text()
