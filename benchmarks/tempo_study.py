@@ -10,15 +10,16 @@ from another seed), 3 training seeds each. Groups (`--groups`, in this order of 
                    class): `model.init_from`, lr 0.01, 16 epochs ...
   scratch          ... against the same model from scratch, the same epochs, lr 0.05 (the recipe) ...
   scratch_lr0.01   ... and lr 0.01 (the fine-tuning lr)
-  slowonly_lr*     slow-only R50 8x8 (no neck, no aux head), lr 0.015 / 0.05 / 0.15, 24 epochs
-  slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
   tpn_noaux        TPN without the auxiliary head (model.aux_head.loss_weight=0)
   tpn_parallel     TPN with parallel flow (model.neck.flow=parallel)
+  slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
+  slowonly_lr*     slow-only R50 8x8 (no neck, no aux head), lr 0.015 / 0.05 (the recipe) / 0.15, 16 epochs
+  slowonly_long    slow-only, lr 0.05, 48 epochs (3x the recipe's schedule)
   tsm_tpn, tsm     TPN on TSM R50 (8 segments, 2x3 views) and TSM alone
   precision        the tsm_tpn seed-0 model tested fp32 (IEEE, unfolded) and bf16 (folded, the
                    default test path) on the same 6 views: share of equal top-1, largest difference
 
-Per run (RESULTS/<group>_s<seed>/): run.json (30-view test top-1, tempo-pair accuracy, confusions,
+`--groups NAME:SEEDS` gives a group its own seeds (`slowonly_long:0`). Per run (RESULTS/<group>_s<seed>/): run.json (30-view test top-1, tempo-pair accuracy, confusions,
 validation and training-accuracy curves), metrics.jsonl, config.yaml, test/metrics.json and
 test/predictions.csv; for seed 0 of the 3D groups also `tpn test --tempo` (accuracy against
 playback speed, tempo/metrics.json). `--summary` then writes RESULTS/summary.json, table.md and
@@ -57,12 +58,13 @@ GROUPS = {  # name: (config, extra --sets, needs the fine-tuning data, tempo tes
     "finetune": (TPN_CFG, ["train.lr=0.01", "model.init_from={pretrained}"], True, False),
     "scratch": (TPN_CFG, [], True, False),
     "scratch_lr0.01": (TPN_CFG, ["train.lr=0.01"], True, False),
-    "slowonly_lr0.015": (SLOW_CFG, ["train.lr=0.015", "train.epochs=24"], False, False),
-    "slowonly_lr0.05": (SLOW_CFG, ["train.epochs=24"], False, True),
-    "slowonly_lr0.15": (SLOW_CFG, ["train.lr=0.15", "train.epochs=24"], False, False),
-    "slowonly_aux": (SLOW_CFG, ["model.backbone.out_indices=[2,3]", "model.aux_head.loss_weight=0.5"], False, True),
     "tpn_noaux": (TPN_CFG, ["model.aux_head.loss_weight=0"], False, True),
     "tpn_parallel": (TPN_CFG, ["model.neck.flow=parallel"], False, True),
+    "slowonly_aux": (SLOW_CFG, ["model.backbone.out_indices=[2,3]", "model.aux_head.loss_weight=0.5"], False, True),
+    "slowonly_lr0.015": (SLOW_CFG, ["train.lr=0.015"], False, False),
+    "slowonly_lr0.05": (SLOW_CFG, [], False, True),
+    "slowonly_lr0.15": (SLOW_CFG, ["train.lr=0.15"], False, False),
+    "slowonly_long": (SLOW_CFG, ["train.epochs=48", "train.val_interval=4"], False, False),
     "tsm_tpn": (TSM_TPN_CFG, [], False, False),
     "tsm": (TSM_CFG, [], False, False),
 }
@@ -163,22 +165,27 @@ def _records(run: Path) -> list[dict]:
 
 def run_all(args) -> int:
     tpn = [sys.executable, "-m", "tpn.cli"]
+    deadline = DEADLINE[0] = time.time() + args.deadline_s  # data generation included
     args.work.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.work / "logs").mkdir(exist_ok=True)
+    jobs = []
+    for spec in args.groups:  # NAME or NAME:SEED,SEED
+        g, _, seeds = spec.partition(":")
+        if g not in GROUPS:
+            raise SystemExit(f"--groups: unknown group {g!r} (choose from {', '.join(GROUPS)})")
+        jobs += [(g, s) for s in ([int(x) for x in seeds.split(",")] if seeds else args.seeds)]
     w = args.synth_workers
     tiny = args.tiny
     main_root, ft_root = args.work / "data" / "tempo_hard", args.work / "data" / "tempo_ft"
     synth(tpn, main_root, 4 if tiny else 24, 5 if tiny else 100, 2 if tiny else 25, 1.5, 3, w, 0,
           args.work / "logs" / "synth.log")
     roots = {"main": (main_root, 4 if tiny else 24)}
-    jobs = [(g, s) for g in args.groups for s in args.seeds if g in GROUPS]
     if any(GROUPS[g][2] for g, _ in jobs):
         synth(tpn, ft_root, 4 if tiny else FT_CLASSES, 5 if tiny else 10, 2 if tiny else 25, 1.8, 1, w, 2,
               args.work / "logs" / "synth_ft.log")
         roots["ft"] = (ft_root, 4 if tiny else FT_CLASSES)
     pretrained = args.work / "runs" / "tpn_s0" / "epoch_final.pth"
-    deadline = DEADLINE[0] = time.time() + args.deadline_s
     done, failed, skipped = [], [], []
 
     def job(gs):
@@ -187,7 +194,8 @@ def run_all(args) -> int:
             skipped.append(f"{g}_s{s}")
             return
         if g == "finetune":  # waits for its pre-trained model (the tpn run of seed 0)
-            while not pretrained.is_file() and time.time() < deadline:
+            while not pretrained.is_file() and time.time() < deadline and not any(
+                    f.startswith("tpn_s0:") for f in failed):
                 time.sleep(2)
         try:
             msg = run_one(args, tpn, g, s, roots)
@@ -282,7 +290,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("work_dirs/tempo_study"))
     ap.add_argument("--results", type=Path, default=None, help="small files per run (default WORK/results)")
-    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), help="NAME or NAME:SEED,SEED (default: all)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--slots", type=int, default=3, help="runs at a time on the GPU")
     ap.add_argument("--workers", type=int, default=5, help="loader workers per run")
