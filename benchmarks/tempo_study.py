@@ -44,8 +44,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summarise_tempo import _mean_std, summarise_run  # noqa: E402
 
