@@ -23,7 +23,9 @@ Groups (`--groups`, in this order of priority):
   precision        the tsm_tpn seed-0 model tested fp32 (IEEE, unfolded) and bf16 (folded, the
                    default test path) on the same 6 views: share of equal top-1, largest difference
 
-`--groups NAME:SEEDS` gives a group its own seeds (`slowonly_long:0`). Per run (RESULTS/<group>_s<seed>/): run.json (30-view test top-1, tempo-pair accuracy, confusions,
+`--groups NAME:SEEDS` gives a group its own seeds (`slowonly_long:0`).
+
+Per run (RESULTS/<group>_s<seed>/): run.json (30-view test top-1, tempo-pair accuracy, confusions,
 validation and training-accuracy curves), metrics.jsonl, config.yaml, test/metrics.json and
 test/predictions.csv; for seed 0 of the 3D groups also `tpn test --tempo` (accuracy against
 playback speed, tempo/metrics.json). `--summary` then writes RESULTS/summary.json, table.md and
