@@ -19,9 +19,9 @@ Groups (`--groups`, in this order of priority):
   slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
   slowonly_lr*     slow-only R50 8x8 (no neck, no aux head), lr 0.015 / 0.05 (the recipe) / 0.15, 16 epochs
   slowonly_long    slow-only, lr 0.05, 48 epochs (3x the recipe's schedule)
-  tsm_tpn, tsm     TPN on TSM R50 (8 segments, 2x3 views) and TSM alone
-  precision        the tsm_tpn seed-0 model tested fp32 (IEEE, unfolded) and bf16 (folded, the
-                   default test path) on the same 6 views: share of equal top-1, largest difference
+  tsm_tpn, tsm     TPN on TSM R50 (8 segments, 2x3 views) and TSM alone; the tsm_tpn seed-0 model
+                   is also tested fp32 (IEEE, unfolded) and bf16 (folded, the default test path)
+                   on the same 6 views: share of equal top-1, largest difference (precision)
 
 `--groups NAME:SEEDS` gives a group its own seeds (`slowonly_long:0`).
 
