@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from tpn.config import DataConfig  # noqa: E402
 from tpn.bench import machine_info  # noqa: E402
 from tpn.data.check import check_video  # noqa: E402
 from tpn.data.sampling import train_indices  # noqa: E402
@@ -58,7 +59,7 @@ def run(videos_dir: str | Path, size=(340, 256), seconds: int = 10, calls: int =
             reader.get_frames([0, n // 2, n - 1])
 
     check = _interleaved({"open_3_frames": open_3,
-                          "check_video": lambda _: check_video((str(plain), False, "", -1, 1))}, calls)
+                          "check_video": lambda _: check_video((str(plain), False, "", -1, 1, (DataConfig.max_frame_pixels, None)))}, calls)
     log(f"check: {check}")
     starts = [train_indices(n, 8, 8, np.random.default_rng(i)) for i in range(calls)]
     clips = _interleaved({"train_clip": lambda i: read_clip(plain, lambda _: starts[i]),
