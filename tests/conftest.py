@@ -1,4 +1,22 @@
+import os
+
 import pytest
+
+if os.environ.get("TPN_TEST_READER_WITHOUT_RECORD_SIZE"):  # as torch 2.11's archive reader (see tpn.checkpoint)
+    import torch
+
+    _Reader = torch._C.PyTorchFileReader
+
+    class _ReaderWithoutRecordSize:
+        def __init__(self, *args):
+            self._reader = _Reader(*args)
+
+        def __getattr__(self, name):
+            if name == "get_record_size":
+                raise AttributeError(name)
+            return getattr(self._reader, name)
+
+    torch._C.PyTorchFileReader = _ReaderWithoutRecordSize
 
 
 @pytest.fixture(scope="session")

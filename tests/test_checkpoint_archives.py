@@ -7,6 +7,7 @@ functions that write the marker, so every entry point is checked for the path, n
 one payload's effect."""
 import collections
 import io
+import os
 import pickle
 import struct
 import warnings
@@ -215,7 +216,9 @@ def zip_declared_bomb() -> bytes:
 
 
 BOMBS = {
-    "deflate": (lambda sd: deflate_bomb(sd), r"data/0 declares 1073741824 bytes, more than the file holds"),
+    "deflate": (lambda sd: deflate_bomb(sd), r"data/0 declares 1073741824 bytes, more than the file holds"
+                # torch 2.11's reader (no record sizes): tpn reads the records itself, uncompressed ones only
+                if not os.environ.get("TPN_TEST_READER_WITHOUT_RECORD_SIZE") else r"is a compressed zip record"),
     "legacy_storage": (lambda sd: legacy_storage_bomb(), r"storage 0 declares 4398046511104 bytes, more than"),
     "zip_declared": (lambda sd: zip_declared_bomb(), r"data/0 holds 4 bytes, its tensor declares 4398046511104"),
     "huge_shape": (lambda sd: saved({"w": HugeView((2 ** 31, 2 ** 31), (1, 1))}), r"reaches element 4294967294 "),

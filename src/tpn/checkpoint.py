@@ -223,11 +223,12 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
         raise CheckpointError(f"{path}: saved on a machine of the other byte order; tpn reads "
                               f"{sys.byteorder}-endian checkpoints")
     storages: dict[str, _Storage] = {}
+    own = None if hasattr(reader, "get_record_size") else _StoredRecords(path, reader)
 
     def record(name: str) -> int:
         if name not in records:
             raise CheckpointError(f"{path}: damaged checkpoint ({name} is missing)")
-        size = reader.get_record_size(name)
+        size = reader.get_record_size(name) if own is None else own.size(name)
         budget.take(size, name)
         return size
 
@@ -240,12 +241,93 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
             if nbytes != size:
                 raise CheckpointError(f"{path}: damaged checkpoint ({name} holds {size} bytes, "
                                       f"its tensor declares {nbytes})")
-            data = reader.get_storage_from_record(name, nbytes, torch.UntypedStorage).untyped_storage()
+            if own is None:
+                data = reader.get_storage_from_record(name, nbytes, torch.UntypedStorage).untyped_storage()
+            else:
+                data = torch.frombuffer(bytearray(own.read(name)), dtype=torch.uint8).untyped_storage() \
+                    if nbytes else torch.UntypedStorage(0)
             storages[key] = _Storage(data, kind.dtype)
         return _Storage(storages[key].data, kind.dtype)
 
     record("data.pkl")
-    return _Unpickler(io.BytesIO(reader.get_record("data.pkl")), skipped, storage).load()
+    pickled = reader.get_record("data.pkl") if own is None else own.read("data.pkl")
+    return _Unpickler(io.BytesIO(pickled), skipped, storage).load()
+
+
+class _StoredRecords:
+    """Record sizes and bytes for torch builds whose archive reader has no `get_record_size`
+    (torch 2.11 has none; 2.13 has it). Where a record starts is still torch's answer
+    (`get_record_offset`); its size is that of the zip directory entry of the local header just
+    before that offset (torch writes sizes after the data, so the local header has none), and
+    the bytes are read from the file here: only uncompressed records (what torch.save writes),
+    never more bytes than the file holds, so no record makes the reader allocate more than the
+    file's size whatever its directories claim."""
+
+    _SIG = b"PK\x03\x04"
+
+    def __init__(self, path: Path, reader):
+        self.path, self.reader = path, reader
+        self.file_size = path.stat().st_size
+        self.found: dict[str, tuple[int, int]] = {}
+        self.entries: dict | None = None
+
+    def _central(self) -> dict:
+        if self.entries is None:
+            import zipfile
+
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    self.entries = {e.header_offset: e for e in z.infolist()}
+            except (zipfile.BadZipFile, OSError, ValueError) as e:
+                raise CheckpointError(f"{self.path}: not a readable checkpoint (damaged zip archive: "
+                                      f"{_first_line(e)})") from None
+        return self.entries
+
+    def _locate(self, name: str) -> tuple[int, int]:
+        if name in self.found:
+            return self.found[name]
+        try:
+            start = self.reader.get_record_offset(name)
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.path}: damaged checkpoint ({name}: {_first_line(e)})") from None
+        with open(self.path, "rb") as f:  # the local header: 30 bytes, the name, an extra field
+            lo = max(0, start - 30 - 65535 - 4096)
+            f.seek(lo)
+            window = f.read(start - lo)
+        at = len(window)
+        while (at := window.rfind(self._SIG, 0, at)) >= 0:
+            head = window[at:at + 30]
+            if len(head) == 30:
+                n, e = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+                stored_name = window[at + 30:at + 30 + n].decode("utf-8", "replace")
+                if at + 30 + n + e == len(window) and (stored_name == name or stored_name.endswith("/" + name)):
+                    break
+        else:
+            raise CheckpointError(f"{self.path}: damaged checkpoint (no zip header before {name})")
+        entry = self._central().get(lo + at)  # the directory entry of that very header
+        if entry is None:
+            raise CheckpointError(f"{self.path}: damaged checkpoint ({name} has no zip directory entry)")
+        if entry.compress_type != 0 or entry.compress_size != entry.file_size:
+            raise CheckpointError(f"{self.path}: {name} is a compressed zip record; torch.save writes them "
+                                  "uncompressed: refused")
+        size = entry.file_size
+        if not 0 <= size <= self.file_size - start:
+            raise CheckpointError(f"{self.path}: damaged checkpoint ({name} declares {size} bytes, past the "
+                                  "file's end)")
+        self.found[name] = (start, size)
+        return start, size
+
+    def size(self, name: str) -> int:
+        return self._locate(name)[1]
+
+    def read(self, name: str) -> bytes:
+        start, size = self._locate(name)
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            data = f.read(size)
+        if len(data) != size:
+            raise CheckpointError(f"{self.path}: damaged checkpoint ({name} is cut short)")
+        return data
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
