@@ -2,10 +2,12 @@
 
 Every run is the unchanged `tpn train` / `tpn test` command on the harder synthetic tempo set
 (`tpn data synth --tempo-ratio 1.5 --distractors 3 --frames 64`, 24 classes; a held-out test set
-from another seed), 3 training seeds each. The sets are stored as JPEG frame folders (`--layout
-sthv1`, read as mmaction_rawframes): a clip reads the 8 frames it samples instead of decoding the
-57 an 8x8 clip spans in H.264 (5 vs 18 ms of CPU a clip measured on this project's machine), so
-runs sharing the GPU are not held up by decoding; `--layout mp4` stores them as tempo_hard.sh did.
+from another seed), 3 training seeds each, the sets stored as mp4 as tempo_hard.sh stores them.
+`--layout sthv1` stores them as JPEG frame folders instead (read as mmaction_rawframes: a clip
+reads the 8 frames it samples, not the 57 an 8x8 clip spans in H.264; 5 vs 18 ms of CPU a clip on
+this project's 2-core machine), but on the H100 machine (2026-12-07) one TPN run fed by 5 loader
+workers from the JPEG set trained at 333.6 clips/s steady, about the 67 clips/s a worker that 15
+workers gave from mp4 on 2026-11-26: no gain shown there.
 Groups (`--groups`, in this order of priority):
 
   tpn              TPN R50 8x8, the recipe (tempo_hard_tpn_r50_8x8: lr 0.05, 16 epochs)
@@ -215,6 +217,7 @@ def run_all(args) -> int:
     print(f"{len(done)} runs done, {len(failed)} failed, {len(skipped)} not started: {skipped}", flush=True)
     for line in failed:
         print("  " + line)
+    shutil.copytree(args.work / "logs", args.results / "logs", dirs_exist_ok=True)  # the commands and their output
     summarise_all(args.results)
     return 1 if failed else 0
 
@@ -302,9 +305,8 @@ def main() -> int:
     ap.add_argument("--synth-workers", type=int, default=15)
     ap.add_argument("--deadline-s", type=float, default=1e9, help="stop starting runs after this many seconds")
     ap.add_argument("--min-left-s", type=float, default=100, help="no run starts with less than this left")
-    ap.add_argument("--layout", default="sthv1", choices=["sthv1", "mp4"],
-                    help="how the sets are stored: JPEG frame folders (default: a clip reads its 8 frames, not "
-                         "the 57 an 8x8 clip spans in H.264) or mp4 as benchmarks/tempo_hard.sh")
+    ap.add_argument("--layout", default="mp4", choices=["mp4", "sthv1"],
+                    help="how the sets are stored: mp4 (default, as benchmarks/tempo_hard.sh) or JPEG frame folders")
     ap.add_argument("--tiny", action="store_true", help="4 classes, 1/8-width models, 2 epochs: CPU pipeline check")
     ap.add_argument("--summary", action="store_true", help="only summarise RESULTS")
     args = ap.parse_args()

@@ -81,3 +81,4 @@ def test_tempo_study_runs_tiny_on_cpu(tmp_path):
     assert list(summary["groups"]) == ["tpn", "finetune"]
     assert summary["groups"]["tpn"]["test_top1"]["mean"] == pytest.approx(tpn["test_30view"]["top1"])
     assert (results / "curves.png").stat().st_size > 1000 and "| finetune |" in (results / "table.md").read_text()
+    assert "tpn.cli test" in (results / "logs" / "tpn_s0.log").read_text()
