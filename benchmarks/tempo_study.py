@@ -7,7 +7,8 @@ from another seed), 3 training seeds each, the sets stored as mp4 as tempo_hard.
 reads the 8 frames it samples, not the 57 an 8x8 clip spans in H.264; 5 vs 18 ms of CPU a clip on
 this project's 2-core machine), but on the H100 machine (2026-12-07) one TPN run fed by 5 loader
 workers from the JPEG set trained at 333.6 clips/s steady, about the 67 clips/s a worker that 15
-workers gave from mp4 on 2026-11-26: no gain shown there.
+workers gave from mp4 on 2026-11-26: no gain shown there
+(`benchmarks/results/tempo_study_h100_2026-12-07_failed_call.json`).
 Groups (`--groups`, in this order of priority):
 
   tpn              TPN R50 8x8, the recipe (tempo_hard_tpn_r50_8x8: lr 0.05, 16 epochs)
