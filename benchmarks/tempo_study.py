@@ -235,7 +235,9 @@ def summarise_all(results: Path) -> dict:
         rs = sorted(groups[g], key=lambda r: r["seed"])
         final_train = [r["train_top1_curve"][-1]["top1"] for r in rs if r["train_top1_curve"]]
         out["groups"][g] = {
-            "config": rs[0]["config"], "sets": [s for s in rs[0]["sets"] if not s.startswith(("data.", "train.seed"))],
+            "config": rs[0]["config"], "sets": [s.split("=")[0] + "=<tpn_s0 final>" if s.startswith("model.init_from=")
+                                                else s for s in rs[0]["sets"]
+                                                if not s.startswith(("data.", "train.seed", "model.head.num_classes"))],
             "seeds": [r["seed"] for r in rs],
             "test_top1": _mean_std([r["test_30view"]["top1"] for r in rs]),
             "tempo_pair_accuracy": _mean_std([r["tempo_pair_accuracy"] for r in rs]),
@@ -263,7 +265,7 @@ def table(summary: dict) -> str:
     lines = ["| group | config, changes | seeds | test top-1 % (30 views; TSM 6) | tempo-pair acc. % | "
              "final training top-1 % |", "|---|---|---|---|---|---|"]
     for g, m in summary["groups"].items():
-        lines.append(f"| {g} | {m['config']} {' '.join(m['sets'][1:]) if len(m['sets']) > 1 else ''} | "
+        lines.append(f"| {g} | {m['config']} {' '.join(m['sets'])} | "
                      f"{len(m['seeds'])} | {_pm(m['test_top1'])} | {_pm(m['tempo_pair_accuracy'])} | "
                      f"{_pm(m['final_train_top1'])} |")
     return "\n".join(lines) + "\n"
