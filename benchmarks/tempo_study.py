@@ -4,11 +4,11 @@ Every run is the unchanged `tpn train` / `tpn test` command on the harder synthe
 (`tpn data synth --tempo-ratio 1.5 --distractors 3 --frames 64`, 24 classes; a held-out test set
 from another seed), 3 training seeds each, the sets stored as mp4 as tempo_hard.sh stores them.
 `--layout sthv1` stores them as JPEG frame folders instead (read as mmaction_rawframes: a clip
-reads the 8 frames it samples, not the 57 an 8x8 clip spans in H.264; 5 vs 18 ms of CPU a clip on
-this project's 2-core machine), but on the H100 machine (2026-12-07) one TPN run fed by 5 loader
-workers from the JPEG set trained at 333.6 clips/s steady, about the 67 clips/s a worker that 15
-workers gave from mp4 on 2026-11-26: no gain shown there
-(`benchmarks/results/tempo_study_h100_2026-12-07_failed_call.json`).
+reads only the 8 frames it samples). It gains nothing measured: on this project's 2-core machine a
+training clip of this set costs one process 4.3-4.7 ms from mp4 and 4.4 ms from JPEG (after the
+first pass), and on the H100 machine (2026-12-07) one TPN run fed by 5 loader workers from the JPEG
+set trained at 333.6 clips/s steady, against 831.8-853.4 with 15 workers from mp4 on 2026-11-26
+(`benchmarks/results/tempo_study_h100_2026-12-07_failed_call.json`, `tempo_hard_h100_2026-11-26/`).
 Groups (`--groups`, in this order of priority):
 
   tpn              TPN R50 8x8, the recipe (tempo_hard_tpn_r50_8x8: lr 0.05, 16 epochs)
