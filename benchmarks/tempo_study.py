@@ -49,8 +49,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -196,25 +196,45 @@ def run_all(args) -> int:
     pretrained = args.work / "runs" / "tpn_s0" / "epoch_final.pth"
     done, failed, skipped = [], [], []
 
-    def job(gs):
-        g, s = gs
-        if time.time() > deadline - args.min_left_s:
-            skipped.append(f"{g}_s{s}")
-            return
-        if g == "finetune":  # waits for its pre-trained model (the tpn run of seed 0)
-            while not pretrained.is_file() and time.time() < deadline and not any(
-                    f.startswith("tpn_s0:") for f in failed):
-                time.sleep(2)
-        try:
-            msg = run_one(args, tpn, g, s, roots)
-            done.append(msg)
-            print(msg, flush=True)
-        except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
-            failed.append(f"{g}_s{s}: {e}")
-            print(f"FAILED {g}_s{s}: {e}", flush=True)
+    queue, running, lock = list(jobs), set(), threading.Lock()
 
-    with ThreadPoolExecutor(args.slots) as pool:
-        list(pool.map(job, jobs))
+    def ready(g: str) -> bool:  # fine-tuning waits for its pre-trained model while the tpn run of seed 0 is to come
+        return g != "finetune" or pretrained.is_file() or not (("tpn", 0) in queue or ("tpn", 0) in running)
+
+    def take() -> tuple[str, int] | None:
+        """The first queued run that can start (a waiting fine-tune lets later runs go first)."""
+        while True:
+            with lock:
+                if not queue:
+                    return None
+                if time.time() > deadline - args.min_left_s:
+                    skipped.extend(f"{g}_s{s}" for g, s in queue)
+                    queue.clear()
+                    return None
+                for i, (g, _) in enumerate(queue):
+                    if ready(g):
+                        running.add(queue[i])
+                        return queue.pop(i)
+            time.sleep(2)
+
+    def slot() -> None:
+        while (gs := take()) is not None:
+            g, s = gs
+            try:
+                msg = run_one(args, tpn, g, s, roots)
+                done.append(msg)
+                print(msg, flush=True)
+            except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+                failed.append(f"{g}_s{s}: {e}")
+                print(f"FAILED {g}_s{s}: {e}", flush=True)
+            with lock:
+                running.discard(gs)
+
+    threads = [threading.Thread(target=slot) for _ in range(args.slots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     print(f"{len(done)} runs done, {len(failed)} failed, {len(skipped)} not started: {skipped}", flush=True)
     for line in failed:
         print("  " + line)
