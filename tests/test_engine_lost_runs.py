@@ -190,10 +190,48 @@ def test_sigterm_at_an_epochs_end_validates_and_saves_the_epoch_first(tempo_data
     assert code == 143, err[-3000:]
     rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]["epoch"]
-    assert [r["kind"] for r in rows[-3:]] == ["train", "val", "epoch"] and 1 <= last < 100
-    assert f"SIGTERM: stopped after epoch {last}, saved {work}/epoch_{last:04d}.pth (--resume auto continues)" in err
+    assert 1 <= last < 100
+    if "validation, saved" in err:  # the signal came during the epoch's validation: that is cut short
+        assert [r["kind"] for r in rows[-2:]] == ["train", "epoch"]
+        assert (f"SIGTERM: stopped during epoch {last}'s validation, saved {work}/epoch_{last:04d}.pth "
+                f"(--resume auto validates epoch {last}, then continues)") in err
+    else:
+        assert [r["kind"] for r in rows[-3:]] == ["train", "val", "epoch"]
+        assert f"SIGTERM: stopped after epoch {last}, saved {work}/epoch_{last:04d}.pth (--resume auto continues)" in err
     assert torch.load(work / f"epoch_{last:04d}.pth", weights_only=True)["global_iter"] == last
     assert not list(work.glob("iter_*.pth")) and not (work / "tpn.lock").exists()
+
+
+def test_sigterm_during_validation_cuts_it_short_and_the_resume_runs_it(tempo_data, tmp_path, monkeypatch):  # noqa: F811
+    """A long validation would outlast the grace time before SIGKILL: SIGTERM ends it, the epoch is
+    saved as not validated, and the resume validates it (best.pth, the val record) before training on."""
+    import tpn.engine.train as T
+
+    real, calls = T.predict_probs, []
+
+    def signal_first(*args, **kwargs):  # SIGTERM arrives as the first validation starts
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "predict_probs", signal_first)
+    cfg = tiny_cfg(tempo_data, FAST + ["train.epochs=2", "train.val_interval=1"])
+    work = tmp_path / "run"
+    summary = train(cfg, work, device="cpu")
+    assert summary["stopped"] == (f"SIGTERM: stopped during epoch 1's validation, saved {work}/epoch_0001.pth "
+                                  "(--resume auto validates epoch 1, then continues)")
+    rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows][-1] == "epoch" and "val" not in [r["kind"] for r in rows]
+    assert "val_top1" not in rows[-1] and not (work / "best.pth").exists() and not (work / "tpn.lock").exists()
+    assert torch.load(work / "epoch_0001.pth", weights_only=True)["val_pending"] is True
+
+    summary = train(cfg, work, resume="auto", device="cpu")
+    assert summary["stopped"] is None and len(calls) == 3  # epoch 1's validation, then epoch 2's
+    rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "val"] == [1, 2]
+    assert (work / "best.pth").exists() and summary["best_val_top1"] is not None
+    assert torch.load(work / "epoch_0002.pth", weights_only=True)["val_pending"] is False
 
 
 @pytest.mark.slow

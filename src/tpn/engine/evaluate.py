@@ -54,10 +54,12 @@ PENDING = 8
 
 
 @torch.no_grad()
-def predict_probs(forward, loader, d: Dist, progress: bool = False,
-                  per_view: dict | None = None) -> dict[int, tuple[np.ndarray, int, bool]]:
+def predict_probs(forward, loader, d: Dist, progress: bool = False, per_view: dict | None = None,
+                  stop=None) -> dict[int, tuple[np.ndarray, int, bool]]:
     """{dataset index: (class probabilities averaged over views, label, ok)} on rank 0 (all ranks' shards).
-    `per_view`, when given, is filled with {dataset index: probabilities per view [V, classes]}."""
+    `per_view`, when given, is filled with {dataset index: probabilities per view [V, classes]}.
+    `stop`, when given, is asked before each batch (this rank's own answer, no collective): True
+    ends this rank's loop early and the result is partial (the caller decides with every rank)."""
     out, views_out = {}, {}
     it = loader
     if progress and d.main and sys.stderr.isatty():  # a bar on a terminal; nothing in a log file
@@ -76,6 +78,8 @@ def predict_probs(forward, loader, d: Dist, progress: bool = False,
         pending.clear()
 
     for batch in it:
+        if stop is not None and stop():
+            break
         x = batch.clip.to(d.device, non_blocking=True)
         views = x.shape[1] if x.dim() == 6 else 1
         flat = x.flatten(0, 1) if x.dim() == 6 else x

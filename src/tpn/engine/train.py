@@ -318,6 +318,10 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         log.info("no training checkpoint in %s: starting from scratch", work_dir)
     make_forwards(run)
     run.mlog = MetricsLog(work_dir, d.main, start_iter=prog.global_iter)
+    if ckpt is not None and ckpt.get("val_pending") and data.val_set is not None:
+        if validate_and_keep_best(run, prog, prog.epoch - 1) is None:  # SIGTERM again
+            run.stopped = f"SIGTERM: stopped during epoch {prog.epoch}'s validation again; {ckpt_path} resumes it"
+            return finish(run, prog, {"work_dir": str(work_dir), "epochs": [], "stopped": run.stopped}, time.time())
 
     summary = {"work_dir": str(work_dir), "epochs": []}
     t_start = time.time()
@@ -338,19 +342,24 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         if warm is not None:  # time and rate apart from the first steps (see WARMUP_STEPS)
             erec.update(warmup_s=warm[1] - t_epoch,
                         steady_clips_per_s=(clips - warm[0]) * d.world / max(1e-9, t_end - warm[1]))
+        pending = False  # the epoch's validation cut short by SIGTERM: the resume runs it first
         if data.val_set is not None and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
-            top1 = validate(run, epoch, prog.global_iter)
-            erec.update(val_top1=top1)
-            if top1 > prog.best:
-                prog.best = top1
-                save_checkpoint(run, prog, work_dir / "best.pth", epoch + 1, 0)
+            top1 = validate_and_keep_best(run, prog, epoch)
+            if top1 is None:
+                pending = True
+            else:
+                erec.update(val_top1=top1)
         run.mlog.write(erec)
         summary["epochs"].append(erec)
-        save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0)
+        save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0, val_pending=pending)
         if d.main:
             prune_after_epoch(work_dir, t.keep_last)
             log.info("epoch %d done in %.1f s: %s%s", epoch + 1, epoch_time, _rate_text(erec),
                      f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec else "")
+        if pending:
+            run.stopped = (f"SIGTERM: stopped during epoch {epoch + 1}'s validation, saved {run.last_ckpt} "
+                           f"(--resume auto validates epoch {epoch + 1}, then continues)")
+            break
         if epoch + 1 < t.epochs and run.stop is not None and run.stop.requested():
             run.stopped = f"SIGTERM: stopped after epoch {epoch + 1}, saved {run.last_ckpt} (--resume auto continues)"
             break
@@ -474,12 +483,27 @@ def _no_readable_video(run: Run) -> str:
             f"(`tpn data check` finds them all)")
 
 
-def validate(run: Run, epoch: int, global_iter: int) -> float:
-    """1 clip, centre crop on the validation list; logs and records the metrics, returns top-1."""
+def validate_and_keep_best(run: Run, prog: Progress, epoch: int) -> float | None:
+    """`validate` after epoch `epoch` (0-based); a new best top-1 is saved as best.pth."""
+    top1 = validate(run, epoch, prog.global_iter)
+    if top1 is not None and top1 > prog.best:
+        prog.best = top1
+        save_checkpoint(run, prog, run.work_dir / "best.pth", epoch + 1, 0)
+    return top1
+
+
+def validate(run: Run, epoch: int, global_iter: int) -> float | None:
+    """1 clip, centre crop on the validation list; logs and records the metrics, returns top-1.
+    SIGTERM during it ends it (a long validation would outlast the grace time before SIGKILL):
+    None, nothing recorded; every rank gets the same answer."""
     cfg, d = run.cfg, run.d
     run.model.eval()
     loader = make_eval_loader(run.data.val_set, d, cfg.train.batch_size, cfg.data.num_workers)
-    m = metrics(predict_probs(run.eval_forward, loader, d), cfg.model.head.num_classes)
+    local_stop = (lambda: run.stop.received) if run.stop is not None else None
+    results = predict_probs(run.eval_forward, loader, d, stop=local_stop)
+    if run.stop is not None and run.stop.requested():
+        return None
+    m = metrics(results, cfg.model.head.num_classes)
     run.mlog.write({"kind": "val", "epoch": epoch + 1, "iter": global_iter, "top1": m["top1"], "top5": m["top5"],
                     "mean_class_accuracy": m["mean_class_accuracy"], "videos": m["videos"]})
     if d.main:
@@ -489,8 +513,10 @@ def validate(run: Run, epoch: int, global_iter: int) -> float:
     return m["top1"]
 
 
-def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_epoch: int) -> None:
-    """Rank 0 writes; every rank contributes its RNG state. Weights or optimiser state that are
+def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_epoch: int,
+                    val_pending: bool = False) -> None:
+    """Rank 0 writes; every rank contributes its RNG state. `val_pending`: epoch `epoch`'s
+    validation was cut short (SIGTERM); a resume runs it before training on. Weights or optimiser state that are
     not finite (the loss diverged after the last log line) are never saved, and a failed write (a
     full disk) stops the run: one line on every rank, naming the last good checkpoint."""
     t, d = run.cfg.train, run.d
@@ -511,7 +537,7 @@ def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_ep
                          "sampler": {"seed": t.seed, "epoch": epoch, "consumed_per_rank":
                                      iter_in_epoch * run.data.videos_per_batch * t.accum_steps},
                          "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": prog.global_iter,
-                         "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best,
+                         "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best, "val_pending": val_pending,
                          "rng": [rng for rng, _ in gathered], "config": to_dict(run.cfg),
                          "label_names": run.data.train_set.label_names, "world_size": d.world}, path)
         except TpnError as e:
