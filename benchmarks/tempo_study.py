@@ -34,7 +34,8 @@ test/predictions.csv; for seed 0 of the 3D groups also `tpn test --tempo` (accur
 playback speed, tempo/metrics.json). `--summary` then writes RESULTS/summary.json, table.md and
 curves.png over every run found (several device calls can fill one results folder).
 
-    python benchmarks/tempo_study.py --work /tmp/study --results $OUT --slots 3 --workers 5 --deadline-s 560
+    python benchmarks/tempo_study.py --work /tmp/study --results /tmp/results --archive $OUT/results.tar.gz \
+        --slots 3 --workers 5 --deadline-s 540
     python benchmarks/tempo_study.py --summary --results benchmarks/results/tempo_study_h100_2026-12-07
     python benchmarks/tempo_study.py --tiny --work work_dirs/study_tiny --results work_dirs/study_tiny/results
 
@@ -136,27 +137,56 @@ def run_one(args, tpn: list[str], group: str, seed: int, roots: dict) -> str:
         shutil.copyfile(final, pretrained)
     sh(tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(final), "--work-dir", str(work / "test"),
               "--view-scores", "tpn"], log)
+    if tempo and seed == 0:
+        sh(tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(final), "--work-dir", str(work / "tempo"),
+                  "--tempo", SPEEDS], log)
+    if group == "tsm_tpn" and seed == 0:
+        precision(tpn, work, final, log)
+    summary = collect(work, res, group, seed, cfg, sets, round(time.time() - t0, 1))
+    return f"{name}: test top-1 {100 * summary['test_30view']['top1']:.2f}% ({summary['wall_s']:.0f} s)"
+
+
+def collect(work: Path, res: Path, group: str, seed: int, cfg: str, sets: list[str], wall_s: float | None) -> dict:
+    """RESULTS/<run>/run.json and the run's small files, from its work dir (tested, maybe tempo/precision)."""
     res.mkdir(parents=True, exist_ok=True)
     summary = summarise_run(work)
     summary["train_top1_curve"] = [{"epoch": r["epoch"], "top1": r["train_top1"]} for r in _records(work)
                                    if r.get("kind") == "epoch" and "train_top1" in r]
     summary.update(group=group, seed=seed, config=cfg, sets=sets)
-    if tempo and seed == 0:
-        sh(tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(final), "--work-dir", str(work / "tempo"),
-                  "--tempo", SPEEDS], log)
+    if (work / "tempo" / "metrics.json").is_file():
         summary["tempo"] = json.loads((work / "tempo" / "metrics.json").read_text()).get("tempo")
-    if group == "tsm_tpn" and seed == 0:
-        summary["precision"] = precision(args, tpn, work, final, log)
-    for f in ("metrics.jsonl", "config.yaml", "test/metrics.json", "test/predictions.csv", "train.log"):
-        (res / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(work / f, res / f)
-    summary["wall_s"] = round(time.time() - t0, 1)
+    if (work / "precision.json").is_file():
+        summary["precision"] = json.loads((work / "precision.json").read_text())
+    for f in ("metrics.jsonl", "config.yaml", "test/metrics.json", "test/predictions.csv", "train.log",
+              "tempo/metrics.json", "tempo/accuracy_vs_tempo.png"):
+        if (work / f).is_file() or not f.startswith("tempo/"):
+            (res / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / f, res / f)
+    summary["wall_s"] = wall_s
     (res / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return f"{name}: test top-1 {100 * summary['test_30view']['top1']:.2f}% ({summary['wall_s']:.0f} s)"
+    return summary
 
 
-def precision(args, tpn: list[str], work: Path, ckpt: Path, log: Path) -> dict:
-    """fp32 (IEEE: no TF32, BN unfolded) against the default bf16 folded test path, the config's views."""
+def collect_all(args) -> None:
+    """--collect: RESULTS from the work dirs of WORK/runs whose test finished (when a device call's
+    results folder did not come back: at most 8 files return); each run's group, seed, config and
+    --sets are read from its command in WORK/logs; wall_s is unknown (null)."""
+    for work in sorted((args.work / "runs").iterdir()):
+        name, log = work.name, args.work / "logs" / f"{work.name}.log"
+        if not (work / "test" / "metrics.json").is_file() or not log.is_file():
+            print(f"{name}: no finished test, left out")
+            continue
+        group, _, seed = name.rpartition("_s")
+        words = next(x for x in log.read_text().splitlines() if x.startswith("$ ") and " train " in x).split()
+        cfg = words[words.index("train") + 1]
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        collect(work, args.results / name, group, int(seed), cfg, sets, None)
+        print(f"{name}: collected")
+
+
+def precision(tpn: list[str], work: Path, ckpt: Path, log: Path) -> None:
+    """fp32 (IEEE: no TF32, BN unfolded) against the default bf16 folded test path, the config's views:
+    WORK/precision.json."""
     env = dict(os.environ, NVIDIA_TF32_OVERRIDE="0")
     base = tpn + ["test", str(work / "config.yaml"), "--checkpoint", str(ckpt), "--view-scores", "tpn"]
     sh(base + ["--work-dir", str(work / "fp32"), "--precision", "fp32", "--set", "test.fold_bn=false"], log, env)
@@ -164,7 +194,6 @@ def precision(args, tpn: list[str], work: Path, ckpt: Path, log: Path) -> dict:
     out = work / "precision.json"
     sh([sys.executable, str(Path(__file__).parent / "precision_summary.py"), f"fp32={work / 'fp32'}",
         f"bf16={work / 'bf16'}", "--out", str(out)], log)
-    return json.loads(out.read_text())
 
 
 def _records(run: Path) -> list[dict]:
@@ -240,7 +269,18 @@ def run_all(args) -> int:
         print("  " + line)
     shutil.copytree(args.work / "logs", args.results / "logs", dirs_exist_ok=True)  # the commands and their output
     summarise_all(args.results)
+    archive(args)
     return 1 if failed else 0
+
+
+def archive(args) -> None:
+    """--archive FILE.tar.gz: RESULTS in one file (a device call returns at most 8 files, 2 folders deep)."""
+    if args.archive:
+        import tarfile
+
+        with tarfile.open(args.archive, "w:gz") as tar:
+            tar.add(args.results, arcname=args.results.name)
+        print(f"wrote {args.archive}")
 
 
 def summarise_all(results: Path) -> dict:
@@ -297,21 +337,26 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, (g, m) in enumerate(summary["groups"].items()):
-        colour = f"C{i % 10}"
-        for ax, curves in zip(axes, (m["val_curves"], m["train_top1_curves"])):
-            for j, c in enumerate(curves.values()):
-                if c:
-                    ax.plot([p["epoch"] for p in c], [100 * p["top1"] for p in c], color=colour, alpha=0.8,
-                            label=g if j == 0 else None)
-    axes[0].set_ylabel("validation top-1 (1 clip), %")
-    axes[1].set_ylabel("training top-1 (augmented clips, train mode), %")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle("harder tempo set: each line one seed")
+    sets = [("harder tempo set (24 classes)", [g for g in summary["groups"] if not GROUPS[g][2]]),
+            (f"fine-tuning set ({FT_CLASSES} classes, 8 training videos a class)",
+             [g for g in summary["groups"] if GROUPS[g][2]])]
+    sets = [(title, gs) for title, gs in sets if gs]
+    fig, rows = plt.subplots(len(sets), 2, figsize=(12, 4.2 * len(sets)), squeeze=False)
+    for (title, gs), axes in zip(sets, rows):
+        for i, g in enumerate(gs):
+            m, colour = summary["groups"][g], f"C{i % 10}"
+            for ax, curves in zip(axes, (m["val_curves"], m["train_top1_curves"])):
+                for j, c in enumerate(curves.values()):
+                    if c:
+                        ax.plot([p["epoch"] for p in c], [100 * p["top1"] for p in c], color=colour, alpha=0.8,
+                                label=g if j == 0 else None)
+        axes[0].set_ylabel("validation top-1 (1 clip), %")
+        axes[1].set_ylabel("training top-1 (augmented clips), %")
+        axes[0].set_title(title + ": each line one seed", fontsize=9)
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -332,10 +377,16 @@ def main() -> int:
                     help="how the sets are stored: mp4 (default, as benchmarks/tempo_hard.sh) or JPEG frame folders")
     ap.add_argument("--tiny", action="store_true", help="4 classes, 1/8-width models, 2 epochs: CPU pipeline check")
     ap.add_argument("--summary", action="store_true", help="only summarise RESULTS")
+    ap.add_argument("--collect", action="store_true",
+                    help="only write RESULTS from WORK's finished runs (their logs give config and --sets), then summarise")
+    ap.add_argument("--archive", type=Path, help="also pack RESULTS into this .tar.gz at the end")
     args = ap.parse_args()
     args.results = args.results or args.work / "results"
-    if args.summary:
+    if args.summary or args.collect:
+        if args.collect:
+            collect_all(args)
         summarise_all(args.results)
+        archive(args)
         return 0
     return run_all(args)
 
