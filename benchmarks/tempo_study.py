@@ -158,7 +158,7 @@ def collect(work: Path, res: Path, group: str, seed: int, cfg: str, sets: list[s
     if (work / "precision.json").is_file():
         summary["precision"] = json.loads((work / "precision.json").read_text())
     for f in ("metrics.jsonl", "config.yaml", "test/metrics.json", "test/predictions.csv", "train.log",
-              "tempo/metrics.json", "tempo/accuracy_vs_tempo.png"):
+              "tempo/metrics.json", "tempo/accuracy_vs_tempo.png", "tempo/predictions_by_tempo.csv"):
         if (work / f).is_file() or not f.startswith("tempo/"):
             (res / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / f, res / f)

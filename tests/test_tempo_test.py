@@ -1,4 +1,5 @@
 """`tpn test --tempo`: accuracy against playback speed (docs/training.md, "Accuracy against playback speed")."""
+import csv
 import json
 import re
 from fractions import Fraction
@@ -95,6 +96,15 @@ def test_cli_prints_each_speed_and_writes_metrics_rows_and_the_plot(tempo_data, 
     assert f"top-1 {100 * saved['top1']:.2f}%" in out.stdout.splitlines()[0]  # the report's line: speed 1's
     png = tmp_path / "t/accuracy_vs_tempo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in out.stdout
+    # every video at every speed, in the order given; speed 1's rows are predictions.csv's
+    by_speed = list(csv.DictReader((tmp_path / "t/predictions_by_tempo.csv").open()))
+    assert str(tmp_path / "t/predictions_by_tempo.csv") in out.stdout
+    assert [float(r["speed"]) for r in by_speed] == [2.0] * 8 + [0.5] * 8 + [1.0] * 8
+    for x in rows:
+        mine = [r for r in by_speed if float(r["speed"]) == x["speed"]]
+        assert sum(r["correct"] == "1" for r in mine) / 8 == pytest.approx(x["top1"])
+    plain = list(csv.DictReader((tmp_path / "t/predictions.csv").open()))
+    assert [{k: v for k, v in r.items() if k != "speed"} for r in by_speed[16:]] == plain
 
 
 @pytest.mark.parametrize("value, text", [

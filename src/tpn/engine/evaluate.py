@@ -259,9 +259,10 @@ def write_view_scores(path: Path, per_view: dict, results: dict, order: list[int
 
 
 def evaluate_at_speeds(forward, dataset, d: Dist, cfg, speeds, progress: bool, per_view: dict | None):
-    """(results, seconds) of the report's speed (`tempo.report_speed`) and one `tempo_row` per speed:
-    the test once per playback speed, the dataset's plans re-sampled at each (`Planner.with_tempo`)."""
-    base, keep, rows = dataset.planner, report_speed(speeds), []
+    """(results, seconds) of the report's speed (`tempo.report_speed`), one `tempo_row` per speed and
+    {speed: results}: the test once per playback speed, the dataset's plans re-sampled at each
+    (`Planner.with_tempo`)."""
+    base, keep, rows, by_speed = dataset.planner, report_speed(speeds), [], {}
     planners = [base.with_tempo(s) for s in speeds]  # dense sampling only: a one-line error before any video
     try:
         for s, planner in zip(speeds, planners):
@@ -271,11 +272,23 @@ def evaluate_at_speeds(forward, dataset, d: Dist, cfg, speeds, progress: bool, p
             r = predict_probs(forward, loader, d, progress=progress, per_view=per_view if s == keep else None)
             seconds = time.time() - t0
             rows.append(tempo_row(s, metrics(r, cfg.model.head.num_classes), seconds))
+            by_speed[s] = r
             if s == keep:
                 results, elapsed = r, seconds
     finally:
         dataset.planner = base
-    return results, elapsed, rows
+    return results, elapsed, rows, by_speed
+
+
+def write_tempo_predictions(path: Path, by_speed: dict, dataset, names: list[str], reasons: dict) -> Path:
+    """predictions_by_tempo.csv: predictions.csv's columns for every video at every speed, `speed` first."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["speed", *CSV_COLUMNS])
+        for s, r in by_speed.items():
+            for row in prediction_rows(r, dataset, names, reasons):
+                writer.writerow([float(s), *(csv_cell(row[k]) for k in CSV_COLUMNS)])
+    return path
 
 
 def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "auto", progress: bool = True,
@@ -301,7 +314,7 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
         results = predict_probs(forward, loader, d, progress=progress, per_view=per_view)
         elapsed = time.time() - t0
     else:
-        results, elapsed, rows = evaluate_at_speeds(forward, dataset, d, cfg, speeds, progress, per_view)
+        results, elapsed, rows, by_speed = evaluate_at_speeds(forward, dataset, d, cfg, speeds, progress, per_view)
         extra = {"tempo": {"report_speed": float(report_speed(speeds)), "speeds": rows}}
     m = metrics(results, cfg.model.head.num_classes)
     paths = {}
@@ -309,6 +322,8 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
         paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path), extra)
         if rows:
             paths["tempo_plot"] = str(plot_tempo(rows, out_dir / "accuracy_vs_tempo.png"))
+            paths["tempo_predictions"] = str(write_tempo_predictions(
+                out_dir / "predictions_by_tempo.csv", by_speed, dataset, names, unreadable_reasons(report_path)))
     if d.main and results and not m["videos"]:
         raise TpnError(f"{cfg.data.test_list}: none of its {len(results)} videos could be read (why: "
                        f"{paths['predictions']}, {report_path})")
