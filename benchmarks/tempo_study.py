@@ -206,6 +206,11 @@ def run_all(args) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.work / "logs").mkdir(exist_ok=True)
+    from tpn.bench import machine_info
+
+    calls = args.results / "calls.jsonl"  # where and when each call ran (the summary lists them)
+    with calls.open("a") as f:
+        f.write(json.dumps({"machine": machine_info(), "groups": args.groups, "argv": sys.argv[1:]}) + "\n")
     jobs = []
     for spec in args.groups:  # NAME or NAME:SEED,SEED
         g, _, seeds = spec.partition(":")
@@ -290,7 +295,9 @@ def summarise_all(results: Path) -> dict:
     for r in runs:
         groups.setdefault(r["group"], []).append(r)
     order = [g for g in GROUPS if g in groups]
-    out = {"groups": {}}
+    calls = results / "calls.jsonl"
+    out = {"calls": [json.loads(x) for x in calls.read_text().splitlines() if x.strip()] if calls.is_file() else [],
+           "groups": {}}
     for g in order:
         rs = sorted(groups[g], key=lambda r: r["seed"])
         final_train = [r["train_top1_curve"][-1]["top1"] for r in rs if r["train_top1_curve"]]

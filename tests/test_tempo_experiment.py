@@ -68,8 +68,8 @@ def test_tempo_study_runs_tiny_on_cpu(tmp_path):
     results = tmp_path / "results"
     r = subprocess.run([sys.executable, "benchmarks/tempo_study.py", "--tiny", "--work", str(tmp_path / "work"),
                         "--results", str(results), "--groups", "tpn", "finetune", "--seeds", "0", "--slots", "2",
-                        "--workers", "0", "--synth-workers", "2"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=600)
+                        "--workers", "0", "--synth-workers", "2", "--archive", str(tmp_path / "results.tar.gz")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = json.loads((results / "finetune_s0" / "run.json").read_text())
     assert any(s.startswith("model.init_from=") for s in run["sets"]) and run["test_30view"]["videos"] == 8
@@ -82,3 +82,21 @@ def test_tempo_study_runs_tiny_on_cpu(tmp_path):
     assert summary["groups"]["tpn"]["test_top1"]["mean"] == pytest.approx(tpn["test_30view"]["top1"])
     assert (results / "curves.png").stat().st_size > 1000 and "| finetune |" in (results / "table.md").read_text()
     assert "tpn.cli test" in (results / "logs" / "tpn_s0.log").read_text()
+    assert (results / "tpn_s0" / "tempo" / "predictions_by_tempo.csv").is_file()
+    assert summary["calls"][0]["groups"] == ["tpn", "finetune"] and "date" in summary["calls"][0]["machine"]
+
+    # one file holds the results (a device call returns at most 8 files) ...
+    import tarfile
+
+    with tarfile.open(tmp_path / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"results/summary.json", "results/tpn_s0/run.json", "results/finetune_s0/run.json"} <= names
+    # ... and --collect writes the same run.json from the work dirs (wall_s unknown there)
+    again = tmp_path / "again"
+    r = subprocess.run([sys.executable, "benchmarks/tempo_study.py", "--collect", "--work", str(tmp_path / "work"),
+                        "--results", str(again)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("tpn_s0", "finetune_s0"):
+        want = json.loads((results / name / "run.json").read_text())
+        got = json.loads((again / name / "run.json").read_text())
+        assert got["wall_s"] is None and {**got, "wall_s": want["wall_s"]} == want
