@@ -231,7 +231,13 @@ def test_sigterm_during_validation_cuts_it_short_and_the_resume_runs_it(tempo_da
     rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["kind"] == "val"] == [1, 2]
     assert (work / "best.pth").exists() and summary["best_val_top1"] is not None
-    assert torch.load(work / "epoch_0002.pth", weights_only=True)["val_pending"] is False
+    final = torch.load(work / "epoch_0002.pth", weights_only=True)
+    assert final["val_pending"] is False
+    # exact: the same weights as a run never stopped (the resumed validation takes no extra random draw)
+    monkeypatch.setattr(T, "predict_probs", real)
+    train(cfg, tmp_path / "straight", device="cpu")
+    straight = torch.load(tmp_path / "straight" / "epoch_0002.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in straight.items())
 
 
 @pytest.mark.slow

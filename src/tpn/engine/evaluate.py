@@ -319,11 +319,12 @@ def run_test(cfg, checkpoint, out_dir, views: str | None = None, device: str = "
     m = metrics(results, cfg.model.head.num_classes)
     paths = {}
     if d.main:
-        paths = write_test_report(out_dir, results, m, dataset, names, unreadable_reasons(report_path), extra)
+        reasons = unreadable_reasons(report_path)
+        paths = write_test_report(out_dir, results, m, dataset, names, reasons, extra)
         if rows:
             paths["tempo_plot"] = str(plot_tempo(rows, out_dir / "accuracy_vs_tempo.png"))
-            paths["tempo_predictions"] = str(write_tempo_predictions(
-                out_dir / "predictions_by_tempo.csv", by_speed, dataset, names, unreadable_reasons(report_path)))
+            paths["tempo_predictions"] = str(write_tempo_predictions(out_dir / "predictions_by_tempo.csv", by_speed,
+                                                                     dataset, names, reasons))
     if d.main and results and not m["videos"]:
         raise TpnError(f"{cfg.data.test_list}: none of its {len(results)} videos could be read (why: "
                        f"{paths['predictions']}, {report_path})")

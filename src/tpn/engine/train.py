@@ -319,7 +319,9 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     make_forwards(run)
     run.mlog = MetricsLog(work_dir, d.main, start_iter=prog.global_iter)
     if ckpt is not None and ckpt.get("val_pending") and data.val_set is not None:
-        if validate_and_keep_best(run, prog, prog.epoch - 1) is None:  # SIGTERM again
+        with torch.random.fork_rng(devices=[]):  # the cut validation drew the loader's seed already: exact resume
+            top1 = validate_and_keep_best(run, prog, prog.epoch - 1)
+        if top1 is None:  # SIGTERM again
             run.stopped = f"SIGTERM: stopped during epoch {prog.epoch}'s validation again; {ckpt_path} resumes it"
             return finish(run, prog, {"work_dir": str(work_dir), "epochs": [], "stopped": run.stopped}, time.time())
 
