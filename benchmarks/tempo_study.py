@@ -40,7 +40,8 @@ curves.png over every run found (several device calls can fill one results folde
     python benchmarks/tempo_study.py --tiny --work work_dirs/study_tiny --results work_dirs/study_tiny/results
 
 Runs share the GPU (`--slots` at a time, `--workers` loader workers each): timings in the logs are
-not speed measurements. A run not finished by `--deadline-s` is stopped and left out.
+not speed measurements. A run not finished by `--deadline-s` is stopped and left out; a run of a
+kind that took longer in this call than is left is not started.
 """
 from __future__ import annotations
 
@@ -200,6 +201,18 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
+def kind(g: str, s: int) -> tuple:
+    """Runs that cost alike: config, data set, epochs, with the tempo test or not."""
+    cfg, extra, ft, tempo = GROUPS[g]
+    return cfg, ft, tuple(x for x in extra if x.startswith("train.epochs")), tempo and s == 0
+
+
+def not_finishing(queue: list[tuple[str, int]], left: float, min_left_s: float, took: dict) -> list[tuple[str, int]]:
+    """The queued runs not to start with `left` seconds to go: less than `min_left_s`, or less than
+    the longest a run of the same `kind` took so far (`took`)."""
+    return [j for j in queue if left < max(min_left_s, took.get(kind(*j), 0.0))]
+
+
 def run_all(args) -> int:
     tpn = [sys.executable, "-m", "tpn.cli"]
     deadline = DEADLINE[0] = time.time() + args.deadline_s  # data generation included
@@ -235,15 +248,18 @@ def run_all(args) -> int:
     def ready(g: str) -> bool:  # fine-tuning waits for its pre-trained model while the tpn run of seed 0 is to come
         return g != "finetune" or pretrained.is_file() or not (("tpn", 0) in queue or ("tpn", 0) in running)
 
+    took: dict[tuple, float] = {}  # the longest wall time of each kind of run finished in this call
+
     def take() -> tuple[str, int] | None:
-        """The first queued run that can start (a waiting fine-tune lets later runs go first)."""
+        """The first queued run that can start (a waiting fine-tune lets later runs go first). A run
+        whose kind took longer in this call than is left is not started (the call ends sooner
+        instead of stopping it at the deadline), nor any with less than --min-left-s left."""
         while True:
             with lock:
+                late = not_finishing(queue, deadline - time.time(), args.min_left_s, took)
+                skipped.extend(f"{g}_s{s}" for g, s in late)
+                queue[:] = [j for j in queue if j not in late]
                 if not queue:
-                    return None
-                if time.time() > deadline - args.min_left_s:
-                    skipped.extend(f"{g}_s{s}" for g, s in queue)
-                    queue.clear()
                     return None
                 for i, (g, _) in enumerate(queue):
                     if ready(g):
@@ -254,10 +270,13 @@ def run_all(args) -> int:
     def slot() -> None:
         while (gs := take()) is not None:
             g, s = gs
+            t0 = time.time()
             try:
                 msg = run_one(args, tpn, g, s, roots)
                 done.append(msg)
                 print(msg, flush=True)
+                with lock:
+                    took[kind(g, s)] = max(took.get(kind(g, s), 0.0), time.time() - t0)
             except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
                 failed.append(f"{g}_s{s}: {e}")
                 print(f"FAILED {g}_s{s}: {e}", flush=True)
@@ -378,7 +397,8 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=3, help="runs at a time on the GPU")
     ap.add_argument("--workers", type=int, default=5, help="loader workers per run")
     ap.add_argument("--synth-workers", type=int, default=15)
-    ap.add_argument("--deadline-s", type=float, default=1e9, help="stop starting runs after this many seconds")
+    ap.add_argument("--deadline-s", type=float, default=1e9,
+                    help="stop runs at this many seconds (data generation included); a run that would not finish is not started")
     ap.add_argument("--min-left-s", type=float, default=100, help="no run starts with less than this left")
     ap.add_argument("--layout", default="mp4", choices=["mp4", "sthv1"],
                     help="how the sets are stored: mp4 (default, as benchmarks/tempo_hard.sh) or JPEG frame folders")

@@ -100,3 +100,15 @@ def test_tempo_study_runs_tiny_on_cpu(tmp_path):
         want = json.loads((results / name / "run.json").read_text())
         got = json.loads((again / name / "run.json").read_text())
         assert got["wall_s"] is None and {**got, "wall_s": want["wall_s"]} == want
+
+
+def test_tempo_study_starts_no_run_that_would_not_finish():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from tempo_study import kind, not_finishing
+
+    queue = [("tpn", 1), ("tpn", 0), ("slowonly_lr0.05", 1), ("slowonly_long", 0), ("finetune", 1)]
+    took = {kind("tpn", 2): 150.0, kind("slowonly_lr0.15", 0): 90.0}  # lr changes nothing of the cost
+    assert not_finishing(queue, 120, 100, took) == [("tpn", 1)]  # seed 0 adds the tempo test: another kind
+    assert not_finishing(queue, 95, 100, took) == queue
+    assert not_finishing(queue, 200, 100, took) == []
+    assert kind("slowonly_long", 0) != kind("slowonly_lr0.05", 1) and kind("finetune", 1) != kind("tpn", 1)
