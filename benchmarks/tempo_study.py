@@ -13,7 +13,7 @@ Groups (`--groups`, in this order of priority):
 
   tpn              TPN R50 8x8, the recipe (tempo_hard_tpn_r50_8x8: lr 0.05, 16 epochs)
   finetune         TPN pre-trained on the tempo set (the `tpn` run of seed 0) fine-tuned to another
-                   task (FT_CLASSES classes, tempos 1.8x apart, 1 distractor, 8 training videos a
+                   task (FT_CLASSES classes: 6 directions x slow/fast 3.24x apart, 1 distractor, 8 training videos a
                    class): `model.init_from`, lr 0.01, 16 epochs ...
   scratch          ... against the same model from scratch, the same epochs, lr 0.05 (the recipe) ...
   scratch_lr0.01   ... and lr 0.01 (the fine-tuning lr)
