@@ -30,7 +30,7 @@ Groups (`--groups`, in this order of priority):
 
 Per run (RESULTS/<group>_s<seed>/): run.json (30-view test top-1, tempo-pair accuracy, confusions,
 validation and training-accuracy curves), metrics.jsonl, config.yaml, test/metrics.json and
-test/predictions.csv; for seed 0 of the 3D groups also `tpn test --tempo` (accuracy against
+test/predictions.csv.gz; for seed 0 of the 3D groups also `tpn test --tempo` (accuracy against
 playback speed, tempo/metrics.json). `--summary` then writes RESULTS/summary.json, table.md and
 curves.png over every run found (several device calls can fill one results folder).
 
@@ -46,6 +46,7 @@ kind that took longer in this call than is left is not started.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -162,7 +163,11 @@ def collect(work: Path, res: Path, group: str, seed: int, cfg: str, sets: list[s
               "tempo/metrics.json", "tempo/accuracy_vs_tempo.png", "tempo/predictions_by_tempo.csv"):
         if (work / f).is_file() or not f.startswith("tempo/"):
             (res / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work / f, res / f)
+            if f.endswith(".csv"):  # gzip: the results travel with every device call (64 MiB in all)
+                with (work / f).open("rb") as src, gzip.GzipFile(res / (f + ".gz"), "wb", mtime=0) as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                shutil.copyfile(work / f, res / f)
     summary["wall_s"] = wall_s
     (res / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -82,7 +82,10 @@ def test_tempo_study_runs_tiny_on_cpu(tmp_path):
     assert summary["groups"]["tpn"]["test_top1"]["mean"] == pytest.approx(tpn["test_30view"]["top1"])
     assert (results / "curves.png").stat().st_size > 1000 and "| finetune |" in (results / "table.md").read_text()
     assert "tpn.cli test" in (results / "logs" / "tpn_s0.log").read_text()
-    assert (results / "tpn_s0" / "tempo" / "predictions_by_tempo.csv").is_file()
+    import gzip
+
+    by_speed = gzip.decompress((results / "tpn_s0" / "tempo" / "predictions_by_tempo.csv.gz").read_bytes()).decode()
+    assert by_speed.startswith("speed,index,path,label") and by_speed.count("\n") == 1 + 5 * 8
     assert summary["calls"][0]["groups"] == ["tpn", "finetune"] and "date" in summary["calls"][0]["machine"]
 
     # one file holds the results (a device call returns at most 8 files) ...
