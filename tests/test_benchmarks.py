@@ -270,7 +270,7 @@ def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
 
     import pytest
 
-    from benchmarks.bench_e2e_peer import main, read_jsonl, video_paths
+    from benchmarks.bench_e2e_peer import main, need_for, read_jsonl, video_paths
     from tpn.data.video import VideoReader
 
     d = tmp_path / "e2e"
@@ -324,8 +324,12 @@ def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
     assert s["bounds"]["train_clips_per_s"]["hybrid"] == pytest.approx(cpu + 6000 / dec["train_frames_per_clip"], abs=0.1)
     rows = {(t["target"], t["set"], t["decoder"]): t for t in res["targets"]}
     t = rows["e2e_over_peer", "h264_128x96", "pyav"]
-    assert t["met"] and t["bound"] == pytest.approx(min(500.0, cpu) / 250.0, abs=1e-3)
-    assert rows["test_over_peer", "h264_128x96", "pyav"]["met"] and not rows["prepared_over_gpu_step", "h264_128x96", "pyav"]["met"]
+    assert t["need"] == 2.0 and not t["met"] and t["bound"] == pytest.approx(min(500.0, cpu) / 250.0, abs=1e-3)
+    t = rows["test_over_peer", "h264_128x96", "pyav"]
+    assert t["need"] == 2.5 and not t["met"] and not rows["prepared_over_gpu_step", "h264_128x96", "pyav"]["met"]
+    assert rows["e2e_over_gpu_step", "h264_128x96", "pyav"]["met"] is None  # no target for this set
+    assert ("e2e_over_decode_bound", "h264_128x96", "pyav") not in rows  # the 720p set's target only
+    assert need_for("e2e_over_gpu_step", "h264_340x256") == 0.92 and need_for("e2e_over_decode_bound", "h264_1280x720") == 0.85
     digests = [r["files"] for r in read_jsonl(d / "tpn.jsonl") if r["what"] == "machine"]
     assert all(f[n] == made[n]["digest"] for f in digests for n in made)  # the files each call read
     assert res["same_files_in_all_calls"] == {"h264_128x96": True, "hevc_128x96": True}
