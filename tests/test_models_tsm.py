@@ -121,3 +121,30 @@ def test_tpn_info_prints_the_mmaction2_parameter_count(capsys):
     out = capsys.readouterr().out
     assert "parameters: 82,445,724 (auxiliary head included)" in out
     assert "backbone.layer4 (frames)  (8, 2048, 2, 2)" in out and "neck                      (1, 2048, 1, 2, 2)" in out
+
+
+@pytest.mark.parametrize("config", ["tpn_tiny_synth", "slowonly_tiny_synth", "tpn_tsm_tiny_synth"])
+def test_tpn_info_flops_are_twice_the_multiply_adds_of_every_conv_and_linear(config, capsys):
+    """`tpn info`'s FLOPs per view: the model's convolutions and linear layers counted by hand
+    (2 FLOPs per multiply-add; BatchNorm, pooling and the shift count nothing) give the same total."""
+    from tpn.cli import main
+    from tpn.models.info import measure
+
+    cfg = load_config(config)
+    model = build_model(cfg).eval()
+    macs = []
+
+    def count(m, _inp, out):
+        k = m.weight[0].numel() if isinstance(m, torch.nn.modules.conv._ConvNd) else m.in_features
+        macs.append(out.numel() * k)
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, cfg.data.clip_len, 64, 64))
+    r = measure(cfg, size=64)
+    assert r["flops"] == 2 * sum(macs) > 0
+    assert main(["info", config, "--size", "64"]) == 0
+    assert f"FLOPs per view (torch.utils.flop_counter, 2 FLOPs per multiply-add): {r['flops'] / 1e9:.2f} GFLOP" \
+        in capsys.readouterr().out

@@ -167,6 +167,18 @@ def test_the_table_holds_mmaction2s_published_tpn_models():
         load_config(m.config)
 
 
+def test_tpn_zoo_prints_config_published_accuracy_views_size_and_licence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TPN_HOME", str(tmp_path))
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    k400 = zoo.MODELS["tpn_r50_8x8_k400_in1k_mmaction2"]
+    block = out.split(f"zoo:{k400.name}  (not downloaded)\n", 1)[1].split("\nzoo:", 1)[0]
+    assert f"config {k400.config}; {k400.dataset} top-1 76.74 / top-5 {k400.top5:.2f} ({k400.views}, published)" in block
+    assert f"({k400.size}; sha256 {k400.sha256}...)" in block and k400.size and k400.views
+    assert f"licence: {k400.licence}" in block and k400.licence
+    assert out.count("zoo:") >= len(zoo.MODELS) and f"cache: {tmp_path}" in out
+
+
 def test_predict_and_fine_tuning_take_a_zoo_name(served, tmp_path, capsys):
     """`tpn predict --checkpoint zoo:NAME` on a real video; `model.init_from`'s reader
     (`init_from`) with a zoo name into a model of another class count: one download for both."""
