@@ -43,3 +43,16 @@ def test_export_onnx_dynamic_batch_matches_pytorch(tmp_path, capsys):
         assert got.shape == (batch, 10)
         assert np.abs(ref).max() > 0.1  # logits large enough for the tolerance to mean something
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+
+
+def test_export_without_onnx_is_one_line_naming_the_package(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", str(cfg), "--format", "onnx", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install onnx" in err[0], err
+    assert not out.exists()

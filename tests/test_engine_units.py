@@ -65,6 +65,13 @@ def test_sampler_shards_resumes_and_evaluates_each_item_once():
     assert sorted(ev[0] + ev[1] + ev[2]) == list(range(11))  # no padding, no duplicates
 
 
+def test_sampler_pads_a_set_smaller_than_the_ranks_so_every_rank_gets_the_same_count():
+    for size, world in ((2, 5), (1, 4), (3, 8), (5, 2)):
+        shards = [list(ShardedSampler(size, r, world, shuffle=True, seed=1)) for r in range(world)]
+        assert {len(x) for x in shards} == {-(-size // world)}, (size, world, shards)
+        assert set(sum(shards, [])) == set(range(size))
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     save_atomic({"rng": rng_state()}, tmp_path / "r.pth")

@@ -2,10 +2,12 @@
 
 The graph takes `clip` (N, 3, T, H, W), float, already normalised, and returns `logits`
 (N, classes); N is a dynamic axis, T/H/W are fixed at export time (the neck's temporal
-pooling depends on T). Uses torch's TorchScript-based exporter, which needs no extra package.
+pooling depends on T). Uses torch's TorchScript-based exporter, which needs the `onnx` package (a `[dev]` extra);
+the check against PyTorch needs `onnxruntime`.
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,8 @@ def export_onnx(config, checkpoint, out: str | Path, frames: int | None = None, 
     from tpn.config import load_config
     from tpn.convert.weights import load_model
 
+    if importlib.util.find_spec("onnx") is None:
+        raise ExportError("tpn export needs the onnx package: pip install onnx (onnxruntime too, for the check)")
     cfg = load_config(config, overrides) if not hasattr(config, "model") else config
     model = load_model(cfg, checkpoint).eval()
     t, s = frames or cfg.data.clip_len, size or cfg.data.crop_size

@@ -158,7 +158,7 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: a .pdparams file holds a dict of arrays, found {type(obj).__name__}")
-    big = obj.pop("UnpackBigParamInfor@@", None)  # arrays over 4 GB are saved in slices
+    big = obj.pop("UnpackBigParamInfor@@", None)  # Paddle saves arrays over 2**30 - 1 bytes (~1 GiB) in slices
     out = {}
     for name, value in obj.items():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], _Array):

@@ -115,8 +115,8 @@ def gather_objects(obj, d: Dist) -> list:
 class ShardedSampler(Sampler[int]):
     """Epoch-seeded permutation, split across ranks, that can start mid-epoch.
 
-    Training (`shuffle=True`) pads the permutation by repeating its start so every rank
-    gets the same number of samples. Evaluation (`shuffle=False`) does not pad: rank r
+    Training (`shuffle=True`) pads the permutation by repeating it from its start (cyclically,
+    so even a set smaller than the ranks) until every rank gets the same number of samples. Evaluation (`shuffle=False`) does not pad: rank r
     takes indices r, r + world, ..., so every sample is seen exactly once overall.
     """
 
@@ -135,7 +135,8 @@ class ShardedSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
         perm = torch.randperm(self.size, generator=g).tolist()
         per_rank = -(-self.size // self.world)
-        perm += perm[: per_rank * self.world - self.size]
+        if self.size:  # repeat the permutation from its start (cyclically: a set smaller than the ranks too)
+            perm = [perm[i % self.size] for i in range(per_rank * self.world)]
         return perm[self.rank::self.world]
 
     def __iter__(self):

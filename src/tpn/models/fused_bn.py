@@ -1,4 +1,4 @@
-"""Training BatchNorm (+ residual add) (+ ReLU) as three Triton kernels forward and three backward,
+"""Training BatchNorm (+ residual add) (+ ReLU) as two Triton kernels forward and two backward,
 over channels-last tensors seen as [rows, channels] (`train.fused_bn`).
 
 Same model as `BatchNorm` -> `+ residual` -> `ReLU`: batch statistics over all rows (biased variance
