@@ -343,3 +343,23 @@ def test_clips_per_decode_batches_hold_batch_size_clips(synth_dataset):
     with pytest.raises(TpnError, match="config key 'data.clips_per_decode' must be"):
         load_config("tpn_tiny_synth", ["data.clips_per_decode=0"])
     assert build_dataset(_cfg(synth_dataset, clips_per_decode=2), "val").clips_per_item == 1
+
+
+def _append_lines(path, worker, n):
+    from tpn.data.datasets import write_report_line
+    for i in range(n):
+        write_report_line(path, {"worker": worker, "i": i, "pad": "x" * (300 + 37 * worker)})
+
+
+def test_bad_video_report_lines_from_concurrent_processes_never_interleave(tmp_path):
+    import json
+    import multiprocessing as mp
+    path = tmp_path / "bad_videos.jsonl"
+    procs = [mp.get_context("fork").Process(target=_append_lines, args=(path, w, 300)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    rows = [json.loads(x) for x in path.read_text().splitlines()]  # every line whole
+    assert sorted((r["worker"], r["i"]) for r in rows) == [(w, i) for w in range(4) for i in range(300)]

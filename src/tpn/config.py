@@ -46,7 +46,7 @@ class BackboneConfig:
     norm_eval: bool = False  # keep BN layers in eval mode while training
     with_cp: bool | tuple[int, ...] = False  # activation checkpointing: true for every block, or a list of stages (1-4)
     stem_pad_channels: Literal[0, 4, 8] = 0  # 3D stem: input channels padded with zeros to 4 or 8 (same sums, other GPU kernels)
-    stem_2d: bool = False  # 3D stem: the (1,k,k) conv and (1,3,3) max-pool as 2D ops over frames (same numbers)
+    stem_2d: bool = False  # 3D stem: the (1,k,k) conv and (1,3,3) max-pool as 2D ops over frames (same model; within 1e-5)
     pretrained2d: str | None = None  # path to a 2D ResNet state_dict to inflate (resnet_tsm: to copy)
     num_segments: int = 8  # resnet_tsm: frames per clip (the input's T), the span of the shift
     shift_div: int = 8  # resnet_tsm: 1/shift_div of the channels shift each way
@@ -153,7 +153,7 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
-    # reduce-overhead adds CUDA graphs (measured gain: docs/training.md)
+    # reduce-overhead adds CUDA graphs (577 clips/s at batch 32 vs 553.5-568.5 for default in other runs: docs/training.md)
     # with compile on CUDA: coordinate-descent tuning of inductor's generated Triton kernels (BN
     # statistics, normalisation, ReLU); the tuning runs at their first call and lengthens the warm-up
     inductor_tuning: bool = False
@@ -162,7 +162,7 @@ class TrainConfig:
     activation_budget: float = 1.0
     # CUDA: training BatchNorm (+ residual add) (+ ReLU) as Triton kernels (tpn.models.fused_bn; the
     # same model). auto: on without compile (measured 1.50-1.53x the bf16 eager step), off with compile
-    # (inductor's own kernels fuse across ops and were faster); docs/training.md
+    # (the compiled step was faster without them); docs/training.md
     fused_bn: bool | Literal["auto"] = "auto"
     cudnn_benchmark: bool = True
     sync_bn: bool = False
@@ -175,7 +175,7 @@ class TrainConfig:
 @dataclass
 class TestConfig:
     batch_size: int = 1  # videos per batch (each brings clips x crops views)
-    fold_bn: bool = True  # fold BatchNorm into the convs for testing (same numbers, faster)
+    fold_bn: bool = True  # fold BatchNorm into the convs for testing (faster; logits within 1e-5 relative of the unfolded model's)
     # autocast dtype of test/predict: auto = the training execution's (train.amp, train.amp_dtype on
     # CUDA; fp32 on CPU); fp32, bf16 or fp16 on any device (tpn test/predict --precision)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

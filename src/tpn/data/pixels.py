@@ -4,8 +4,7 @@ device, batched over frames, no Python loop over pixels.
 
 `nv12_to_rgb24`: what PyAV's `frame.reformat(format="rgb24")` (`tpn.data.video.VideoReader`)
 returns for 8-bit 4:2:0 frames of even height. FFmpeg's swscale converts yuv420p -> rgb24 there
-with its unscaled converter, on x86-64 the SSSE3 one (libswscale/x86/yuv_2_rgb.asm; measured: the
-same bytes with FFmpeg's CPU flags forced down to SSSE3): each chroma sample serves its 2x2 luma block, and
+with its unscaled converter, on x86-64 its SIMD one (libswscale/x86/yuv_2_rgb.asm): each chroma sample serves its 2x2 luma block, and
 with 16-bit coefficients c rounded from swscale's tables (`ff_yuv2rgb_coeffs`, BT.601 or BT.709,
 scaled for limited or full range)
 
@@ -15,7 +14,7 @@ scaled for limited or full range)
     B = y + ((8 * U - 1024) * c_ub >> 16)
 
 each clamped to 0..255 (`>>` floors, as the SIMD high-half multiply does). swscale's portable C
-path (no SIMD) rounds otherwise, up to 3 levels apart; frames of odd height take its general
+path (no SIMD) rounds otherwise (not reproduced here); frames of odd height take its general
 scaler, also other bytes (the GPU decoder takes neither: `nvdec.demux`).
 
 `resize_linear_u8`: what `cv2.resize(..., interpolation=cv2.INTER_LINEAR)` returns for uint8

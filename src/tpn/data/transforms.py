@@ -35,7 +35,7 @@ def frames_last(clip: torch.Tensor) -> torch.Tensor:
 
     Decoded frames come in that order and the GPU model runs in it (channels_last_3d), so
     clips stay frames-last from decoding to the device: crops and batches are row copies,
-    not channel transposes (measured in docs/data.md, "Batch layouts").
+    not channel transposes (docs/data.md, "Batch layouts").
     """
     perm, inv = frames_last_perms(clip.dim())
     return clip.permute(perm).contiguous().permute(inv)

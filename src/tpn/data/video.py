@@ -149,7 +149,8 @@ class IndexCache:
 
 
 class VideoReader:
-    """One open video file. Use as a context manager; `num_frames` is exact (demuxed).
+    """One open video file. Use as a context manager; `num_frames` counts the demuxed packets (a
+    prepared file's: its header, trusted until a frame decodes off it: then the file is demuxed).
 
     `frames_decoded` (packets sent to the decoder) and `packets_dropped` (frames not decoded
     because nothing needed them) count the work since opening;
@@ -451,7 +452,7 @@ def upright(image: np.ndarray, matrix: tuple[int, ...] | None, path) -> np.ndarr
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """Exact frame count (from the packets), fps and size."""
+    """Frame count (`VideoReader.num_frames`), fps and size."""
     with VideoReader(path) as reader:
         return reader.info()
 

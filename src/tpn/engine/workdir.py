@@ -1,4 +1,6 @@
-"""A training run's work dir: one run at a time, and an earlier run is never overwritten unasked.
+"""A training run's work dir: one run at a time, and an earlier run's checkpoints are never
+overwritten unasked (a run that died before its first checkpoint leaves only log rows, which a
+fresh start replaces).
 
 - `lock` writes `tpn.lock` (pid, host, start time) with an exclusive create; a second run on
   the same dir stops with one line naming the holder. A lock left by a process that is gone
