@@ -22,6 +22,7 @@ Groups (`--groups`, in this order of priority):
   slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
   slowonly_lr*     slow-only R50 8x8 (no neck, no aux head), lr 0.015 / 0.05 (the recipe) / 0.15, 16 epochs
   slowonly_long    slow-only, lr 0.05, 48 epochs (3x the recipe's schedule)
+  slowonly_long_lr0.15  slow-only, lr 0.15 (the best of the sweep at 16 epochs), 48 epochs
   tsm_tpn, tsm     TPN on TSM R50 (8 segments, 2x3 views) and TSM alone; the tsm_tpn seed-0 model
                    is also tested fp32 (IEEE, unfolded) and bf16 (folded, the default test path)
                    on the same 6 views: share of equal top-1, largest difference (precision)
@@ -75,6 +76,7 @@ GROUPS = {  # name: (config, extra --sets, needs the fine-tuning data, tempo tes
     "slowonly_lr0.05": (SLOW_CFG, [], False, True),
     "slowonly_lr0.15": (SLOW_CFG, ["train.lr=0.15"], False, False),
     "slowonly_long": (SLOW_CFG, ["train.epochs=48", "train.val_interval=4"], False, False),
+    "slowonly_long_lr0.15": (SLOW_CFG, ["train.lr=0.15", "train.epochs=48", "train.val_interval=4"], False, True),
     "tsm_tpn": (TSM_TPN_CFG, [], False, False),
     "tsm": (TSM_CFG, [], False, False),
 }
