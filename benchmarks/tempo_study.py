@@ -17,6 +17,7 @@ Groups (`--groups`, in this order of priority):
                    class): `model.init_from`, lr 0.01, 16 epochs ...
   scratch          ... against the same model from scratch, the same epochs, lr 0.05 (the recipe) ...
   scratch_lr0.01   ... and lr 0.01 (the fine-tuning lr)
+  tpn_long         TPN, the recipe's lr 0.05, 48 epochs (against slowonly_long_lr0.15)
   tpn_noaux        TPN without the auxiliary head (model.aux_head.loss_weight=0)
   tpn_parallel     TPN with parallel flow (model.neck.flow=parallel)
   slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
@@ -69,6 +70,7 @@ GROUPS = {  # name: (config, extra --sets, needs the fine-tuning data, tempo tes
     "finetune": (TPN_CFG, ["train.lr=0.01", "model.init_from={pretrained}"], True, False),
     "scratch": (TPN_CFG, [], True, False),
     "scratch_lr0.01": (TPN_CFG, ["train.lr=0.01"], True, False),
+    "tpn_long": (TPN_CFG, ["train.epochs=48", "train.val_interval=4"], False, False),
     "tpn_noaux": (TPN_CFG, ["model.aux_head.loss_weight=0"], False, True),
     "tpn_parallel": (TPN_CFG, ["model.neck.flow=parallel"], False, True),
     "slowonly_aux": (SLOW_CFG, ["model.backbone.out_indices=[2,3]", "model.aux_head.loss_weight=0.5"], False, True),
