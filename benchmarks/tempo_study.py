@@ -21,12 +21,14 @@ Groups (`--groups`, in this order of priority):
   tpn_noaux        TPN without the auxiliary head (model.aux_head.loss_weight=0)
   tpn_parallel     TPN with parallel flow (model.neck.flow=parallel)
   slowonly_aux     slow-only with the auxiliary head on res4 (deep supervision without the pyramid)
+  slowonly_aux_lr0.15  ... the same at lr 0.15 (where slow-only alone trains)
   slowonly_lr*     slow-only R50 8x8 (no neck, no aux head), lr 0.015 / 0.05 (the recipe) / 0.15, 16 epochs
   slowonly_long    slow-only, lr 0.05, 48 epochs (3x the recipe's schedule)
   slowonly_long_lr0.15  slow-only, lr 0.15 (the best of the sweep at 16 epochs), 48 epochs
   tsm_tpn, tsm     TPN on TSM R50 (8 segments, 2x3 views) and TSM alone; the tsm_tpn seed-0 model
                    is also tested fp32 (IEEE, unfolded) and bf16 (folded, the default test path)
                    on the same 6 views: share of equal top-1, largest difference (precision)
+  tsm_lr0.15       TSM alone at lr 0.15 (TSM at the recipe's lr 0.05 does not fit its training set)
 
 `--groups NAME:SEEDS` gives a group its own seeds (`slowonly_long:0`).
 
@@ -74,6 +76,8 @@ GROUPS = {  # name: (config, extra --sets, needs the fine-tuning data, tempo tes
     "tpn_noaux": (TPN_CFG, ["model.aux_head.loss_weight=0"], False, True),
     "tpn_parallel": (TPN_CFG, ["model.neck.flow=parallel"], False, True),
     "slowonly_aux": (SLOW_CFG, ["model.backbone.out_indices=[2,3]", "model.aux_head.loss_weight=0.5"], False, True),
+    "slowonly_aux_lr0.15": (SLOW_CFG, ["train.lr=0.15", "model.backbone.out_indices=[2,3]",
+                                       "model.aux_head.loss_weight=0.5"], False, False),
     "slowonly_lr0.015": (SLOW_CFG, ["train.lr=0.015"], False, False),
     "slowonly_lr0.05": (SLOW_CFG, [], False, True),
     "slowonly_lr0.15": (SLOW_CFG, ["train.lr=0.15"], False, False),
@@ -81,6 +85,7 @@ GROUPS = {  # name: (config, extra --sets, needs the fine-tuning data, tempo tes
     "slowonly_long_lr0.15": (SLOW_CFG, ["train.lr=0.15", "train.epochs=48", "train.val_interval=4"], False, True),
     "tsm_tpn": (TSM_TPN_CFG, [], False, False),
     "tsm": (TSM_CFG, [], False, False),
+    "tsm_lr0.15": (TSM_CFG, ["train.lr=0.15"], False, False),
 }
 TINY = ["model.backbone.base_channels=8", "model.backbone.stage_blocks=[1,1,1,1]", "model.neck.out_channels=64",
         "model.neck.groups=8", "train.batch_size=4", "train.lr_batch_size=4", "train.warmup_epochs=0",

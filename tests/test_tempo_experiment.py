@@ -115,3 +115,22 @@ def test_tempo_study_starts_no_run_that_would_not_finish():
     assert not_finishing(queue, 95, 100, took) == queue
     assert not_finishing(queue, 200, 100, took) == []
     assert kind("slowonly_long", 0) != kind("slowonly_lr0.05", 1) and kind("finetune", 1) != kind("tpn", 1)
+
+
+def test_tempo_study_groups_are_valid_configs():
+    """Every group's config with its overrides loads (a typo would cost a device call), and the groups'
+    runs differ from each other in config, data or seed-0 extras."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from tempo_study import GROUPS
+
+    from tpn.config import load_config
+
+    seen = {}
+    for name, (cfg, extra, ft, tempo) in GROUPS.items():
+        sets = [s.format(pretrained="/nonexistent.pth") for s in extra]
+        loaded = load_config(cfg, sets)
+        key = (cfg, tuple(sorted(sets)), ft, tempo)
+        assert key not in seen, f"{name} repeats {seen.get(key)}"
+        seen[key] = name
+        if "train.lr=0.15" in extra:
+            assert loaded.train.lr == 0.15
