@@ -81,8 +81,14 @@ def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="empty"):
         load_file(tmp_path / "empty.pth")
     (tmp_path / "text.pth").write_text("hello")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"text.pth: not a readable checkpoint \(neither torch's zip format nor "
+                                              r"a pickle of protocol 2 or later, as torch.save writes; it starts with "
+                                              r"b'hell'\)"):
         load_file(tmp_path / "text.pth")
+    # a protocol-0 pickle that names code keeps the message that says so
+    (tmp_path / "p0.pth").write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")
+    with pytest.raises(CheckpointError, match="p0.pth: .*os.system"):
+        load_file(tmp_path / "p0.pth")
     good = tmp_path / "good.pth"
     torch.save({"state_dict": {"head.fc.weight": torch.zeros(2, 2)}}, good)
     (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[:100])

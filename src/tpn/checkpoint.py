@@ -410,6 +410,9 @@ def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
         raise
     except Exception as e:
         refused = f"; it names {', '.join(sorted(skipped))}, which tpn never runs" if skipped else ""
+        if not skipped and head[:1] != b"\x80" and head != b"PK\x03\x04":  # torch.save writes protocol 2+
+            raise CheckpointError(f"{path}: not a readable checkpoint (neither torch's zip format nor a pickle of "
+                                  f"protocol 2 or later, as torch.save writes; it starts with {head!r})") from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)}{refused})") \
             from None
     if skipped and (not foreign or isinstance(obj, dict) and obj.get("format") == FORMAT):
