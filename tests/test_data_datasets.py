@@ -36,8 +36,11 @@ def test_annotation_formats_and_bad_lines(tmp_path):
     with pytest.raises(AnnotationError, match=r"list.txt:2: unknown label name 'jump'"):
         read_annotations(lst, "list", names)
     lst.write_text("a/x.mp4 7\n")
-    with pytest.raises(AnnotationError, match=r"list.txt:1: label 7 out of range"):
+    with pytest.raises(AnnotationError, match=r"list.txt:1: label 7 out of range \(the label map has 2 classes: 0-1\)"):
         read_annotations(lst, "list", names)
+    lst.write_text("a/x.mp4 -1\n")
+    with pytest.raises(AnnotationError, match=r"list.txt:1: label -1 out of range \(negative\)"):
+        read_annotations(lst, "list", None)
     raw = tmp_path / "raw.txt"
     raw.write_text("frames/v1 120 1\n")
     assert read_annotations(raw, "mmaction_rawframes", names) == [("frames/v1", 1, 120)]

@@ -95,7 +95,8 @@ def _label(token: str, names: dict[str, int] | None, where: str) -> int:
     if _is_integer(token):
         value = int(token)
         if value < 0 or (names is not None and value >= len(names)):
-            raise AnnotationError(f"{where}: label {value} out of range")
+            classes = f" (the label map has {len(names)} classes: 0-{len(names) - 1})" if names else " (negative)"
+            raise AnnotationError(f"{where}: label {value} out of range{classes}")
         return value
     if names is None:
         raise AnnotationError(f"{where}: label {token!r} is not an integer and no label map is set (data.label_map)")
