@@ -216,3 +216,20 @@ def test_an_empty_lock_file_is_a_run_taking_the_lock_or_a_stale_one(tmp_path):
     path.mkdir()  # not a file at all
     with pytest.raises(TpnError, match=rf"^{path}: cannot read the work dir's lock \(Is a directory\)$"):
         workdir.lock(work)
+
+
+def test_resuming_with_another_model_config_names_the_fields_and_keeps_config_yaml(tempo_data, tmp_path):  # noqa: F811
+    """The failed resume names what differs from the checkpoint's config and leaves the run's own
+    config.yaml as it was (it was overwritten before the checkpoint was found not to fit)."""
+    work = tmp_path / "run"
+    args = ["train", "tpn_tiny_synth", "--work-dir", str(work), "--device", "cpu",
+            *sets(TINY + data_overrides(tempo_data) + FAST)]
+    assert cli(*args).returncode == 0
+    saved = (work / "config.yaml").read_text()
+    r = cli(*args, "--resume", "auto", "--set", "train.epochs=2", "--set", "model.neck.out_channels=24")
+    one_line_error(r, "this run's config differs from the checkpoint's in model.neck.out_channels: ",
+                   " here: resume with the run's own config (", "weights do not fit the model")
+    assert (work / "config.yaml").read_text() == saved
+    r = cli(*args, "--resume", "auto", "--set", "train.epochs=2")  # with its own config it goes on
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "epochs: 2" in (work / "config.yaml").read_text()

@@ -235,10 +235,33 @@ def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scra
     return Run(cfg, d, work_dir, data, model, model, opt, scaler, params, lr0, ex)
 
 
+def config_changes(saved: dict | None, now: dict, prefix: str) -> list[str]:
+    """`prefix.key: saved -> now` for each leaf of section `prefix` that differs (none when the
+    checkpoint carries no config)."""
+    if saved is None or prefix not in saved:
+        return []
+
+    def leaves(tree, path):
+        if isinstance(tree, dict):
+            return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{path}.{key}").items()}
+        return {path: tree}
+
+    old, new = leaves(saved[prefix], prefix), leaves(now[prefix], prefix)
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
 def restore(run: Run, ckpt: dict, path: Path) -> Progress:
     """Model, optimiser, scaler and RNG state from a training checkpoint; returns where it stopped."""
     d, ipe = run.d, run.data.iters_per_epoch
-    load_state_dict_strict(run.model, ckpt["state_dict"], str(path))
+    try:
+        load_state_dict_strict(run.model, ckpt["state_dict"], str(path))
+    except TpnError as e:
+        changed = config_changes(ckpt.get("config"), to_dict(run.cfg), "model")
+        if not changed:
+            raise
+        raise TpnError(f"{path}: this run's config differs from the checkpoint's in {listing(changed)}: resume with "
+                       f"the run's own config ({run.work_dir / 'config.yaml'}); {e}") from None
     mults = [g.get("lr_mult", 1.0) for g in run.opt.param_groups]
     try:
         run.opt.load_state_dict(ckpt["optimizer"])
@@ -300,7 +323,7 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
                  stop: StopSignal | None = None) -> dict:
     ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
     cfg = resolve_num_classes(cfg)  # the label map and the lists against the head, before any training
-    if d.main:
+    if d.main and ckpt is None:  # a resumed run's config.yaml is rewritten once the checkpoint fits it
         (work_dir / "config.yaml").write_text(dump_config(cfg))
     seed_everything(cfg, d)
     t = cfg.train
@@ -311,6 +334,8 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     if ckpt is not None:
         prog = restore(run, ckpt, ckpt_path)
         run.last_ckpt = ckpt_path
+        if d.main:
+            (work_dir / "config.yaml").write_text(dump_config(cfg))
         if prog.epoch >= t.epochs and d.main:
             log.warning("%s ends at epoch %d of train.epochs %d: nothing to train (to train on, raise it, "
                         "e.g. --set train.epochs=%d)", ckpt_path, prog.epoch, t.epochs, prog.epoch + 1)
