@@ -212,8 +212,10 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
     try:
         reader = torch._C.PyTorchFileReader(str(path))
         records = set(reader.get_all_records())
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (damaged zip archive: {_first_line(e)})") from None
+    except RuntimeError as e:  # miniz's own words up to its first sentence's end, not its advice after it
+        why = _first_line(e).removeprefix("PytorchStreamReader failed reading zip archive: ").split(". ")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged zip archive: {why}; truncated or "
+                              "corrupted?)") from None
     if "constants.pkl" in records or any(r.startswith("code/") for r in records):
         raise CheckpointError(f"{path}: a TorchScript archive holds code; tpn reads weights only "
                               "(save the model's state_dict with torch.save)")
