@@ -68,3 +68,30 @@ def test_prepared_fast_index_is_exact_and_falls_back(tmp_path):
         assert not r.fast_index  # re-indexed from the packets
     with VideoReader(src) as r:
         assert not r.fast_index  # untagged videos are demuxed as before
+
+
+def test_a_rerun_keeps_finished_rewrites_of_the_same_settings(tmp_path):
+    """An interrupted prepare resumes: finished rewrites (renamed from .part when complete) with the
+    same settings are kept, a leftover .part or other settings are encoded again."""
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for name in ("v1", "v2", "v3"):
+        write_mp4(src / f"{name}.mp4", render("right_slow", (64, 48), 12, rng), preset="veryfast")
+    (src / "list.txt").write_text("v1.mp4 0\nv2.mp4 0\nv3.mp4 0\n")
+    out = tmp_path / "out"
+    first = prepare_list(src / "list.txt", str(src), out, short_side=32, gop=4, workers=1, progress=False)
+    assert (first["written"], first["kept_from_earlier_run"]) == (3, 0)
+    (out / "v2.mp4").rename(out / "v2.mp4.part")  # as if stopped while writing v2
+    stamps = {n: (out / f"{n}.mp4").stat().st_mtime_ns for n in ("v1", "v3")}
+    again = prepare_list(src / "list.txt", str(src), out, short_side=32, gop=4, workers=1, progress=False)
+    assert (again["written"], again["kept_from_earlier_run"]) == (3, 2)
+    assert {n: (out / f"{n}.mp4").stat().st_mtime_ns for n in ("v1", "v3")} == stamps
+    assert probe_video(out / "v2.mp4").num_frames == 12 and not (out / "v2.mp4.part").exists()
+    other = prepare_list(src / "list.txt", str(src), out, short_side=32, gop=2, workers=1, progress=False)
+    assert other["kept_from_earlier_run"] == 0
+    import av
+
+    with av.open(str(out / "v1.mp4")) as c:
+        assert c.metadata["comment"] == "tpn-prepare gop=2 short_side=32 crf=23 preset=veryfast"
+    with VideoReader(out / "v1.mp4") as r:
+        assert r.fast_index  # the longer tag still gives the reader its GOP

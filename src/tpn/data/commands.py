@@ -86,7 +86,8 @@ def _cmd_prepare(args) -> int:
 
     r = prepare_list(args.list, args.root, args.out, fmt=args.format, label_map=args.label_map,
                      short_side=args.short_side, gop=args.gop, crf=args.crf, workers=args.workers)
-    print(f"wrote {r['written']} videos (short side {r['short_side']}, keyframe every {r['gop']} frames) "
+    again = f" ({r['kept_from_earlier_run']} of them by an earlier run, kept)" if r["kept_from_earlier_run"] else ""
+    print(f"wrote {r['written']} videos{again} (short side {r['short_side']}, keyframe every {r['gop']} frames) "
           f"and the list to {r['out']}; {len(r['failed'])} unreadable videos skipped")
     for f in r["failed"][:10]:
         print(f"  skipped {f['path']}: {f['error']}")

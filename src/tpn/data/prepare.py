@@ -11,6 +11,9 @@ The measured gain in clips per CPU second and file size: docs/benchmarks.md, "Be
 docs/data.md, "Data-loading benchmark".
 Audio is dropped; frame count and rate are kept, so annotations stay valid. Videos that
 cannot be read are skipped and listed; the rewritten list holds only the written videos.
+A run stopped half-way resumes: each video is written under a temporary name and renamed when
+complete, and a video whose rewrite already exists with the same settings (its header's tag) is
+kept, not encoded again.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from tpn.data.video import PREPARED_TAG, display_matrix
 from tpn.errors import read_text
 
 DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
+PRESET = "veryfast"  # x264's speed preset of the rewrite
 
 
 def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int = DEFAULT_GOP, crf: int = 23,
-             preset: str = "veryfast") -> int:
+             preset: str = PRESET) -> int:
     """Re-encode one video (H.264 yuv420p, keyframe every `gop` frames, no B-frames, fastdecode);
     returns frames written."""
     from fractions import Fraction
@@ -50,7 +54,7 @@ def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int =
             rate = vin.average_rate or 30
             x264 = "libx264" in av.codecs_available
             if x264:  # no B-frames, fixed GOP: the reader indexes it from the header (tpn.data.video)
-                out.metadata["comment"] = f"{PREPARED_TAG}{gop}"
+                out.metadata["comment"] = tag(short_side, gop, crf, preset)
             vout = out.add_stream("libx264" if x264 else "mpeg4", rate=rate)
             vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
             vout.codec_context.gop_size = gop
@@ -76,19 +80,38 @@ def reencode(src: str | Path, dst: str | Path, short_side: int = 256, gop: int =
     return n
 
 
-def _job(args: tuple) -> tuple[str, str | None]:
+def tag(short_side: int, gop: int, crf: int, preset: str) -> str:
+    """The header comment of a rewrite: the GOP first (the reader's fast index reads it), then the
+    other settings, so that a rerun knows a finished rewrite of the same settings."""
+    return f"{PREPARED_TAG}{gop} short_side={short_side} crf={crf} preset={preset}"
+
+
+def _already_written(dst: str, want: str) -> bool:
+    import av
+
+    try:
+        with av.open(dst) as c:
+            return c.metadata.get("comment") == want and bool(c.streams.video)
+    except Exception:  # noqa: BLE001 - missing or unreadable: written again
+        return False
+
+
+def _job(args: tuple) -> tuple[str, str | None, bool]:
+    """(source, error or None, whether an earlier run's rewrite was kept)."""
     src, dst, short_side, gop, crf = args
     try:
         if Path(src).stat().st_size == 0:
-            return src, "zero-byte file"
+            return src, "zero-byte file", False
+        if Path(dst).is_file() and _already_written(dst, tag(short_side, gop, crf, PRESET)):
+            return src, None, True  # finished by an earlier run (written under a temporary name, then renamed)
         if reencode(src, dst, short_side, gop, crf) == 0:
-            return src, "no frames decoded"
-        return src, None
+            return src, "no frames decoded", False
+        return src, None, False
     except FileNotFoundError:
-        return src, "file not found"
+        return src, "file not found", False
     except Exception as e:  # a broken input: skip and report it
         Path(str(dst) + ".part").unlink(missing_ok=True)
-        return src, f"{type(e).__name__}: {e}"
+        return src, f"{type(e).__name__}: {e}", False
 
 
 def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: str = "", short_side: int = 256,
@@ -108,11 +131,12 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
             lines.append((line, rel))
     jobs = [(str(Path(root) / rel), str(out_dir / rel), short_side, gop, crf) for _, rel in lines]
     results = map_in_processes(_job, jobs, workers, chunksize=2, desc="prepare" if progress else None)
-    failed = [{"path": src, "error": err} for src, err in results if err]
-    kept = [line for (line, _), (_, err) in zip(lines, results) if not err]
+    failed = [{"path": src, "error": err} for src, err, _ in results if err]
+    kept = [line for (line, _), (_, err, _) in zip(lines, results) if not err]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / list_file.name).write_text("\n".join(kept) + ("\n" if kept else ""))
-    report = {"list": str(list_file), "out": str(out_dir), "written": len(kept), "failed": failed,
+    report = {"list": str(list_file), "out": str(out_dir), "written": len(kept),
+              "kept_from_earlier_run": sum(reused for _, _, reused in results), "failed": failed,
               "short_side": short_side, "gop": gop, "crf": crf}
     (out_dir / f"{list_file.stem}.prepare.json").write_text(json.dumps(report, indent=1))
     return report
