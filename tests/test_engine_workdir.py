@@ -219,8 +219,9 @@ def test_an_empty_lock_file_is_a_run_taking_the_lock_or_a_stale_one(tmp_path):
 
 
 def test_resuming_with_another_model_config_names_the_fields_and_keeps_config_yaml(tempo_data, tmp_path):  # noqa: F811
-    """The failed resume names what differs from the checkpoint's config and leaves the run's own
-    config.yaml as it was (it was overwritten before the checkpoint was found not to fit)."""
+    """The failed resume names what differs from the checkpoint's config (or its label map) and
+    leaves the run's own config.yaml as it was (it was overwritten before the checkpoint was found
+    not to fit)."""
     work = tmp_path / "run"
     args = ["train", "tpn_tiny_synth", "--work-dir", str(work), "--device", "cpu",
             *sets(TINY + data_overrides(tempo_data) + FAST)]
@@ -229,6 +230,13 @@ def test_resuming_with_another_model_config_names_the_fields_and_keeps_config_ya
     r = cli(*args, "--resume", "auto", "--set", "train.epochs=2", "--set", "model.neck.out_channels=24")
     one_line_error(r, "this run's config differs from the checkpoint's in model.neck.out_channels: ",
                    " here: resume with the run's own config (", "weights do not fit the model")
+    assert (work / "config.yaml").read_text() == saved
+    names = (tempo_data / "labels.txt").read_text().split()
+    swapped = tmp_path / "swapped.txt"  # the same classes in another order: every label would change meaning
+    swapped.write_text("\n".join([names[1], names[0], *names[2:]]) + "\n")
+    r = cli(*args, "--resume", "auto", "--set", "train.epochs=2", "--set", f"data.label_map={swapped}")
+    one_line_error(r, "epoch_0001.pth: trained with another label map (4 classes there, 4 here; class 0 is "
+                   f"'{names[0]}' there, '{names[1]}' here): resume with the run's own label map")
     assert (work / "config.yaml").read_text() == saved
     r = cli(*args, "--resume", "auto", "--set", "train.epochs=2")  # with its own config it goes on
     assert r.returncode == 0, r.stderr[-2000:]

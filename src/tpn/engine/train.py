@@ -254,6 +254,13 @@ def config_changes(saved: dict | None, now: dict, prefix: str) -> list[str]:
 def restore(run: Run, ckpt: dict, path: Path) -> Progress:
     """Model, optimiser, scaler and RNG state from a training checkpoint; returns where it stopped."""
     d, ipe = run.d, run.data.iters_per_epoch
+    saved, now = ckpt.get("label_names"), run.data.train_set.label_names
+    if saved and now and list(saved) != list(now):
+        i = next((i for i, (a, b) in enumerate(zip(saved, now)) if a != b), min(len(saved), len(now)))
+        there, here = (repr(x[i]) if i < len(x) else "none" for x in (saved, now))
+        raise TpnError(f"{path}: trained with another label map ({len(saved)} classes there, {len(now)} here; class "
+                       f"{i} is {there} there, {here} here): resume with the run's own label map, or start a new "
+                       "run from these weights with model.init_from")
     try:
         load_state_dict_strict(run.model, ckpt["state_dict"], str(path))
     except TpnError as e:
