@@ -135,14 +135,15 @@ def _start(argv, work, env):
                             start_new_session=True)
 
 
-def _sigterm_after(proc, work, iters, timeout=120):
-    """SIGTERM to every process of `proc`'s session (Slurm signals all of a job's processes) once
-    `iters` iterations are logged; returns (exit status, stderr)."""
+def _sigterm_after(proc, work, iters, timeout=120, sig=signal.SIGTERM):
+    """`sig` to every process of `proc`'s session (Slurm signals all of a job's processes, a
+    terminal's Ctrl-C its foreground group) once `iters` iterations are logged; returns (exit
+    status, stderr)."""
     deadline = time.time() + timeout
     while _iters_logged(work / "metrics.jsonl") < iters:
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the signal"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
 
@@ -178,6 +179,31 @@ def test_sigterm_saves_a_checkpoint_releases_the_lock_and_resume_continues(tempo
     assert torch.load(work / "epoch_0001.pth", weights_only=True)["global_iter"] == 16
     iters = [json.loads(x)["iter"] for x in (work / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert iters == list(range(1, 17))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tempo_data, tmp_path):  # noqa: F811
+    """Ctrl-C reaches the run and its loader workers at once: the workers ignore it, the run
+    saves at the next step as for SIGTERM and exits 130; `--resume auto` continues."""
+    work = tmp_path / "run"
+    args = ["train", "tpn_tiny_synth", "--work-dir", str(work), "--device", "cpu",
+            *sets(TINY + data_overrides(tempo_data) + FAST + ["train.batch_size=2", "train.lr_batch_size=2",
+                                                               "data.num_workers=1"])]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    code, err = _sigterm_after(_start([sys.executable, "-m", "tpn.cli", *args], work, env), work, 3,
+                               sig=signal.SIGINT)
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err and "DataLoader worker" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "Ctrl-C: stopping at the next step with a checkpoint" in err
+    saved = sorted(work.glob("iter_*.pth"))
+    assert len(saved) == 1, err[-3000:]
+    it = torch.load(saved[0], weights_only=True)["global_iter"]
+    assert f"WARNING SIGINT: stopped at epoch 1 iteration {it} of 16, saved {saved[0]} (--resume auto continues)" \
+        in err, err[-3000:]
+    assert not (work / "tpn.lock").exists()
+    r = subprocess.run([sys.executable, "-m", "tpn.cli", *args, "--resume", "auto"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(work / "epoch_0001.pth", weights_only=True)["global_iter"] == 16
 
 
 def test_sigterm_at_an_epochs_end_validates_and_saves_the_epoch_first(tempo_data, tmp_path):  # noqa: F811

@@ -39,6 +39,9 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     ignore_sigterm_but_the_parents()
+    # Ctrl-C reaches every process of the terminal's group: the main process decides (a training
+    # run saves a checkpoint first) and ends its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def ignore_sigterm_but_the_parents() -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -403,6 +404,7 @@ def _decode_main(device: str, stream: str, threads: int, requests, results) -> N
     """The decode process: `threads` decoder threads with long-lived decoders on `device`. Each
     request (seq, [(slot, job)], augment) comes back as (seq, slots, clips, {slot: error}): clips
     uint8 (len(slots), k, 3, T, out, out) on the device, one row per decoded slot, in `slots` order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the trainer decides and ends this process
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", dev.index or 0)

@@ -25,8 +25,8 @@ def _cmd_train(args) -> int:
                   break_lock=args.break_lock)
     finally:
         teardown()
-    if s.get("stopped"):  # by SIGTERM, after saving a checkpoint (logged): the status of a terminated job
-        return 128 + signal.SIGTERM
+    if s.get("stopped"):  # by SIGTERM or Ctrl-C, after saving a checkpoint (logged): 143 or 130, as for the signal
+        return 128 + (signal.SIGINT if s.get("stop_signal") == "SIGINT" else signal.SIGTERM)
     if s.get("curves"):
         print(f"work dir: {work_dir} (checkpoints, metrics.jsonl, train.log, training_curves.png)")
     return 0

@@ -235,6 +235,11 @@ def build_training(cfg: Config, d: D.Dist, work_dir: Path, data: Data, from_scra
     return Run(cfg, d, work_dir, data, model, model, opt, scaler, params, lr0, ex)
 
 
+def _by(run: Run) -> str:
+    """Which signal stopped the run, for the messages (SIGTERM, SIGINT)."""
+    return run.stop.label if run.stop else "SIGTERM"
+
+
 def config_changes(saved: dict | None, now: dict, prefix: str) -> list[str]:
     """`prefix.key: saved -> now` for each leaf of section `prefix` that differs (none when the
     checkpoint carries no config)."""
@@ -354,8 +359,9 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         with torch.random.fork_rng(devices=[]):  # the cut validation drew the loader's seed already: exact resume
             top1 = validate_and_keep_best(run, prog, prog.epoch - 1)
         if top1 is None:  # SIGTERM again
-            run.stopped = f"SIGTERM: stopped during epoch {prog.epoch}'s validation again; {ckpt_path} resumes it"
-            return finish(run, prog, {"work_dir": str(work_dir), "epochs": [], "stopped": run.stopped}, time.time())
+            run.stopped = f"{_by(run)}: stopped during epoch {prog.epoch}'s validation again; {ckpt_path} resumes it"
+            return finish(run, prog, {"work_dir": str(work_dir), "epochs": [], "stopped": run.stopped,
+                                      "stop_signal": run.stop.name if run.stop else None}, time.time())
 
     summary = {"work_dir": str(work_dir), "epochs": []}
     t_start = time.time()
@@ -391,13 +397,14 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
             log.info("epoch %d done in %.1f s: %s%s", epoch + 1, epoch_time, _rate_text(erec),
                      f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec else "")
         if pending:
-            run.stopped = (f"SIGTERM: stopped during epoch {epoch + 1}'s validation, saved {run.last_ckpt} "
+            run.stopped = (f"{_by(run)}: stopped during epoch {epoch + 1}'s validation, saved {run.last_ckpt} "
                            f"(--resume auto validates epoch {epoch + 1}, then continues)")
             break
         if epoch + 1 < t.epochs and run.stop is not None and run.stop.requested():
-            run.stopped = f"SIGTERM: stopped after epoch {epoch + 1}, saved {run.last_ckpt} (--resume auto continues)"
+            run.stopped = f"{_by(run)}: stopped after epoch {epoch + 1}, saved {run.last_ckpt} (--resume auto continues)"
             break
     summary["stopped"] = run.stopped
+    summary["stop_signal"] = run.stop.name if run.stopped and run.stop else None
     return finish(run, prog, summary, t_start)
 
 
@@ -450,7 +457,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
         if not last and run.stop is not None and run.stop.requested():  # the epoch's end asks after its save
             if run.last_ckpt != run.work_dir / f"iter_{prog.global_iter:08d}.pth":
                 save_in_epoch(run, prog, epoch, it + 1)
-            run.stopped = (f"SIGTERM: stopped at epoch {epoch + 1} iteration {it + 1} of {data.iters_per_epoch}, "
+            run.stopped = (f"{_by(run)}: stopped at epoch {epoch + 1} iteration {it + 1} of {data.iters_per_epoch}, "
                            f"saved {run.last_ckpt} (--resume auto continues)")
         if run.stopped or max_iters is not None and prog.global_iter >= max_iters:
             if bar is not None:
