@@ -335,8 +335,6 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
                  stop: StopSignal | None = None) -> dict:
     ckpt, ckpt_path = find_resume(work_dir, resume)  # first: a wrong --resume fails before any work
     cfg = resolve_num_classes(cfg)  # the label map and the lists against the head, before any training
-    if d.main and ckpt is None:  # a resumed run's config.yaml is rewritten once the checkpoint fits it
-        (work_dir / "config.yaml").write_text(dump_config(cfg))
     seed_everything(cfg, d)
     t = cfg.train
     data = build_data(cfg, d, work_dir)
@@ -346,13 +344,13 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     if ckpt is not None:
         prog = restore(run, ckpt, ckpt_path)
         run.last_ckpt = ckpt_path
-        if d.main:
-            (work_dir / "config.yaml").write_text(dump_config(cfg))
         if prog.epoch >= t.epochs and d.main:
             log.warning("%s ends at epoch %d of train.epochs %d: nothing to train (to train on, raise it, "
                         "e.g. --set train.epochs=%d)", ckpt_path, prog.epoch, t.epochs, prog.epoch + 1)
     elif resume == "auto":
         log.info("no training checkpoint in %s: starting from scratch", work_dir)
+    if d.main:  # after the resume: a checkpoint that does not fit leaves the run's own config.yaml as it was
+        (work_dir / "config.yaml").write_text(dump_config(cfg))
     make_forwards(run)
     run.mlog = MetricsLog(work_dir, d.main, start_iter=prog.global_iter)
     if ckpt is not None and ckpt.get("val_pending") and data.val_set is not None:
@@ -360,8 +358,7 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
             top1 = validate_and_keep_best(run, prog, prog.epoch - 1)
         if top1 is None:  # SIGTERM again
             run.stopped = f"{_by(run)}: stopped during epoch {prog.epoch}'s validation again; {ckpt_path} resumes it"
-            return finish(run, prog, {"work_dir": str(work_dir), "epochs": [], "stopped": run.stopped,
-                                      "stop_signal": run.stop.name if run.stop else None}, time.time())
+            return finish(run, prog, {"work_dir": str(work_dir), "epochs": [], "stopped": run.stopped}, time.time())
 
     summary = {"work_dir": str(work_dir), "epochs": []}
     t_start = time.time()
@@ -404,7 +401,6 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
             run.stopped = f"{_by(run)}: stopped after epoch {epoch + 1}, saved {run.last_ckpt} (--resume auto continues)"
             break
     summary["stopped"] = run.stopped
-    summary["stop_signal"] = run.stop.name if run.stopped and run.stop else None
     return finish(run, prog, summary, t_start)
 
 
@@ -599,6 +595,7 @@ def _last_good(run: Run) -> str:
 def finish(run: Run, prog: Progress, summary: dict, t_start: float) -> dict:
     """Close the logs, plot the curves, log the summary line (rank 0); returns the summary."""
     d, work_dir = run.d, run.work_dir
+    summary["stop_signal"] = run.stop.name if run.stopped and run.stop else None  # the CLI's exit status
     run.mlog.close()
     if run.data.stage is not None:
         run.data.stage.close()
