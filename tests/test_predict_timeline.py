@@ -107,6 +107,19 @@ def test_predict_foreign_checkpoint_without_config_is_one_line(controlled, tmp_p
         assert len(lines) == 1 and str(path) in lines[0] and kind in lines[0] and "--config" in lines[0], r.stderr
 
 
+def test_predict_takes_videos_around_options_and_names_a_config_given_as_a_video(controlled, tmp_path):
+    ckpt, video = controlled
+    # videos before and after the options, as a shell user writes them
+    r = cli("predict", str(video), "--checkpoint", str(ckpt), str(video), "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert [o["video"] for o in json.loads(r.stdout)] == [str(video)] * 2
+    # a config where train/test take it (first, positional): one line saying to pass it as --config
+    for config in (str(tmp_path / "config.yaml"), "tpn_tiny_synth"):
+        r = cli("predict", config, "--checkpoint", str(ckpt), str(video), "--device", "cpu")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and f"--config {config}" in lines[0], r.stderr
+
+
 def test_timeline_finds_the_segments(controlled, tmp_path):
     ckpt, video = controlled
     r = cli("predict", str(video), "--checkpoint", str(ckpt), "--timeline", "--stride", "0.25", "--out",

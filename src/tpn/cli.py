@@ -47,12 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_commands(sub, _add_set)
     add_data_commands(sub, _add_set)
     add_engine_commands(sub, _add_set)
+    parser.commands = sub.choices  # each sub-command's parser, by name
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:
+        # its videos may stand before and after options: `tpn predict a.mp4 --checkpoint c.pth b.mp4`
+        args = parser.commands["predict"].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except TpnError as e:

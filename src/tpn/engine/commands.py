@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from pathlib import Path
 
 from tpn.options import add_device_option
 
@@ -65,14 +66,16 @@ def _cmd_test(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from tpn.config import load_config
+    from tpn.config import available_configs, load_config
     from tpn.engine.predict import checkpoint_config, predict_videos
+    from tpn.errors import TpnError
 
+    for v in args.videos:
+        if Path(v).suffix in (".yaml", ".yml") or (not Path(v).exists() and v in available_configs()):
+            raise TpnError(f"{v} is a config, not a video: give it as --config {v}")
     overrides = precision_overrides(args)
     cfg = load_config(args.config, overrides) if args.config else checkpoint_config(args.checkpoint, overrides)
     if (args.stride is not None or args.out != OUT_DEFAULT) and not args.timeline:
-        from tpn.errors import TpnError
-
         raise TpnError("--stride and --out go with --timeline")
     if args.timeline:
         from tpn.engine.predict import predict_timelines
