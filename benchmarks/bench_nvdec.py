@@ -99,8 +99,7 @@ def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
     stage = decoding.build_stage(setup, ds, replace(cfg.data, nvdec_threads=args.threads), dev, args.workers,
                                  args.batch, in_flight=args.workers * 4 + 4, log_choice=note)
     loader = build_loader(ds, args.batch, args.workers, shuffle=True, drop_last=True, seed=0, prefetch_factor=4)
-    it = iter(loader)
-    batches = stage.epoch(it) if stage is not None else it
+    batches = stage.epoch(loader) if stage is not None else iter(loader)
 
     def take(feed: bool):
         b = next(batches)
@@ -123,7 +122,7 @@ def run_loader(root: Path, decoder: str, args, step=None, share=None) -> dict:
     if stage is not None:
         rec["stage"] = stage.stats()
         stage.close()
-    del batches, it, loader
+    del batches, loader
     return rec
 
 

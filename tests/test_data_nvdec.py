@@ -316,7 +316,9 @@ def test_the_stage_tells_its_policy_of_epochs_and_batches_taken():
     stage = nvdec.DecodeStage(None, CPU, lambda i, e: None, policy=policy)
     batches = [Batch(torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8), torch.zeros(2), torch.zeros(2),
                      torch.ones(2, dtype=torch.bool)) for _ in range(5)]
-    assert len(list(stage.epoch(iter(batches)))) == 5 and events == ["epoch"] + ["tick"] * 5
+    loader = type("L", (), {"__iter__": lambda self: (events.append("iter"), iter(batches))[1]})()
+    # the policy first (a calibration before the loader's workers start), then the loader, then each batch
+    assert len(list(stage.epoch(loader))) == 5 and events == ["epoch", "iter"] + ["tick"] * 5
 
 
 def test_a_hybrid_share_is_re_timed_against_its_neighbours_each_epoch():

@@ -489,7 +489,7 @@ class DecodeStage:
     PyAV here; a video that cannot be read at all is reported (`report(index, error)`) and its rows
     take another item's. If the decode process dies, one line says so, `on_lost()` is called (the
     engine stops sending items to it) and what was in flight is read on the CPU.
-    Iterate `stage.epoch(iter(loader))` once per epoch; `close()` at the end. `policy`, when
+    Iterate `stage.epoch(loader)` once per epoch; `close()` at the end. `policy`, when
     given, is told when an epoch starts (`start_epoch(stage)`) and each time the step takes a
     batch (`tick()`)."""
 
@@ -501,9 +501,13 @@ class DecodeStage:
         self.clips = self.gpu_clips = self.fallbacks = 0
         self.wait_s = 0.0
 
-    def epoch(self, batches):
-        if self.policy is not None:  # the loader's workers exist by now (iter(loader) started them)
+    def epoch(self, loader):
+        if self.policy is not None:
+            # before iter(loader) starts the workers: the first epoch's calibration times PyAV in this
+            # process on otherwise idle cores (beside 15 busy workers it measured 11.3 clips/s where a
+            # worker makes 26: the GPU share came out too high and `hybrid` trained at 0.6x `pyav`)
             self.policy.start_epoch(self)
+        batches = iter(loader)
         q: queue.Queue = queue.Queue(self.depth)
         stop = threading.Event()
 

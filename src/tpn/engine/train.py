@@ -427,7 +427,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     window = _Window(d.device)
     correct = torch.zeros((), dtype=torch.long, device=d.device)  # training top-1 hits, read once an epoch
     bar = _progress_bar(run, epoch, first)
-    batches = data.stage.epoch(iter(data.loader)) if data.stage is not None else iter(data.loader)
+    batches = data.stage.epoch(data.loader) if data.stage is not None else iter(data.loader)
     clips, warm = 0, None
     warm_steps = min(WARMUP_STEPS, (data.iters_per_epoch - first) // 2)
     for it in range(first, data.iters_per_epoch):
