@@ -234,6 +234,24 @@ def test_choosing_the_decoder(tempo_data, caplog, monkeypatch):  # noqa: F811
         stage.close()
 
 
+def test_hybrid_times_its_calibrated_share_against_its_neighbours_from_the_first_epoch(tempo_data, monkeypatch):  # noqa: F811
+    """A calibration can miss (the rates in training are not the rates alone): the first epoch already
+    times the measured share and +-0.1 in training, starting from the lower one."""
+    cfg = tiny_cfg(tempo_data, ["data.decoder=hybrid"])
+    monkeypatch.setenv("TPN_DECODER_STANDIN", "pyav")
+    setup = decoding.plan_decoding(cfg.data, CPU)
+    ds = build_dataset(cfg.data, "train", decoder=setup.decoder)
+    stage = decoding.build_stage(setup, ds, cfg.data, CPU, workers=2, batch=4, in_flight=2)
+    try:
+        assert list(stage.epoch(iter([]))) == []
+        m, trial = stage.policy.measured["share"], stage.policy.trial
+        assert isinstance(trial, decoding.Trial) and "epoch 1" in trial.what
+        want = sorted({round(min(1.0, max(0.05, m + d)), 3) for d in (-0.1, 0.0, 0.1)})
+        assert [v for _, v in trial.candidates] == want and float(setup.share[0]) == pytest.approx(want[0])
+    finally:
+        stage.close()
+
+
 def test_stage_fills_every_row_of_a_batch_of_multi_clip_items(tempo_data):  # noqa: F811
     """Through the loader (collate_clips: k clips an item, one job an item) and the decode process,
     each row holds the clip the CPU path makes for it."""

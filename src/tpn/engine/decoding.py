@@ -150,8 +150,9 @@ class Trial:
 
 class Policy:
     """Sets the GPU share: given (`nvdec`, `hybrid` with `data.nvdec_share`), or measured at the
-    first epoch (`calibrate`) and timed in training (`Trial`); with a hybrid share, re-timed at
-    each later epoch against its neighbours (+-`step`), so the share follows drifting rates."""
+    first epoch (`calibrate`, before the loader's workers start) and timed in training (`Trial`);
+    a hybrid share is timed against its neighbours (+-`step`) from the first epoch on and again at
+    each later one, so it corrects a calibration that missed and follows drifting rates."""
 
     def __init__(self, share: torch.Tensor, dataset, process, decoder: str, workers: int, batch: int, lag: int,
                  given: bool, window: int = 50, step: float = 0.1, log_choice=log.info):
@@ -173,17 +174,17 @@ class Policy:
                 self.share.fill_(0.0)
                 self.log_choice("decoder %s: pyav (measured here: %s)", self.decoder, m)
                 return
-            if self.decoder == "hybrid":  # the balanced share; later epochs re-time it against its neighbours
+            if self.decoder == "hybrid":  # the balanced share, then timed in training against its neighbours
                 self.share.fill_(m["share"])
                 self.log_choice("decoder hybrid: %.0f%% of training items on the decode process (measured here: "
                                 "%s)", 100 * m["share"], m)
+            else:
+                other = best if best != "pyav" else "hybrid"
+                self.log_choice("decoder %s: timing training at GPU share 0 (pyav) and %.2f (%s); measured alone: %s",
+                                self.decoder, path_share, other, m)
+                self.trial = Trial(self.share, [("pyav", 0.0), (other, path_share)], self.lag, self.window,
+                                   self.batch, self.log_choice, what=f"decoder {self.decoder}")
                 return
-            other = best if best != "pyav" else "hybrid"
-            self.log_choice("decoder %s: timing training at GPU share 0 (pyav) and %.2f (%s); measured alone: %s",
-                            self.decoder, path_share, other, m)
-            self.trial = Trial(self.share, [("pyav", 0.0), (other, path_share)], self.lag, self.window, self.batch,
-                               self.log_choice, what=f"decoder {self.decoder}")
-            return
         s = float(self.share[0])
         if 0 < s < 1 or (s == 1 and self.decoder == "hybrid"):  # a hybrid share: re-timed against its neighbours
             near = sorted({round(min(1.0, max(0.05, s + d)), 3) for d in (-self.step, 0.0, self.step)})
