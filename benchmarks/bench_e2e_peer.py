@@ -384,10 +384,19 @@ def tpn_train(args, set_dir: Path, decoder: str, run_dir: Path) -> dict:
     train = [r for r in rows if r["kind"] == "train"]
     epoch = next(r for r in rows if r["kind"] == "epoch")
     counts = [(b["iter"] - a) * args.batch for a, b in zip([0] + [r["iter"] for r in train], train)]
-    w = window_rates(counts, [c / r["clips_per_s"] for c, r in zip(counts, train)], args.tail)
+    secs = [c / r["clips_per_s"] for c, r in zip(counts, train)]
+    w = window_rates(counts, secs, args.tail)
+    # the share of time the step waited for batches (tpn train's `data_wait`), over the last windows
+    waits = [(r.get("data_wait"), t) for r, t in zip(train, secs)]
+    tail = waits[len(waits) - max(1, round(len(waits) * args.tail)):]
+    wait = sum(a * t for a, t in tail if a is not None) / max(1e-9, sum(t for a, t in tail if a is not None))
+    log = run_dir / "train.log"
+    choice = [x.split(" INFO ", 1)[-1] for x in log.read_text().splitlines() if " decoder " in x] if log.is_file() else []
     return dict(clips_per_s=w["tail_rate"], steady_clips_per_s=sig(epoch.get("steady_clips_per_s", 0)),
                 epoch_clips_per_s=sig(epoch["clips_per_s"]), warmup_s=round(epoch.get("warmup_s", 0), 1),
-                iters=iters, window_clips_per_s=w["windows"], wall_s=round(wall, 1), run_dir=str(run_dir))
+                data_wait_tail=round(wait, 3), data_wait_s=epoch.get("data_wait_s"), decode=epoch.get("decode"),
+                choice=choice, iters=iters, window_clips_per_s=w["windows"],
+                window_data_wait=[a for a, _ in waits], wall_s=round(wall, 1), run_dir=str(run_dir))
 
 
 def tpn_test(args, set_dir: Path, decoder: str, checkpoint: Path, run_dir: Path) -> dict:
@@ -747,6 +756,7 @@ def summarise_set(latest: dict, s: str, ctx: dict) -> tuple[dict, list]:
     out = dict(
         tpn_train_clips_per_s=_by(latest, "tpn", "train", s, "clips_per_s", b),
         tpn_train_own_steady_clips_per_s=_by(latest, "tpn", "train", s, "steady_clips_per_s", b),
+        tpn_train_data_wait=_by(latest, "tpn", "train", s, "data_wait_tail", b),  # share of the step's time
         tpn_loader_clips_per_s=_by(latest, "tpn", "loader", s, "clips_per_s", b),
         tpn_test_videos_per_s=_by(latest, "tpn", "test", s, "videos_per_s"),
         tpn_prepared_train_clips_per_s=_by(latest, "tpn", "train", prep, "clips_per_s", b),

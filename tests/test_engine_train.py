@@ -1,5 +1,6 @@
 """Training on CPU: the loss falls and accuracy beats chance, accumulation equals a big batch, NaN stops cleanly."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -79,6 +80,29 @@ def test_epoch_summary_steady_rate_and_no_validation(tempo_data, tmp_path, caplo
     finished = next(line for line in text.splitlines() if "finished:" in line)
     assert finished.rstrip().endswith(f"curves {tmp_path / 'run' / 'training_curves.png'}")
     assert "no validation" in finished and "best val" not in finished and "clips/s steady (warm-up" in finished
+
+
+def test_the_time_the_step_waits_for_data_is_measured(tempo_data, tmp_path, monkeypatch, caplog):  # noqa: F811
+    """Items made 0.1 s slower each (in this process: no workers): each log window's `data_wait` share
+    and the epoch's `data_wait_s` hold that time, and the epoch's log line says the share."""
+    import time
+
+    from tpn.data.datasets import VideoDataset
+
+    make = VideoDataset.__getitem__
+    monkeypatch.setattr(VideoDataset, "__getitem__", lambda self, i: (time.sleep(0.1), make(self, i))[1])
+    cfg = tiny_cfg(tempo_data, ["train.val_interval=0", "data.num_workers=0", "train.epochs=1", "train.log_interval=1",
+                                "train.batch_size=4"])
+    with caplog.at_level("INFO", logger="tpn"):
+        train(cfg, tmp_path / "run", device="cpu")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if r["kind"] == "train"]
+    (epoch,) = [r for r in recs if r["kind"] == "epoch"]
+    assert epoch["data_wait_s"] >= 0.1 * 4 * len(steps) and epoch["data_wait_s"] <= epoch["time_s"]
+    assert all(0 < r["data_wait"] <= 1 for r in steps) and np.mean([r["data_wait"] for r in steps]) > 0.3
+    line = next(x for x in caplog.text.splitlines() if "epoch 1 done" in x)
+    logged = re.search(r"waited for data (\d+)% of it$", line.rstrip())
+    assert logged and abs(int(logged.group(1)) - 100 * epoch["data_wait_s"] / epoch["time_s"]) < 2, line
 
 
 def test_epoch_records_training_top1_of_its_clips(tempo_data, tmp_path, caplog):  # noqa: F811

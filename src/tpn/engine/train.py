@@ -129,6 +129,7 @@ class Run:
     stop: StopSignal | None = None  # SIGTERM, read between steps
     last_ckpt: Path | None = None  # the newest resumable checkpoint saved (or resumed from)
     train_top1: float | None = None  # the last epoch's training top-1 (train_one_epoch)
+    data_wait_s: float = 0.0  # the last epoch's time waiting for batches (train_one_epoch)
     stopped: str | None = None  # what a stop by SIGTERM saved
 
 
@@ -374,6 +375,7 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
                 "clips_per_s": clips * d.world / epoch_time}
         if run.train_top1 is not None:
             erec.update(train_top1=run.train_top1)
+        erec.update(data_wait_s=round(run.data_wait_s, 2))  # rank 0's: the step waiting for batches
         if data.stage is not None:
             erec.update(decode=data.stage.stats())
         if warm is not None:  # time and rate apart from the first steps (see WARMUP_STEPS)
@@ -391,8 +393,9 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0, val_pending=pending)
         if d.main:
             prune_after_epoch(work_dir, t.keep_last)
-            log.info("epoch %d done in %.1f s: %s%s", epoch + 1, epoch_time, _rate_text(erec),
-                     f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec else "")
+            log.info("epoch %d done in %.1f s: %s%s; waited for data %.0f%% of it", epoch + 1, epoch_time,
+                     _rate_text(erec), f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec
+                     else "", 100 * min(1.0, erec["data_wait_s"] / max(1e-9, epoch_time)))
         if pending:
             run.stopped = (f"{_by(run)}: stopped during epoch {epoch + 1}'s validation, saved {run.last_ckpt} "
                            f"(--resume auto validates epoch {epoch + 1}, then continues)")
@@ -427,7 +430,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     window = _Window(d.device)
     correct = torch.zeros((), dtype=torch.long, device=d.device)  # training top-1 hits, read once an epoch
     bar = _progress_bar(run, epoch, first)
-    batches = data.stage.epoch(data.loader) if data.stage is not None else iter(data.loader)
+    batches = _Waited(data.stage.epoch(data.loader) if data.stage is not None else iter(data.loader))
     clips, warm = 0, None
     warm_steps = min(WARMUP_STEPS, (data.iters_per_epoch - first) // 2)
     for it in range(first, data.iters_per_epoch):
@@ -445,7 +448,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
             warm = (clips, time.time())
         last = it == data.iters_per_epoch - 1
         if prog.global_iter % t.log_interval == 0 or last:
-            _log_step(run, window, bar, epoch, it, prog.global_iter, lr, clips)
+            _log_step(run, window, bar, epoch, it, prog.global_iter, lr, clips, batches.wait_s)
         if bar is not None:
             bar.update(1)
         if t.ckpt_interval_iters and prog.global_iter % t.ckpt_interval_iters == 0 and not last:
@@ -462,6 +465,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     if bar is not None:
         bar.close()
     run.train_top1 = _train_top1(correct, clips, d)
+    run.data_wait_s = batches.wait_s
     return clips, False, warm
 
 
@@ -629,11 +633,30 @@ def _final_text(epochs: list[dict], best: float) -> str:
 
 # ------------------------------------------------------------------ progress output
 class _Window:
-    """Mean loss and clips/s since the previous log line (steady-state throughput)."""
+    """Mean loss, clips/s and the share of time spent waiting for batches since the previous log line."""
 
     def __init__(self, device: torch.device):
-        self.t, self.clips = time.time(), 0
+        self.t, self.clips, self.wait = time.time(), 0, 0.0
         self.loss, self.steps = torch.zeros((), device=device), 0
+
+
+class _Waited:
+    """The epoch's batches, adding up the time the loop waits in `next` for one. The loop queues the
+    device's work and runs ahead of it, so that wait is the time the step idles for data (when the
+    device is the bound, the loader's queue is full and `next` returns at once)."""
+
+    def __init__(self, batches):
+        self.batches, self.wait_s = batches, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.wait_s += time.perf_counter() - t0
 
 
 def _progress_bar(run: Run, epoch: int, first: int):
@@ -646,7 +669,8 @@ def _progress_bar(run: Run, epoch: int, first: int):
                 unit="it", dynamic_ncols=True)
 
 
-def _log_step(run: Run, window: _Window, bar, epoch: int, it: int, global_iter: int, lr: float, clips: int) -> None:
+def _log_step(run: Run, window: _Window, bar, epoch: int, it: int, global_iter: int, lr: float, clips: int,
+              wait_s: float) -> None:
     d, ipe = run.d, run.data.iters_per_epoch
     loss = float(D.all_reduce_mean(window.loss, d)) / window.steps  # the only host sync
     window.loss.zero_()
@@ -656,11 +680,12 @@ def _log_step(run: Run, window: _Window, bar, epoch: int, it: int, global_iter: 
                        f"or check the data (work dir {run.work_dir}); {_last_good(run)}")
     now = time.time()
     rec = {"kind": "train", "epoch": epoch + 1, "iter": global_iter, "epoch_float": epoch + (it + 1) / ipe,
-           "loss": loss, "lr": lr, "clips_per_s": (clips - window.clips) * d.world / max(1e-9, now - window.t)}
-    window.t, window.clips = now, clips
+           "loss": loss, "lr": lr, "clips_per_s": (clips - window.clips) * d.world / max(1e-9, now - window.t),
+           "data_wait": round(min(1.0, (wait_s - window.wait) / max(1e-9, now - window.t)), 3)}  # this process's
+    window.t, window.clips, window.wait = now, clips, wait_s
     run.mlog.write(rec)
     if bar is not None:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
     elif d.main:
-        log.info("epoch %d iter %d/%d loss %.4f lr %.3e %.1f clips/s", epoch + 1, it + 1, ipe, loss, lr,
-                 rec["clips_per_s"])
+        log.info("epoch %d iter %d/%d loss %.4f lr %.3e %.1f clips/s, waiting for data %.0f%%", epoch + 1, it + 1,
+                 ipe, loss, lr, rec["clips_per_s"], 100 * rec["data_wait"])
