@@ -396,6 +396,10 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
             log.info("epoch %d done in %.1f s: %s%s; waited for data %.0f%% of it", epoch + 1, epoch_time,
                      _rate_text(erec), f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec
                      else "", 100 * min(1.0, erec["data_wait_s"] / max(1e-9, epoch_time)))
+            if epoch == first_epoch and erec["data_wait_s"] >= WAIT_HINT * epoch_time:
+                log.info("the step waited for data %.0f%% of the epoch: the loader is the bound; the ways to feed it "
+                         "(data.num_workers, `tpn data prepare`, data.decoder, data.augment_on_device) are in "
+                         "docs/data.md, 'Choosing a decoding path'", 100 * erec["data_wait_s"] / epoch_time)
         if pending:
             run.stopped = (f"{_by(run)}: stopped during epoch {epoch + 1}'s validation, saved {run.last_ckpt} "
                            f"(--resume auto validates epoch {epoch + 1}, then continues)")
@@ -406,6 +410,9 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     summary["stopped"] = run.stopped
     return finish(run, prog, summary, t_start)
 
+
+# The share of the first epoch spent waiting for batches above which the log names the ways to feed the step.
+WAIT_HINT = 0.3
 
 # Steps of an epoch timed as warm-up, apart from the steady rate: loader workers starting and
 # filling their queue, and in the first epoch compilation and cuDNN's algorithm search.
