@@ -649,8 +649,8 @@ class _Window:
 
 class _Waited:
     """The epoch's batches, adding up the time the loop waits in `next` for one. The loop queues the
-    device's work and runs ahead of it, so that wait is the time the step idles for data (when the
-    device is the bound, the loader's queue is full and `next` returns at once)."""
+    device's work and runs ahead of it, so that wait is about the time the step idles for data (when
+    the device is the bound, the loader's queue is full and `next` returns at once)."""
 
     def __init__(self, batches):
         self.batches, self.wait_s = batches, 0.0
