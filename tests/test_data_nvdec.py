@@ -266,6 +266,7 @@ def test_stage_fills_every_row_of_a_batch_of_multi_clip_items(tempo_data):  # no
     finally:
         stage.close()
     assert batch.job is None and batch.clip.shape[0] == 4 and stage.gpu_clips % 4 == 0 and stage.gpu_clips >= 4
+    assert stage.stats()["process_busy_s"] > 0  # the decode process's own time on the requests
     cpu = [cpu_ds[i] for i in range(2)]
     assert torch.equal(batch.clip, torch.cat([c.clip for c in cpu]))
     assert torch.equal(batch.label, torch.cat([c.label for c in cpu])) and torch.equal(batch.aug, torch.cat([c.aug for c in cpu]))

@@ -413,6 +413,7 @@ def _decode_main(device: str, stream: str, threads: int, requests, results) -> N
     pool = DecoderPool(dev, threads, STREAMS[stream])
     while (req := requests.get()) is not None:
         seq, jobs, augment = req
+        t0 = time.perf_counter()
         try:
             frames = pool.decode(jobs)
             slots, clips, bad = [], [], {}
@@ -422,9 +423,10 @@ def _decode_main(device: str, stream: str, threads: int, requests, results) -> N
                     continue
                 x = clips_from_frames(frames[slot], job)
                 slots.append(slot), clips.append(apply_augment(x, job.aug) if augment else x)
-            results.put((seq, slots, torch.stack(clips) if clips else None, bad))
+            out = torch.stack(clips) if clips else None
         except Exception as e:  # noqa: BLE001 (the whole request fails; the stage reads it on the CPU)
-            results.put((seq, [], None, {slot: f"GPU decoding failed ({_why(e)})" for slot, _ in jobs}))
+            slots, out, bad = [], None, {slot: f"GPU decoding failed ({_why(e)})" for slot, _ in jobs}
+        results.put((seq, slots, out, bad, time.perf_counter() - t0))  # the last: this request's busy time
     pool.close()
 
 
@@ -447,6 +449,7 @@ class DecodeProcess:
                                 args=(str(device), stream, threads, self.requests, self.results))
         self.proc.start()
         self.device, self.threads, self.seq = device, threads, 0
+        self.busy_s = 0.0  # the process's time spent on requests, from their answers
 
     def submit(self, jobs: list[tuple[int, ClipJob]], augment: bool = False) -> int:
         self.seq += 1
@@ -458,11 +461,12 @@ class DecodeProcess:
         `DecoderLost` when the process is gone."""
         while True:
             try:
-                got, slots, clips, bad = self.results.get(timeout=0.5)
+                got, slots, clips, bad, busy = self.results.get(timeout=0.5)
             except queue.Empty:
                 if not self.proc.is_alive():
                     raise DecoderLost(f"the GPU decode process exited (exit code {self.proc.exitcode})") from None
                 continue
+            self.busy_s += busy
             if got == seq:
                 return slots, clips, bad
 
@@ -629,8 +633,12 @@ class DecodeStage:
                     field[rows] = field[src]
 
     def stats(self) -> dict:
+        """Counts since the stage began: clips decoded by the process and on the CPU, fallbacks, the
+        stage's time waiting for the process, and the process's own time on requests (its occupancy
+        over a stretch is the growth of `process_busy_s` over that stretch's time)."""
         return dict(gpu_clips=self.gpu_clips, cpu_clips=self.clips - self.gpu_clips, fallbacks=self.fallbacks,
-                    stage_wait_s=round(self.wait_s, 2), decode_process=self.process is not None)
+                    stage_wait_s=round(self.wait_s, 2), decode_process=self.process is not None,
+                    process_busy_s=round(self.process.busy_s, 2) if self.process is not None else 0.0)
 
     def close(self) -> None:
         if self.process is not None:
