@@ -380,7 +380,8 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
             erec.update(decode=data.stage.stats())
         if warm is not None:  # time and rate apart from the first steps (see WARMUP_STEPS)
             erec.update(warmup_s=warm[1] - t_epoch,
-                        steady_clips_per_s=(clips - warm[0]) * d.world / max(1e-9, t_end - warm[1]))
+                        steady_clips_per_s=(clips - warm[0]) * d.world / max(1e-9, t_end - warm[1]),
+                        steady_data_wait=round(min(1.0, (run.data_wait_s - warm[2]) / max(1e-9, t_end - warm[1])), 3))
         pending = False  # the epoch's validation cut short by SIGTERM: the resume runs it first
         if data.val_set is not None and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
             top1 = validate_and_keep_best(run, prog, epoch)
@@ -396,10 +397,11 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
             log.info("epoch %d done in %.1f s: %s%s; waited for data %.0f%% of it", epoch + 1, epoch_time,
                      _rate_text(erec), f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec
                      else "", 100 * min(1.0, erec["data_wait_s"] / max(1e-9, epoch_time)))
-            if epoch == first_epoch and erec["data_wait_s"] >= WAIT_HINT * epoch_time:
-                log.info("the step waited for data %.0f%% of the epoch: the loader is the bound; the ways to feed it "
-                         "(data.num_workers, `tpn data prepare`, data.decoder, data.augment_on_device) are in "
-                         "docs/data.md, 'Choosing a decoding path'", 100 * erec["data_wait_s"] / epoch_time)
+            steady_wait = erec.get("steady_data_wait", erec["data_wait_s"] / max(1e-9, epoch_time))
+            if epoch == first_epoch and steady_wait >= WAIT_HINT:  # past the warm-up: workers starting, compiling
+                log.info("the step waited for data %.0f%% of the epoch after its warm-up: the loader is the bound; the "
+                         "ways to feed it (data.num_workers, `tpn data prepare`, data.decoder, "
+                         "data.augment_on_device) are in docs/data.md, 'Choosing a decoding path'", 100 * steady_wait)
         if pending:
             run.stopped = (f"{_by(run)}: stopped during epoch {epoch + 1}'s validation, saved {run.last_ckpt} "
                            f"(--resume auto validates epoch {epoch + 1}, then continues)")
@@ -411,7 +413,8 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
     return finish(run, prog, summary, t_start)
 
 
-# The share of the first epoch spent waiting for batches above which the log names the ways to feed the step.
+# The share of the first epoch's steady part (after WARMUP_STEPS) spent waiting for batches above which the
+# log names the ways to feed the step.
 WAIT_HINT = 0.3
 
 # Steps of an epoch timed as warm-up, apart from the steady rate: loader workers starting and
@@ -452,7 +455,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
         if warm_steps and it + 1 - first == warm_steps:
             if d.device.type == "cuda":
                 torch.cuda.synchronize(d.device)  # once an epoch: the warm-up's end, not its launch
-            warm = (clips, time.time())
+            warm = (clips, time.time(), batches.wait_s)
         last = it == data.iters_per_epoch - 1
         if prog.global_iter % t.log_interval == 0 or last:
             _log_step(run, window, bar, epoch, it, prog.global_iter, lr, clips, batches.wait_s)
