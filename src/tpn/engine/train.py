@@ -394,10 +394,11 @@ def run_training(cfg: Config, d: D.Dist, work_dir: Path, resume: str | None, max
         save_checkpoint(run, prog, work_dir / f"epoch_{epoch + 1:04d}.pth", epoch + 1, 0, val_pending=pending)
         if d.main:
             prune_after_epoch(work_dir, t.keep_last)
+            wait = min(1.0, run.data_wait_s / max(1e-9, epoch_time))
             log.info("epoch %d done in %.1f s: %s%s; waited for data %.0f%% of it", epoch + 1, epoch_time,
                      _rate_text(erec), f"; training top-1 {100 * erec['train_top1']:.2f}%" if "train_top1" in erec
-                     else "", 100 * min(1.0, erec["data_wait_s"] / max(1e-9, epoch_time)))
-            steady_wait = erec.get("steady_data_wait", erec["data_wait_s"] / max(1e-9, epoch_time))
+                     else "", 100 * wait)
+            steady_wait = erec.get("steady_data_wait", wait)
             if epoch == first_epoch and steady_wait >= WAIT_HINT:  # past the warm-up: workers starting, compiling
                 log.info("the step waited for data %.0f%% of the epoch after its warm-up: the loader is the bound; the "
                          "ways to feed it (data.num_workers, `tpn data prepare`, data.decoder, "
