@@ -240,8 +240,8 @@ def test_loss_curve_compares_modes_from_the_same_start(tmp_path):
 
 @pytest.mark.slow
 def test_precision_study_runs_end_to_end_on_the_cpu(tmp_path):
-    """benchmarks/precision_study.sh --tiny: data, training, the tests in fp32 / bf16 / fp16 (CPU
-    autocast) and the summary, with the few-videos warning."""
+    """benchmarks/precision_study.sh --tiny: data, training, the tests in fp32 and bf16 (CPU autocast)
+    and the summary, with the few-videos warning."""
     import json
     import os
     import subprocess
@@ -250,17 +250,19 @@ def test_precision_study_runs_end_to_end_on_the_cpu(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, WORK=str(tmp_path / "w"), RESULTS=str(tmp_path / "r"), TPN=f"{sys.executable} -m tpn.cli",
+               EPOCHS="1", PRECISIONS="fp32 bf16",  # fp16 shares bf16's branch; on a CPU it takes 40 s for 8 videos
                PYTHONPATH=os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(["bash", "benchmarks/precision_study.sh", "--tiny"], cwd=repo, env=env, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads((tmp_path / "r" / "precision_summary.json").read_text())
-    assert list(s["runs"]) == ["fp32", "bf16", "fp16", "auto"] and s["reference"] == "fp32"
+    assert list(s["runs"]) == ["fp32", "bf16", "auto"] and s["reference"] == "fp32"
     assert all(r["videos"] == 8 for r in s["runs"].values()) and "use >= 200 videos" in s["warning"]
     assert s["runs"]["bf16"]["max_abs_diff_mean_softmax"] > 0 and s["runs"]["auto"]["max_abs_diff_mean_softmax"] < 1e-6
     assert {p.name for p in (tmp_path / "r").iterdir()} == {
-        "precision_summary.json", "predictions_fp32.csv", "predictions_bf16.csv", "predictions_fp16.csv",
-        "train_metrics.jsonl"}
+        "precision_summary.json", "predictions_fp32.csv", "predictions_bf16.csv", "train_metrics.jsonl"}
+
+
 def test_bench_e2e_peer_make_and_summary_on_tiny_sets(tmp_path, capsys):
     """`benchmarks/bench_e2e_peer.py` on the CPU at a tiny size: `--part make` writes x264 (B-frames,
     one keyframe) and x265 sets with the same content and the `tpn data prepare`d copy; the tpn part's
