@@ -379,3 +379,20 @@ def test_bn_bandwidth_shapes_are_the_r50_backbones_batchnorms():
     backbone(torch.empty(2, 3, 8, 224, 224, device="meta"))
     assert all(h == w and t == 8 for _, h, w, t in seen)
     assert sorted((c, h, n) for (c, h, _, _), n in seen.items()) == sorted(SHAPES)
+
+
+def test_e2e_summary_takes_sets_made_on_another_machine():
+    """A set made on the development machine (no GPU) and measured on the device: the GPU check
+    compares the measuring parts only; a peer part on another GPU is still flagged."""
+    from benchmarks.bench_e2e_peer import summarise
+
+    def machine(part, gpu, at):
+        return {"part": part, "what": "machine", "gpu": gpu, "cores": 16, "files": {}, "at": at}
+
+    made = {"part": "make", "what": "make", "set": "h264_1280x720", "codec": "h264", "size": [1280, 720],
+            "videos": 32, "at": "2026-12-07 19:16:00"}
+    records = [machine("make", None, "2026-12-07 19:06:00"), made,
+               machine("tpn", "H100", "2026-12-08 10:05:00"), machine("peer", "H100", "2026-12-08 10:10:00")]
+    res = summarise(records)
+    assert res["same_gpu_in_all_parts"] and res["made"]["h264_1280x720"]["videos"] == 32
+    assert not summarise(records + [machine("peer", "H200", "2026-12-08 11:00:00")])["same_gpu_in_all_parts"]
