@@ -825,15 +825,16 @@ def summarise(records: list[dict], batch: int = 32, nvdec_fps: float | None = No
     records = sorted(records, key=lambda r: r.get("at", ""))
     latest = latest_records(records)
     machines = {r["part"]: {k: v for k, v in r.items() if k not in ("what", "part")}
-                for r in records if r.get("what") == "machine"}  # the last of each part's; the sets may be
-    # made on another machine (docs/benchmarks.md): "make" is left out of the same-GPU check
+                for r in records if r.get("what") == "machine"}  # the last of each part's
+    # the sets may be made on another machine (docs/benchmarks.md): the GPU check takes the measuring parts
+    gpus = {v.get("gpu") for p, v in machines.items() if p != "make"}
     setup = next((r for r in reversed(records) if r.get("what") == "setup"), {})
     m = machines.get("tpn") or machines.get("peer") or {}
     ctx = dict(batch=batch, cores=m.get("cores"), nvdec_fps=nvdec_fps,
                gpu_step=_val(latest.get(("tpn", "gpu_step", "", "", batch)), "clips_per_s"),
                gpu_test=_val(latest.get(("tpn", "gpu_test", "", "", None)), "videos_per_s"))
     names = sorted({k[2] for k in latest if k[2] and not k[2].endswith("_prepared") and k[1] != "make"})
-    res = dict(machine=machines, same_gpu_in_all_parts=len({v.get("gpu") for p, v in machines.items() if p != "make"}) <= 1,
+    res = dict(machine=machines, same_gpu_in_all_parts=len(gpus) <= 1,
                batch=batch, tpn_gpu_step_clips_per_s=ctx["gpu_step"], tpn_gpu_test_videos_per_s=ctx["gpu_test"],
                peer_gpu_step_clips_per_s={k[4]: _val(r, "clips_per_s") for k, r in latest.items()
                                           if k[:2] == ("peer", "peer_gpu_step")},
