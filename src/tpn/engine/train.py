@@ -129,6 +129,8 @@ class Run:
     stop: StopSignal | None = None  # SIGTERM, read between steps
     last_ckpt: Path | None = None  # the newest resumable checkpoint saved (or resumed from)
     train_top1: float | None = None  # the last epoch's training top-1 (train_one_epoch)
+    epoch_hits: torch.Tensor | None = None  # this epoch's training top-1 hits so far (a device scalar) ...
+    epoch_seen: int = 0  # ... of so many clips: what an in-epoch checkpoint carries on
     data_wait_s: float = 0.0  # the last epoch's time waiting for batches (train_one_epoch)
     stopped: str | None = None  # what a stop by SIGTERM saved
 
@@ -140,6 +142,7 @@ class Progress:
     iter_in_epoch: int = 0  # optimiser steps of that epoch already done
     global_iter: int = 0
     best: float = -1.0  # best validation top-1 so far
+    top1_so_far: tuple = (0, 0)  # the resumed epoch's training top-1 hits and clips before it, all ranks summed
 
 
 # ------------------------------------------------------------------ set-up
@@ -286,7 +289,8 @@ def restore(run: Run, ckpt: dict, path: Path) -> Progress:
                        "train.decay_norm_and_bias and model.backbone.frozen_stages shape the groups)") from None
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
-    prog = Progress(ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["global_iter"], ckpt.get("best_top1", -1.0))
+    prog = Progress(ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["global_iter"], ckpt.get("best_top1", -1.0),
+                    tuple(ckpt.get("epoch_top1_counts", (0, 0))))
     set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
     saved_world = ckpt.get("world_size", d.world)
     if saved_world != d.world or ckpt.get("iters_per_epoch", ipe) != ipe:
@@ -439,7 +443,11 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
     data.sampler.set_epoch(epoch, start=first * data.videos_per_batch * t.accum_steps)
     run.model.train()
     window = _Window(d.device)
-    correct = torch.zeros((), dtype=torch.long, device=d.device)  # training top-1 hits, read once an epoch
+    # training top-1 hits, read once an epoch; a resumed epoch goes on from its checkpoint's counts (held by
+    # rank 0: `_train_top1`'s ratio of means over the ranks is the ratio of their sums)
+    hits0, seen0 = prog.top1_so_far if first and d.main else (0, 0)
+    correct = torch.full((), int(hits0), dtype=torch.long, device=d.device)
+    run.epoch_hits, run.epoch_seen = correct, int(seen0)
     bar = _progress_bar(run, epoch, first)
     batches = _Waited(data.stage.epoch(data.loader) if data.stage is not None else iter(data.loader))
     clips, warm = 0, None
@@ -450,6 +458,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
             g["lr"] = lr * g.get("lr_mult", 1.0)
         loss_step, n = train_step(run, batches, correct)
         clips += n
+        run.epoch_seen += n
         window.loss += loss_step
         window.steps += 1
         prog.global_iter += 1
@@ -475,7 +484,7 @@ def train_one_epoch(run: Run, prog: Progress, epoch: int, first: int,
             return clips, True, warm
     if bar is not None:
         bar.close()
-    run.train_top1 = _train_top1(correct, clips, d)
+    run.train_top1 = _train_top1(correct, run.epoch_seen, d)
     run.data_wait_s = batches.wait_s
     return clips, False, warm
 
@@ -573,8 +582,9 @@ def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_ep
     full disk) stops the run: one line on every rank, naming the last good checkpoint."""
     t, d = run.cfg.train, run.d
     state = {"state_dict": run.model.state_dict(), "optimizer": run.opt.state_dict()}
-    gathered = D.gather_objects((rng_state(), trainable(state)), d)
-    if not all(ok for _, ok in gathered):
+    counts = (int(run.epoch_hits), run.epoch_seen) if iter_in_epoch and run.epoch_hits is not None else (0, 0)
+    gathered = D.gather_objects((rng_state(), trainable(state), counts), d)
+    if not all(ok for _, ok, _ in gathered):
         where = f"epoch {epoch} iteration {run.data.iters_per_epoch}" if iter_in_epoch == 0 else \
             f"epoch {epoch + 1} iteration {iter_in_epoch}"
         raise TpnError(f"the weights are not finite at {where} (the loss diverged after the last log line): "
@@ -590,7 +600,8 @@ def save_checkpoint(run: Run, prog: Progress, path: Path, epoch: int, iter_in_ep
                                      iter_in_epoch * run.data.videos_per_batch * t.accum_steps},
                          "epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": prog.global_iter,
                          "iters_per_epoch": run.data.iters_per_epoch, "best_top1": prog.best, "val_pending": val_pending,
-                         "rng": [rng for rng, _ in gathered], "config": to_dict(run.cfg),
+                         "epoch_top1_counts": [sum(c[i] for *_, c in gathered) for i in (0, 1)],
+                         "rng": [rng for rng, *_ in gathered], "config": to_dict(run.cfg),
                          "label_names": run.data.train_set.label_names, "world_size": d.world}, path)
         except TpnError as e:
             error = f"{e}; {_last_good(run)}"
