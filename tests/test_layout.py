@@ -6,7 +6,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lower number = lower layer; a module may import from a lower layer or from its own package
-LAYERS = {"tpn.errors": 0, "tpn.config": 1, "tpn.options": 1, "tpn.bench": 1, "tpn.data": 2, "tpn.models": 2,
+LAYERS = {"tpn.errors": 0, "tpn.config": 1, "tpn.options": 1, "tpn.bench": 1, "tpn.pickle_scan": 1, "tpn.data": 2, "tpn.models": 2,
           "tpn.checkpoint": 2, "tpn.convert": 3, "tpn.accel": 3, "tpn.engine": 4, "tpn.zoo": 4,
           "tpn.cli": 5}
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import io
+import mmap
 import os
 import pickle
+import reprlib
 import sys
 import tarfile
 import tempfile
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from tpn.errors import TpnError, listing
+from tpn.pickle_scan import check_tree, scan
 
 FORMAT = "tpn"
 
@@ -80,6 +83,11 @@ _STORAGE_DTYPES = {
 }
 
 
+# the dtypes a pickle may name (`torch.float32`...), looked up in torch's own namespace: a name
+# that is not one never reaches getattr (which would import a submodule of that name)
+_DTYPES = {k: v for k, v in vars(torch).items() if isinstance(v, torch.dtype)}
+
+
 class _StorageType(NamedTuple):
     dtype: torch.dtype
 
@@ -97,7 +105,7 @@ def _tensor(storage, offset, size, stride, dtype=None) -> torch.Tensor:
         raise pickle.UnpicklingError("a tensor without a storage from the file")
     ints = [offset, *size, *stride]
     if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride) or len(size) > 64:
-        raise pickle.UnpicklingError(f"a tensor with an invalid shape {tuple(size)} / strides {tuple(stride)}")
+        raise pickle.UnpicklingError(f"a tensor with an invalid shape {brief(size)} / strides {brief(stride)}")
     dtype = dtype or storage.dtype
     elements = storage.data.nbytes() // dtype.itemsize
     last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
@@ -192,14 +200,14 @@ class _Unpickler(pickle.Unpickler):
             return _fresh(_ALLOWED_GLOBALS[(module, name)])
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and name in _DTYPES:
+            return _DTYPES[name]
         self.skipped.add(f"{module}.{name}")
         return type(name, (_Unreadable,), {"qualname": f"{module}.{name}"})
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
-            raise pickle.UnpicklingError(f"unknown persistent id {str(pid)[:40]}")
+            raise pickle.UnpicklingError(f"unknown persistent id {brief(pid)}")
         if not isinstance(pid[1], _StorageType):
             raise pickle.UnpicklingError("a storage of an unknown type")
         return self.storage(pid)
@@ -253,6 +261,7 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
 
     record("data.pkl")
     pickled = reader.get_record("data.pkl") if own is None else own.read("data.pkl")
+    scan(io.BytesIO(pickled))
     return _Unpickler(io.BytesIO(pickled), skipped, storage).load()
 
 
@@ -358,15 +367,20 @@ def _read_legacy(path: Path, skipped: set[str], budget: _Budget) -> Any:
             raise pickle.UnpicklingError(f"a view outside storage {key}")
         return _Storage(root.data[begin:end], kind.dtype)
 
-    with open(path, "rb") as f:
-        header = [_Unpickler(f, skipped, storage).load() for _ in range(3)]
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        def load():  # the opcodes scanned (through the map: no read allocates more than the file) first
+            m.seek(f.tell())
+            scan(m)
+            return _Unpickler(f, skipped, storage).load()
+
+        header = [load() for _ in range(3)]
         if header[0] != _LEGACY_MAGIC:
             raise RuntimeError("Invalid magic number: neither torch's zip nor its legacy layout")
         if header[1] != _LEGACY_PROTOCOL:
-            raise RuntimeError(f"Invalid legacy protocol version {str(header[1])[:20]}")
-        obj = _Unpickler(f, skipped, storage).load()
-        keys = _Unpickler(f, skipped, storage).load()
-        if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(map(str, declared)):
+            raise RuntimeError(f"Invalid legacy protocol version {brief(header[1])}")
+        obj = load()
+        keys = load()
+        if not (isinstance(keys, list) and all(type(k) is str for k in keys)) or sorted(keys) != sorted(declared):
             raise CheckpointError(f"{path}: damaged checkpoint (its storage list does not match its tensors)")
         for key in keys:
             target = declared[key]
@@ -408,6 +422,7 @@ def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
     budget = _Budget(path, size)
     try:
         obj = (_read_zip if head == b"PK\x03\x04" else _read_legacy)(path, skipped, budget)
+        check_tree(obj)
     except CheckpointError:
         raise
     except Exception as e:
@@ -421,6 +436,15 @@ def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
         raise CheckpointError(f"{path}: a tpn checkpoint holds only tensors and plain values, this one also "
                               f"names {', '.join(sorted(skipped))} (never run)")
     return obj, sorted(skipped)
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 40, 40
+
+
+def brief(x) -> str:
+    """A short repr of a value read from a file, whatever its size or nesting."""
+    return _BRIEF.repr(x)
 
 
 def _first_line(e: Exception) -> str:

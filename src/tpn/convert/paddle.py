@@ -19,6 +19,7 @@ read without Paddle's program description; it is reported as such.
 from __future__ import annotations
 
 import collections
+import io
 import math
 import pickle
 import re
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from tpn.checkpoint import CheckpointError
+from tpn.pickle_scan import check_tree, scan
 
 # framework.proto VarType.Type -> torch dtype
 _PADDLE_DTYPES = {
@@ -151,7 +153,10 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            data = f.read()
+        scan(data)  # bounds on nesting and hashing, before anything is built
+        obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+        check_tree(obj, "the file")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as e:
@@ -168,9 +173,9 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(big, dict):
         try:
             for name, info in big.items():
-                parts = [out.pop(s).flatten() for s in info["slices"]]
-                out[name] = torch.cat(parts).reshape(tuple(info["OriginShape"]))
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                parts = [out.pop(str(s)).flatten() for s in info["slices"]]
+                out[str(name)] = torch.cat(parts).reshape(tuple(info["OriginShape"]))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"{path}: a big array's slices do not add up ({type(e).__name__}: {e})") from None
     if not out:
         raise CheckpointError(f"{path}: no arrays found in this .pdparams file")
@@ -259,7 +264,7 @@ def parse_lod_tensor(buf: bytes) -> torch.Tensor:
     if any(d < 0 for d in dims):
         raise ValueError(f"unknown dimension in {dims}")
     dtype = _PADDLE_DTYPES[dtype_id]
-    numel = int(np.prod(dims)) if dims else 1
+    numel = math.prod(dims)  # Python ints: a product cannot wrap around
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     data = take(nbytes)
     if pos != len(buf):

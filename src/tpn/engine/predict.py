@@ -24,7 +24,7 @@ from tpn.data.labels import resolve_num_classes
 from tpn.data.video import VideoError
 from tpn.engine.distributed import setup
 from tpn.engine.evaluate import inference_forward, with_views
-from tpn.errors import TpnError
+from tpn.errors import TpnError, listing
 
 log = logging.getLogger("tpn.predict")
 
@@ -99,7 +99,7 @@ def checkpoint_config(checkpoint, overrides: list[str] | tuple[str, ...] = ()) -
     is; a checkpoint without one (a foreign format) is a one-line error asking for `--config`."""
     from tpn.convert.weights import read_raw
 
-    _, info = read_raw(checkpoint)
+    sd, info = read_raw(checkpoint)
     saved = info.get("saved_config")
     if saved is None:
         kind = "a tpn checkpoint saved without its config" if info.get("format") else "not a tpn checkpoint"
@@ -114,4 +114,22 @@ def checkpoint_config(checkpoint, overrides: list[str] | tuple[str, ...] = ()) -
 
     check_ranges(cfg, source_of)
     check_rules(cfg, source_of)
+    _fits_its_weights(cfg, sd, checkpoint)
     return cfg
+
+
+def _fits_its_weights(cfg: Config, sd: dict, checkpoint) -> None:
+    """A saved config that does not describe the file's own tensors (an edited or crafted file:
+    say a head of a billion classes) is refused before a model is built from it; built on the
+    meta device first, the model takes no memory."""
+    from tpn.models.build import build_model
+
+    if cfg.model.head.num_classes is None:  # from the label map: the weights are checked when they load
+        return
+    with torch.device("meta"):
+        shell = build_model(cfg)
+    bad = [f"{k} {tuple(sd[k].shape)} vs config {tuple(v.shape)}" for k, v in shell.state_dict().items()
+           if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ConfigError(f"{checkpoint}: its saved config does not fit its own weights ({listing(bad)}): pass "
+                          "--config NAME_OR_YAML (the config of the model it holds)")
