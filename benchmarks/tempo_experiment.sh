@@ -16,9 +16,9 @@ VPC=${VPC:-125}
 TVPC=${TVPC:-30}
 if [ ! -f "$ROOT/test.txt" ]; then
   # 24 classes (8 directions x slow/medium/fast), 100 train + 25 val videos a class
-  tpn data synth "$ROOT" --classes "$CLASSES" --videos-per-class "$VPC" --frames 96 --seed 0 --workers "$WORKERS"
+  tpn data synth "$ROOT" --classes "$CLASSES" --videos-per-class "$VPC" --frames 96 --seed 0 --workers "$WORKERS" --overwrite
   # a held-out test split: 30 more videos a class from other seeds (unseen speed/appearance draws)
-  tpn data synth "$ROOT/test_set" --classes "$CLASSES" --videos-per-class "$TVPC" --frames 96 --seed 1 --workers "$WORKERS"
+  tpn data synth "$ROOT/test_set" --classes "$CLASSES" --videos-per-class "$TVPC" --frames 96 --seed 1 --workers "$WORKERS" --overwrite
   cat "$ROOT/test_set/train.txt" "$ROOT/test_set/val.txt" | sed 's#^#test_set/#' > "$ROOT/test.txt"
 fi
 CONFIGS=${CONFIGS:-tempo_tpn_r50_8x8 tempo_slowonly_r50_8x8}

@@ -30,7 +30,7 @@ RATIO=${RATIO:-1.5}
 DISTRACTORS=${DISTRACTORS:-3}
 MODELS=${MODELS:-tempo_hard_tpn_r50_8x8 tempo_hard_slowonly_r50_8x8}
 TPN=${TPN:-tpn}
-synth=(--classes "$CLASSES" --frames "$FRAMES" --tempo-ratio "$RATIO" --distractors "$DISTRACTORS" --workers "$WORKERS")
+synth=(--classes "$CLASSES" --frames "$FRAMES" --tempo-ratio "$RATIO" --distractors "$DISTRACTORS" --workers "$WORKERS" --overwrite)
 if [ ! -f "$ROOT/test.txt" ]; then
   # train + val (20%) from seed 0; a held-out test split of TVPC videos a class from seed 1
   $TPN data synth "$ROOT" --videos-per-class "$VPC" --seed 0 "${synth[@]}"

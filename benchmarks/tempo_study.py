@@ -114,7 +114,8 @@ def synth(tpn: list[str], root: Path, classes: int, vpc: int, tvpc: int, ratio: 
     if (root / "test.txt").is_file():
         return
     common = ["--classes", str(classes), "--frames", "64", "--tempo-ratio", str(ratio),
-              "--distractors", str(distractors), "--workers", str(workers), "--layout", layout]
+              "--distractors", str(distractors), "--workers", str(workers), "--layout", layout,
+              "--overwrite"]  # a run cut before test.txt is written starts the set again
     sh(tpn + ["data", "synth", str(root), "--videos-per-class", str(vpc), "--seed", str(seed)] + common, log)
     sh(tpn + ["data", "synth", str(root / "test_set"), "--videos-per-class", str(tvpc), "--seed", str(seed + 1)]
        + common, log)

@@ -3,6 +3,7 @@ segments found on a video that concatenates synthetic classes, the files written
 stays flat on long files (a streaming decode)."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -214,3 +215,16 @@ def test_timeline_memory_stays_flat_on_long_videos(controlled, tmp_path):
         out = json.loads((tmp_path / "tl" / f"long_{frames}.timeline.json").read_text())
         assert out["frames"] == frames and len(out["windows"]) == (frames - 7) // 600 + 1
     assert peaks[8000] < 1.2 * peaks[4000], peaks
+
+
+def test_timelines_of_videos_with_the_same_file_name_do_not_overwrite_each_other(controlled, tmp_path):
+    ckpt, video = controlled
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(video, tmp_path / d / video.name)
+    r = cli("predict", str(tmp_path / "a" / video.name), str(tmp_path / "b" / video.name), "--checkpoint", str(ckpt),
+            "--timeline", "--stride", "1", "--out", str(tmp_path / "tl"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    first, second = (json.loads((tmp_path / "tl" / f"{video.stem}{s}.timeline.json").read_text()) for s in ("", "_2"))
+    assert (first["video"], second["video"]) == (str(tmp_path / "a" / video.name), str(tmp_path / "b" / video.name))
+    assert r.returncode == 0 and "_2.timeline" in r.stdout

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tpn: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a file or folder the system refused: no permission, a full disk, a file for a folder
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tpn: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from tpn.options import parse_pair
 
 def _size(text: str, flag: str) -> tuple[int, int]:
     w, h = parse_pair(text, flag, "WIDTHxHEIGHT", "160x128")
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise TpnError(f"{flag} {text!r}: width and height must be even and at least 16 (H.264 4:2:0)")
+    if not (16 <= w <= 4096 and 16 <= h <= 4096) or w % 2 or h % 2:
+        raise TpnError(f"{flag} {text!r}: width and height must be even, 16 to 4096 (H.264 4:2:0)")
     return w, h
 
 
@@ -33,6 +33,9 @@ def _cmd_synth(args) -> int:
         raise TpnError(f"{args.out}: exists and is not a folder (data synth writes a dataset folder)")
     if not 0 <= args.distractors <= 20:
         raise TpnError(f"--distractors {args.distractors}: must be between 0 and 20")
+    existing = [Path(args.out) / n for n in ("train.txt", "val.txt", "labels.txt") if (Path(args.out) / n).exists()]
+    if existing and not args.overwrite:
+        raise TpnError(f"{existing[0]}: exists; pass --overwrite to write a new dataset over it, or another folder")
     s = generate_dataset(args.out, classes=args.classes, videos_per_class=args.videos_per_class, size=(w, h),
                          seed=args.seed, frames=args.frames, workers=args.workers, progress=True, layout=args.layout,
                          tempo_ratio=args.tempo_ratio, distractors=args.distractors)
@@ -129,6 +132,7 @@ def add_data_commands(sub, add_set) -> None:
                    help="speed ratio of neighbouring tempos (default 2.2; above 1.35; 1.5 is harder)")
     p.add_argument("--distractors", type=int, default=0,
                    help="objects moving their own way, unrelated to the class (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="write over a dataset already in OUT")
     p.set_defaults(func=_cmd_synth)
 
     p = data.add_parser("lists", help="write train/val lists and labels.txt from a folder of videos in class "

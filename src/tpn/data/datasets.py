@@ -123,8 +123,8 @@ def iter_annotations(path: str | Path, fmt: str, label_names: list[str] | None =
             try:
                 try:
                     start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-                except (TypeError, ValueError):
-                    raise AnnotationError(f"{where}: time_start/time_end must be numbers") from None
+                except (TypeError, ValueError, OverflowError):
+                    raise AnnotationError(f"{where}: time_start/time_end must be finite numbers") from None
                 if not row["youtube_id"]:
                     raise AnnotationError(f"{where}: empty youtube_id")
                 label = _label(row["label"] or "", names, where)

@@ -23,7 +23,7 @@ def _videos(class_dir: Path, root: Path) -> list[str]:
             if rel != rel.strip() or any(c in rel for c in "\r\n\t"):
                 raise TpnError(f"{p}: a path with a line break, a tab or spaces at its ends cannot be a list line: "
                                "rename it")
-            out.append(rel)
+            out.append("./" + rel if rel.startswith("#") else rel)  # a line starting with '#' is a comment
     return out
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 from tpn.data.pool import map_in_processes
 from tpn.data.video import PREPARED_TAG, display_matrix
-from tpn.errors import read_text
+from tpn.errors import TpnError, read_text
 
 DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
 PRESET = "veryfast"  # x264's speed preset of the rewrite
@@ -123,6 +123,12 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
     list_file, out_dir = Path(list_file), Path(out_dir)
     if not list_file.is_file():
         raise AnnotationError(f"{list_file}: annotation file not found")
+    for flag, value, low, high in (("--short-side", short_side, 16, 8192), ("--gop", gop, 1, 10000), ("--crf", crf, 0, 51)):
+        if not low <= value <= high:
+            raise TpnError(f"tpn data prepare {flag} {value}: must lie in [{low}, {high}]")
+    if out_dir.resolve() == Path(root).resolve() or (out_dir / list_file.name).resolve() == list_file.resolve():
+        raise AnnotationError(f"tpn data prepare --out {out_dir}: the folder of the originals (--root {root}) or of "
+                              "the list; prepared copies go to another folder, the originals stay as they are")
     names = {n: i for i, n in enumerate(read_label_names(label_map))} if label_map else None
     lines = []
     for n, line in enumerate(read_text(list_file).splitlines(), start=1):
@@ -130,6 +136,9 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
             rel, _, _ = parse_line(line, fmt, names, f"{list_file}:{n}")
             lines.append((line, rel))
     jobs = [(str(Path(root) / rel), str(out_dir / rel), short_side, gop, crf) for _, rel in lines]
+    same = next((src for src, dst, *_ in jobs if Path(src).resolve() == Path(dst).resolve()), None)
+    if same is not None:  # a path that leads back into --root (`..`, a link)
+        raise AnnotationError(f"tpn data prepare: {same} would be written over itself; choose another --out")
     results = map_in_processes(_job, jobs, workers, chunksize=2, desc="prepare" if progress else None)
     failed = [{"path": src, "error": err} for src, err, _ in results if err]
     kept = [line for (line, _), (_, err, _) in zip(lines, results) if not err]

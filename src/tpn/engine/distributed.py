@@ -41,6 +41,9 @@ def setup(device: str = "auto") -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise TpnError("--device cuda: no CUDA GPU is visible to this process (torch "
+                       f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'}): use --device cpu or auto")
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

@@ -205,14 +205,14 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
 
 def parse_views(views: str) -> tuple[int, int]:
     clips, crops = parse_pair(views, "--views", "CLIPSxCROPS", "10x3")
-    if clips < 1 or crops not in (1, 3):
-        raise TpnError(f"--views {views!r}: clips must be >= 1 and crops 1 or 3")
+    if not 1 <= clips <= 100 or crops not in (1, 3):
+        raise TpnError(f"--views {views!r}: clips must be 1 to 100 and crops 1 or 3")
     return clips, crops
 
 
 def with_views(cfg, views: str | None):
     """`cfg` with the test views set from a CLIPSxCROPS string such as "10x3" (None: unchanged)."""
-    if not views:
+    if views is None:
         return cfg
     clips, crops = parse_views(views)
     return replace(cfg, data=replace(cfg.data, test_clips=clips, test_crops=crops))

@@ -72,15 +72,21 @@ def predict_timelines(cfg: Config, checkpoint, videos: list[str], out_dir, strid
     (`tpn.engine.timeline`); a video that cannot be read is {"video", "error"}."""
     from tpn.engine.timeline import score_windows, write_timeline
 
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # a folder that cannot be written fails before the model runs
     cfg, dev, forward, names, topk = prepare(cfg, checkpoint, topk, views, device)
-    out = []
+    out, stems = [], set()
     for path in videos:
+        stem, n = Path(path).stem, 1
+        while stem in stems:  # a/clip.mp4 and b/clip.mp4: clip.timeline.* and clip_2.timeline.*
+            n += 1
+            stem = f"{Path(path).stem}_{n}"
+        stems.add(stem)
         try:
             scores = score_windows(cfg, forward, dev, path, stride)
         except VideoError as e:
             out.append({"video": path, "error": str(e)})
             continue
-        out.append(write_timeline(Path(out_dir), path, scores, names, topk))
+        out.append(write_timeline(Path(out_dir), path, scores, names, topk, stem))
     return out
 
 

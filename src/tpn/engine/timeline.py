@@ -61,8 +61,8 @@ def stride_frames(stride_s: float | None, fps: float, span: int) -> int:
     """Frames between window starts: `stride_s` seconds, at least 1 (None: one window span)."""
     if stride_s is None:
         return span
-    if not stride_s > 0:
-        raise TpnError(f"--stride {stride_s}: must be a positive number of seconds")
+    if not 0 < stride_s < float("inf"):
+        raise TpnError(f"--stride {stride_s}: must be a positive, finite number of seconds")
     return max(1, round(stride_s * fps))
 
 
@@ -161,13 +161,14 @@ def plot_timeline(scores: dict, names: list[str], path: Path, classes: int = 5) 
     return save_figure(fig, path)
 
 
-def write_timeline(out_dir: Path, video: str, scores: dict, names: list[str], topk: int) -> dict:
-    """`<stem>.timeline.csv`, `.json` and `.png` in `out_dir`; returns the result with their paths."""
+def write_timeline(out_dir: Path, video: str, scores: dict, names: list[str], topk: int, stem: str = "") -> dict:
+    """`<stem>.timeline.csv`, `.json` and `.png` in `out_dir` (`stem`: the video's file name without
+    its suffix unless given); returns the result with their paths."""
     from tpn.engine.evaluate import csv_cell
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = timeline_rows(scores, names, topk)
-    stem = out_dir / f"{Path(video).stem}.timeline"
+    stem = out_dir / f"{stem or Path(video).stem}.timeline"
     paths = {"csv": f"{stem}.csv", "json": f"{stem}.json", "png": f"{stem}.png"}
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
