@@ -107,3 +107,17 @@ def test_a_saved_config_that_does_not_fit_its_weights_builds_nothing(tmp_path):
     saved["model"]["head"]["num_classes"] = cfg.model.head.num_classes
     torch.save({"format": "tpn", "state_dict": build_model(cfg).state_dict(), "config": saved}, tmp_path / "c.pth")
     assert checkpoint_config(tmp_path / "c.pth").model.head.num_classes == cfg.model.head.num_classes
+
+
+def test_bytes_changed_on_disk_are_caught_by_the_records_crc(tmp_path):
+    """torch's archive reader does not check CRC-32s: a flipped byte inside a tensor would load as
+    other weights. Each record read is checked against its zip directory entry."""
+    marker = torch.full((64,), 1.2345, dtype=torch.float32)
+    torch.save({"state_dict": {"w": marker}}, tmp_path / "ok.pth")
+    data = bytearray((tmp_path / "ok.pth").read_bytes())
+    at = bytes(data).index(marker.numpy().tobytes())
+    data[at + 17] ^= 0x40
+    (tmp_path / "bad.pth").write_bytes(bytes(data))
+    assert torch.equal(load_file(tmp_path / "ok.pth")[0]["state_dict"]["w"], marker)
+    with pytest.raises(CheckpointError, match=r"bad.pth: damaged checkpoint \(data/0 fails its CRC-32 check"):
+        load_file(tmp_path / "bad.pth")

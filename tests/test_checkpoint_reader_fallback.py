@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_checkpoint_tests_pass_with_a_reader_without_record_sizes():
     env = dict(os.environ, TPN_TEST_READER_WITHOUT_RECORD_SIZE="1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/test_checkpoint_archives.py", "tests/test_checkpoint_safety.py"],
+                        "tests/test_checkpoint_archives.py", "tests/test_checkpoint_safety.py",
+                        "tests/test_checkpoint_bounds.py"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "failed" not in r.stdout

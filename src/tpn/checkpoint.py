@@ -17,6 +17,8 @@ import reprlib
 import sys
 import tarfile
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -234,6 +236,13 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
                               f"{sys.byteorder}-endian checkpoints")
     storages: dict[str, _Storage] = {}
     own = None if hasattr(reader, "get_record_size") else _StoredRecords(path, reader)
+    crcs = _record_crcs(path)
+
+    def verified(name: str, data):  # torch's reader does not check a record's CRC-32: bytes changed on disk would load
+        if name in crcs and zlib.crc32(data) != crcs[name]:
+            raise CheckpointError(f"{path}: damaged checkpoint ({name} fails its CRC-32 check: its bytes changed "
+                                  "after it was saved)")
+        return data
 
     def record(name: str) -> int:
         if name not in records:
@@ -253,16 +262,30 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
                                       f"its tensor declares {nbytes})")
             if own is None:
                 data = reader.get_storage_from_record(name, nbytes, torch.UntypedStorage).untyped_storage()
+                verified(name, torch.empty(0, dtype=torch.uint8).set_(data).numpy())
             else:
-                data = torch.frombuffer(bytearray(own.read(name)), dtype=torch.uint8).untyped_storage() \
+                data = torch.frombuffer(bytearray(verified(name, own.read(name))), dtype=torch.uint8).untyped_storage() \
                     if nbytes else torch.UntypedStorage(0)
             storages[key] = _Storage(data, kind.dtype)
         return _Storage(storages[key].data, kind.dtype)
 
     record("data.pkl")
-    pickled = reader.get_record("data.pkl") if own is None else own.read("data.pkl")
+    pickled = verified("data.pkl", reader.get_record("data.pkl") if own is None else own.read("data.pkl"))
     scan(io.BytesIO(pickled))
     return _Unpickler(io.BytesIO(pickled), skipped, storage).load()
+
+
+def _record_crcs(path: Path) -> dict[str, int]:
+    """CRC-32 of each record, by torch's record name (the zip name after its top folder), from
+    the zip's central directory; a name found twice, or a directory Python cannot read, is left
+    unchecked."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = [(e.filename.partition("/")[2], e.CRC) for e in z.infolist()]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return {}
+    names = collections.Counter(n for n, _ in entries)
+    return {n: crc for n, crc in entries if names[n] == 1}
 
 
 class _StoredRecords:
@@ -284,8 +307,6 @@ class _StoredRecords:
 
     def _central(self) -> dict:
         if self.entries is None:
-            import zipfile
-
             try:
                 with zipfile.ZipFile(self.path) as z:
                     self.entries = {e.header_offset: e for e in z.infolist()}
