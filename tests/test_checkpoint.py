@@ -142,3 +142,15 @@ def test_a_tpn_checkpoint_that_misfits_names_the_config_it_was_saved_with(tmp_pa
     assert str(e.value).endswith("; it was saved with config tpn_tiny_synth (model.head.num_classes 4): pass that "
                                  "config (a training run's is config.yaml in its work dir)")
     assert load_model(cfg, tmp_path / "best.pth").head.fc.out_features == 4
+
+
+def test_save_atomic_gives_the_file_the_mode_torch_save_would(tmp_path):
+    """The temporary file of an atomic save is created 0600; the checkpoint gets 0666 less the
+    umask, as a file torch.save opens itself, so a group that may read the work dir reads it."""
+    old = os.umask(0o027)
+    try:
+        save_atomic({"w": torch.ones(1)}, tmp_path / "c.pth")
+        torch.save({"w": torch.ones(1)}, tmp_path / "plain.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.pth").stat().st_mode & 0o777 == (tmp_path / "plain.pth").stat().st_mode & 0o777 == 0o640

@@ -93,3 +93,20 @@ def test_kinetics_csv_with_infinite_times_is_a_line_error(tmp_path):
     csvf.write_text("label,youtube_id,time_start,time_end,split\nrun,abc,inf,20,train\n")
     with pytest.raises(AnnotationError, match="k.csv:2: time_start/time_end must be finite numbers"):
         read_annotations(csvf, "kinetics_csv", ["run"])
+
+
+def test_export_info_and_convert_arguments_are_checked(tmp_path, capsys):
+    import tpn.convert.weights as W
+    from tpn.checkpoint import CheckpointError
+    from tpn.config import load_config
+    from tpn.models.build import build_model
+
+    for args in (["--size", "0"], ["--size", "100000"], ["--frames", "-1"]):
+        assert main(["info", "tpn_tiny_synth", *args]) == 2
+        assert f"{args[0]} {args[1]}: must be" in one_error_line(capsys)
+    torch.save({"state_dict": build_model(load_config("tpn_tiny_synth")).state_dict()}, tmp_path / "w.pth")
+    classes = load_config("tpn_tiny_synth").model.head.num_classes
+    with pytest.raises(CheckpointError, match=f"--labels: {classes + 1} class names for a model of {classes}"):
+        W.convert_checkpoint(tmp_path / "w.pth", tmp_path / "out.pth", "tpn_tiny_synth",
+                             label_names=[f"c{i}" for i in range(classes + 1)])
+    assert not (tmp_path / "out.pth").exists()

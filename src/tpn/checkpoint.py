@@ -44,6 +44,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group torch.save lets read it
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -61,6 +62,12 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
                               f"{'the file already there is unchanged' if path.exists() else 'no file was written'}") \
             from None
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class _Unreadable:

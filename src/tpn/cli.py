@@ -21,9 +21,16 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 def _cmd_info(args) -> int:
     from tpn.config import load_config
     from tpn.models.info import model_info
+    from tpn.options import check_clip_shape
 
+    check_clip_shape(args.frames, args.size)
     cfg = load_config(args.config, args.overrides)
-    print(model_info(cfg, clip_len=args.frames, size=args.size))
+    try:
+        text = model_info(cfg, clip_len=args.frames, size=args.size)
+    except RuntimeError as e:  # a clip too small for the model's strides and pooling
+        raise TpnError(f"{cfg.name} cannot take a clip of {args.frames or cfg.data.clip_len} frames at "
+                       f"{args.size}x{args.size}: {str(e).strip().splitlines()[0][:200]}") from None
+    print(text)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tpn.errors import TpnError
+from tpn.options import check_clip_shape
 
 
 class ExportError(TpnError):
@@ -27,18 +28,24 @@ def export_onnx(config, checkpoint, out: str | Path, frames: int | None = None, 
 
     if importlib.util.find_spec("onnx") is None:
         raise ExportError("tpn export needs the onnx package: pip install onnx (onnxruntime too, for the check)")
+    check_clip_shape(frames, size)
     cfg = load_config(config, overrides) if not hasattr(config, "model") else config
     model = load_model(cfg, checkpoint).eval()
-    t, s = frames or cfg.data.clip_len, size or cfg.data.crop_size
+    t, s = frames if frames is not None else cfg.data.clip_len, size if size is not None else cfg.data.crop_size
     example = torch.randn(2, 3, t, s, s, generator=torch.Generator().manual_seed(0))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        torch.onnx.export(
-            model, (example,), str(out), input_names=["clip"], output_names=["logits"],
-            dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model, (example,), str(out), input_names=["clip"], output_names=["logits"],
+                dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+            )
+        except (RuntimeError, ValueError) as e:  # an opset the exporter lacks, a clip too small for the model
+            out.unlink(missing_ok=True)
+            raise ExportError(f"tpn export (opset {opset}, clip {t}x{s}x{s}): "
+                              f"{str(e).strip().splitlines()[0][:200]}") from None
     lines = [f"exported {cfg.name} ({checkpoint or 'random init'}) -> {out}: input clip (N, 3, {t}, {s}, {s}), "
              f"output logits (N, {cfg.model.head.num_classes}), opset {opset}"]
     if check:

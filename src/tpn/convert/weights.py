@@ -228,6 +228,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config="tpn_r50_8x8_k40
     cfg = load_config(config)
     model = build_model(cfg)
     info = load_weights(model, src, fmt)
+    n_classes = cfg.model.head.num_classes
+    if label_names and n_classes is not None and len(label_names) > n_classes:
+        raise CheckpointError(f"--labels: {len(label_names)} class names for a model of {n_classes} classes "
+                              f"(config {cfg.name}); give one name per class")
     ckpt = {
         "format": FORMAT,
         "state_dict": model.state_dict(),
