@@ -110,3 +110,13 @@ def test_export_info_and_convert_arguments_are_checked(tmp_path, capsys):
         W.convert_checkpoint(tmp_path / "w.pth", tmp_path / "out.pth", "tpn_tiny_synth",
                              label_names=[f"c{i}" for i in range(classes + 1)])
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_a_data_root_that_is_not_a_folder_is_named(synth, tmp_path):
+    from tpn.config import load_config
+    from tpn.data.datasets import VideoDataset
+
+    cfg = load_config("tpn_tiny_synth", [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(AnnotationError, match="data.root .*nowhere: not a folder"):
+        VideoDataset(cfg.data, "train", read_annotations(synth / "train.txt", "list"), None)
+    assert len(VideoDataset(cfg.data, "train", [(str(p), 0, -1) for p in synth.rglob("*.mp4")], None)) == 4

@@ -222,6 +222,8 @@ class VideoDataset(Dataset):
         self.planner = Planner(cfg, split, flip_label_map(cfg.flip_label_pairs))
         self.decoder = decoder or cpu_decoder(cfg)
         root = Path(cfg.root)
+        if not root.is_dir() and any(not Path(p).is_absolute() for p, _, _ in samples):
+            raise AnnotationError(f"data.root {cfg.root}: not a folder (the {split} list's paths are read under it)")
         # (path under data.root, label, total frames or -1) per list entry
         self.samples = [(str(root / p), label, n) for p, label, n in samples]
         self.label_names = label_names
