@@ -4,6 +4,7 @@ short by a kill is cleaned up, a full disk is one line and keeps the previous ch
 import errno
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -296,3 +297,17 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step(tempo_data, tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {saved[0]}" in r.stderr
     assert torch.load(work / "epoch_0001.pth", weights_only=True)["global_iter"] == 8
+
+
+def test_validation_names_the_videos_it_could_not_read(tempo_data, tmp_path, caplog):  # noqa: F811
+    """An unreadable validation video is left out of the accuracy, and the log line and the
+    `metrics.jsonl` row say how many were."""
+    val = tmp_path / "val.txt"
+    val.write_text((tempo_data / "val.txt").read_text() + "missing_1.mp4 0\nmissing_2.mp4 1\n")
+    cfg = tiny_cfg(tempo_data, FAST + ["train.val_interval=1", f"data.val_list={val}"])
+    with caplog.at_level(logging.INFO, logger="tpn"):
+        train(cfg, tmp_path / "run", device="cpu")
+    row = next(json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+               if json.loads(x)["kind"] == "val")
+    assert (row["videos"], row["unreadable"]) == (8, 2)
+    assert any("on 8 videos (2 unreadable, left out: see bad_videos.jsonl)" in r.getMessage() for r in caplog.records)

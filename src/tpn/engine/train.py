@@ -566,11 +566,12 @@ def validate(run: Run, epoch: int, global_iter: int) -> float | None:
         return None
     m = metrics(results, cfg.model.head.num_classes)
     run.mlog.write({"kind": "val", "epoch": epoch + 1, "iter": global_iter, "top1": m["top1"], "top5": m["top5"],
-                    "mean_class_accuracy": m["mean_class_accuracy"], "videos": m["videos"]})
+                    "mean_class_accuracy": m["mean_class_accuracy"], "videos": m["videos"],
+                    "unreadable": m["skipped"]})
     if d.main:
         log.info("epoch %d validation (1 clip, centre crop): top-1 %.2f%% top-5 %.2f%% mean class %.2f%% "
-                 "on %d videos", epoch + 1, 100 * m["top1"], 100 * m["top5"], 100 * m["mean_class_accuracy"],
-                 m["videos"])
+                 "on %d videos%s", epoch + 1, 100 * m["top1"], 100 * m["top5"], 100 * m["mean_class_accuracy"],
+                 m["videos"], f" ({m['skipped']} unreadable, left out: see bad_videos.jsonl)" if m["skipped"] else "")
     return m["top1"]
 
 
