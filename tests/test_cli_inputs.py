@@ -91,7 +91,7 @@ def test_device_cuda_without_a_gpu_is_one_line():
 def test_kinetics_csv_with_infinite_times_is_a_line_error(tmp_path):
     csvf = tmp_path / "k.csv"
     csvf.write_text("label,youtube_id,time_start,time_end,split\nrun,abc,inf,20,train\n")
-    with pytest.raises(AnnotationError, match="k.csv:2: time_start/time_end must be finite numbers"):
+    with pytest.raises(AnnotationError, match=r"k.csv:2: time_start/time_end must be numbers \(finite\)"):
         read_annotations(csvf, "kinetics_csv", ["run"])
 
 
@@ -120,3 +120,13 @@ def test_a_data_root_that_is_not_a_folder_is_named(synth, tmp_path):
     with pytest.raises(AnnotationError, match="data.root .*nowhere: not a folder"):
         VideoDataset(cfg.data, "train", read_annotations(synth / "train.txt", "list"), None)
     assert len(VideoDataset(cfg.data, "train", [(str(p), 0, -1) for p in synth.rglob("*.mp4")], None)) == 4
+
+
+def test_a_blank_line_inside_a_label_map_is_refused_trailing_ones_are_not(tmp_path):
+    from tpn.data.datasets import read_label_names
+
+    (tmp_path / "l.txt").write_text("run\njump\n\n\n")
+    assert read_label_names(tmp_path / "l.txt") == ["run", "jump"]
+    (tmp_path / "l.txt").write_text("run\n\njump\n")
+    with pytest.raises(AnnotationError, match=r"l.txt:2: blank line inside the label map"):
+        read_label_names(tmp_path / "l.txt")

@@ -76,7 +76,13 @@ def read_label_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: label file not found (one class name per line)")
-    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text(path).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if "" in lines:  # a blank line would shift every class after it by one
+        raise AnnotationError(f"{path}:{lines.index('') + 1}: blank line inside the label map (line N names class "
+                              "N - 1): remove it")
+    names = lines
     if not names:
         raise AnnotationError(f"{path}: label file is empty (one class name per line)")
     if len(set(names)) != len(names):
@@ -124,7 +130,7 @@ def iter_annotations(path: str | Path, fmt: str, label_names: list[str] | None =
                 try:
                     start, end = int(float(row["time_start"])), int(float(row["time_end"]))
                 except (TypeError, ValueError, OverflowError):
-                    raise AnnotationError(f"{where}: time_start/time_end must be finite numbers") from None
+                    raise AnnotationError(f"{where}: time_start/time_end must be numbers (finite)") from None
                 if not row["youtube_id"]:
                     raise AnnotationError(f"{where}: empty youtube_id")
                 label = _label(row["label"] or "", names, where)
