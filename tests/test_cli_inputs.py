@@ -130,3 +130,32 @@ def test_a_blank_line_inside_a_label_map_is_refused_trailing_ones_are_not(tmp_pa
     (tmp_path / "l.txt").write_text("run\n\njump\n")
     with pytest.raises(AnnotationError, match=r"l.txt:2: blank line inside the label map"):
         read_label_names(tmp_path / "l.txt")
+
+
+def test_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk while a report is written (predictions, metrics, timelines, check and prepare
+    reports) leaves the earlier file as it was and no empty or temporary file."""
+    import errno
+    import os
+
+    from tpn.errors import csv_text, write_text_atomic
+
+    write_text_atomic(tmp_path / "p.csv", csv_text([["a", "b"], [1, "x,y"]]))
+    assert (tmp_path / "p.csv").read_bytes() == b'a,b\r\n1,"x,y"\r\n'
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "p.csv", "new")
+    assert (tmp_path / "p.csv").read_bytes() == b'a,b\r\n1,"x,y"\r\n' and os.listdir(tmp_path) == ["p.csv"]
+
+
+def test_a_folder_given_as_a_video_is_called_a_folder(tmp_path):
+    from tpn.data.video import VideoError, VideoReader
+
+    with pytest.raises(VideoError, match="a folder, not a video file"):
+        VideoReader(tmp_path)
+    with pytest.raises(VideoError, match="file not found"):
+        VideoReader(tmp_path / "nothere.mp4")

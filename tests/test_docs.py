@@ -8,12 +8,18 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _anchors(path: Path) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    out = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens; a repeated
+    heading gets -1, -2, ...; `#` lines inside fenced code are no headings."""
+    out: set[str] = set()
+    for _, line in _prose(path):
         m = re.match(r"#+\s+(.*)", line)
         if m:
-            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n, unique = 0, slug
+            while unique in out:
+                n += 1
+                unique = f"{slug}-{n}"
+            out.add(unique)
     return out
 
 

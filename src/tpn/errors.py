@@ -24,6 +24,38 @@ def read_text(path) -> str:
         raise TpnError(f"{path}: not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a failed write
+    (a full disk) leaves no partial or empty file and any file already at `path` as it was; the
+    OSError is raised on."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # what open() would give, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def csv_text(rows) -> str:
+    """Rows (lists of cells) as CSV text, as `csv.writer` writes them to a file."""
+    import csv
+    import io
+
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
 def writable_dir(path, flag: str):
     """`path` as a directory this process can write in (made when missing), or a one-line error
     naming `flag` (a file there, a read-only place) before any work starts."""

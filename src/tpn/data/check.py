@@ -14,7 +14,7 @@ from tpn.config import DataConfig
 from tpn.data.datasets import AnnotationError, frames_needed, iter_annotations, read_label_names
 from tpn.data.pool import map_in_processes
 from tpn.data.video import VideoError, VideoReader, check_frame_size, count_rawframes, read_rawframes
-from tpn.errors import read_text
+from tpn.errors import read_text, write_text_atomic
 
 STATUSES = ("missing", "zero-byte", "unreadable", "damaged", "too-short")
 
@@ -140,6 +140,6 @@ def summary(report: dict, limit: int = 10) -> str:
 
 def write_outputs(report: dict, json_path: str | Path | None, clean_path: str | Path | None) -> None:
     if json_path:
-        Path(json_path).write_text(json.dumps({k: v for k, v in report.items() if k != "clean_lines"}, indent=1))
+        write_text_atomic(json_path, json.dumps({k: v for k, v in report.items() if k != "clean_lines"}, indent=1))
     if clean_path:
-        Path(clean_path).write_text("\n".join(report["clean_lines"]) + ("\n" if report["clean_lines"] else ""))
+        write_text_atomic(clean_path, "\n".join(report["clean_lines"]) + ("\n" if report["clean_lines"] else ""))

@@ -23,7 +23,7 @@ from pathlib import Path
 from tpn.data.datasets import AnnotationError, parse_line, read_label_names
 from tpn.data.pool import map_in_processes
 from tpn.data.video import PREPARED_TAG, display_matrix
-from tpn.errors import TpnError, read_text
+from tpn.errors import TpnError, read_text, write_text_atomic
 
 DEFAULT_GOP = 2  # keyframe interval of the rewrite: fastest training reads; 8 halves the disk space
 PRESET = "veryfast"  # x264's speed preset of the rewrite
@@ -143,9 +143,9 @@ def prepare_list(list_file, root: str, out_dir, fmt: str = "list", label_map: st
     failed = [{"path": src, "error": err} for src, err, _ in results if err]
     kept = [line for (line, _), (_, err, _) in zip(lines, results) if not err]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / list_file.name).write_text("\n".join(kept) + ("\n" if kept else ""))
+    write_text_atomic(out_dir / list_file.name, "\n".join(kept) + ("\n" if kept else ""))
     report = {"list": str(list_file), "out": str(out_dir), "written": len(kept),
               "kept_from_earlier_run": sum(reused for _, _, reused in results), "failed": failed,
               "short_side": short_side, "gop": gop, "crf": crf}
-    (out_dir / f"{list_file.stem}.prepare.json").write_text(json.dumps(report, indent=1))
+    write_text_atomic(out_dir / f"{list_file.stem}.prepare.json", json.dumps(report, indent=1))
     return report

@@ -172,7 +172,7 @@ class VideoReader:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise VideoError(f"{self.path}: file not found")
+            raise VideoError(f"{self.path}: {'a folder, not a video file' if self.path.is_dir() else 'file not found'}")
         if self.path.stat().st_size == 0:
             raise VideoError(f"{self.path}: zero-byte file")
         try:
@@ -557,7 +557,7 @@ def stream_frames(path: str | Path, wanted: Callable[[int], bool], max_pixels: i
 
     path = Path(path)
     if not path.is_file():
-        raise VideoError(f"{path}: file not found")
+        raise VideoError(f"{path}: {'a folder, not a video file' if path.is_dir() else 'file not found'}")
     try:
         container = av.open(str(path))
     except Exception as e:

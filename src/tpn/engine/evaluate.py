@@ -6,7 +6,6 @@ exactly one result per video. Broken videos (ok=False) are excluded and listed.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
@@ -29,7 +28,7 @@ from tpn.engine import distributed as D
 from tpn.engine.distributed import Dist, ShardedSampler, gather_objects
 from tpn.engine.report import most_confused, plot_confusion
 from tpn.engine.tempo import parse_tempos, plot_tempo, report_speed, tempo_row
-from tpn.errors import TpnError, listing, writable_dir
+from tpn.errors import TpnError, csv_text, listing, writable_dir, write_text_atomic
 from tpn.models.build import build_model
 from tpn.options import parse_pair
 
@@ -189,13 +188,11 @@ def write_test_report(out_dir: Path, results: dict, m: dict, dataset, label_name
     if m.get("confusion"):
         summary["most_confused"] = most_confused(np.array(m["confusion"]), names)
     summary.update(extra or {})
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with (out_dir / "predictions.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for r in rows:
-            writer.writerow([csv_cell(r[k]) for k in CSV_COLUMNS])
-    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1))
+    # each file whole or not at all (a full disk leaves no empty or partial report)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(summary, indent=1))
+    write_text_atomic(out_dir / "predictions.csv", csv_text([CSV_COLUMNS] + [[csv_cell(r[k]) for k in CSV_COLUMNS]
+                                                                            for r in rows]))
+    write_text_atomic(out_dir / "predictions.json", json.dumps(rows, indent=1))
     paths = {"metrics": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.csv"),
              "predictions_json": str(out_dir / "predictions.json")}
     if m.get("confusion"):
@@ -282,12 +279,9 @@ def evaluate_at_speeds(forward, dataset, d: Dist, cfg, speeds, progress: bool, p
 
 def write_tempo_predictions(path: Path, by_speed: dict, dataset, names: list[str], reasons: dict) -> Path:
     """predictions_by_tempo.csv: predictions.csv's columns for every video at every speed, `speed` first."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["speed", *CSV_COLUMNS])
-        for s, r in by_speed.items():
-            for row in prediction_rows(r, dataset, names, reasons):
-                writer.writerow([float(s), *(csv_cell(row[k]) for k in CSV_COLUMNS)])
+    write_text_atomic(path, csv_text([["speed", *CSV_COLUMNS]] + [
+        [float(s), *(csv_cell(row[k]) for k in CSV_COLUMNS)]
+        for s, r in by_speed.items() for row in prediction_rows(r, dataset, names, reasons)]))
     return path
 
 

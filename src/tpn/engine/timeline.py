@@ -19,7 +19,6 @@ and scores; formula-like text escaped as in `tpn test`'s predictions.csv), `<ste
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tpn.data import sampling
 from tpn.data.plan import Draft, Planner
 from tpn.data.transforms import make_views
 from tpn.data.video import VideoError, read_clip, stream_frames
-from tpn.errors import TpnError
+from tpn.errors import TpnError, csv_text, write_text_atomic
 
 
 class Windows:
@@ -170,14 +169,12 @@ def write_timeline(out_dir: Path, video: str, scores: dict, names: list[str], to
     rows = timeline_rows(scores, names, topk)
     stem = out_dir / f"{stem or Path(video).stem}.timeline"
     paths = {"csv": f"{stem}.csv", "json": f"{stem}.json", "png": f"{stem}.png"}
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["start", "end"] + [f"{k}{i}" for i in range(1, topk + 1) for k in ("label", "score")])
-        for r in rows:
-            writer.writerow([r["start"], r["end"]] + [csv_cell(x) for t in r["top"] for x in (t["label"], t["score"])])
+    write_text_atomic(paths["csv"], csv_text(
+        [["start", "end"] + [f"{k}{i}" for i in range(1, topk + 1) for k in ("label", "score")]]
+        + [[r["start"], r["end"]] + [csv_cell(x) for t in r["top"] for x in (t["label"], t["score"])] for r in rows]))
     result = {"video": video, "fps": scores["fps"], "frames": scores["frames"],
               "window_frames": scores["window_frames"], "stride_frames": scores["stride_frames"],
               "segments": segments(rows), "windows": rows, "files": paths}
-    Path(paths["json"]).write_text(json.dumps(result, indent=1))
+    write_text_atomic(paths["json"], json.dumps(result, indent=1))
     plot_timeline(scores, names, Path(paths["png"]))
     return result
