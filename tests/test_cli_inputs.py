@@ -159,3 +159,11 @@ def test_a_folder_given_as_a_video_is_called_a_folder(tmp_path):
         VideoReader(tmp_path)
     with pytest.raises(VideoError, match="file not found"):
         VideoReader(tmp_path / "nothere.mp4")
+
+
+def test_data_check_refuses_a_report_it_could_not_write_before_scanning(synth, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["data", "check", str(synth / "train.txt"), "--root", str(synth),
+                 "--report", str(tmp_path / "afile" / "r.json")]) == 2
+    line = one_error_line(capsys)
+    assert "--report" in line and "a file is there" in line

@@ -5,7 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from tpn.errors import TpnError
+from tpn.errors import TpnError, writable_dir
 from tpn.options import parse_pair
 
 
@@ -76,8 +76,11 @@ def _cmd_check(args) -> int:
     from tpn.data.check import check_list, summary, write_outputs
 
     data, split, list_file = check_config(args)
-    report = check_list(list_file, data, split=split, workers=args.workers)
     json_path = args.report or f"{list_file}.check.json"
+    for flag, out in (("--report", json_path), ("--write-clean", args.write_clean)):
+        if out:  # before the scan, which may take hours: its results must have somewhere to go
+            writable_dir(Path(out).parent, f"{flag} {out}: its folder")
+    report = check_list(list_file, data, split=split, workers=args.workers)
     write_outputs(report, json_path, args.write_clean)
     print(summary(report))
     print(f"report: {json_path}" + (f"; clean list: {args.write_clean}" if args.write_clean else ""))
