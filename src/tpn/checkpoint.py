@@ -11,12 +11,10 @@ from __future__ import annotations
 import collections
 import io
 import mmap
-import os
 import pickle
 import reprlib
 import sys
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from tpn.errors import TpnError, listing
+from tpn.errors import TpnError, listing, write_atomic
 from tpn.pickle_scan import check_tree, scan
 
 FORMAT = "tpn"
@@ -40,19 +38,10 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     `path`. A write that fails (a full disk, a quota, no permission) removes the temp file,
     leaves any file at `path` as it was, and raises a one-line CheckpointError with the OS's reason."""
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group torch.save lets read it
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: torch.save(obj, f))
     except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         # torch.save reports a failed write of its file object as a RuntimeError raised while
         # handling the OSError: the OS's reason is in the exception's context
         cause = next((c for c in (e, e.__cause__, e.__context__) if isinstance(c, OSError)), None)
@@ -62,12 +51,6 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
                               f"{'the file already there is unchanged' if path.exists() else 'no file was written'}") \
             from None
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class _Unreadable:
@@ -114,7 +97,7 @@ def _tensor(storage, offset, size, stride, dtype=None) -> torch.Tensor:
         raise pickle.UnpicklingError("a tensor without a storage from the file")
     ints = [offset, *size, *stride]
     if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride) or len(size) > 64:
-        raise pickle.UnpicklingError(f"a tensor with an invalid shape {brief(size)} / strides {brief(stride)}")
+        raise pickle.UnpicklingError(f"a tensor with an invalid shape {_brief(size)} / strides {_brief(stride)}")
     dtype = dtype or storage.dtype
     elements = storage.data.nbytes() // dtype.itemsize
     last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
@@ -216,7 +199,7 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
-            raise pickle.UnpicklingError(f"unknown persistent id {brief(pid)}")
+            raise pickle.UnpicklingError(f"unknown persistent id {_brief(pid)}")
         if not isinstance(pid[1], _StorageType):
             raise pickle.UnpicklingError("a storage of an unknown type")
         return self.storage(pid)
@@ -405,7 +388,7 @@ def _read_legacy(path: Path, skipped: set[str], budget: _Budget) -> Any:
         if header[0] != _LEGACY_MAGIC:
             raise RuntimeError("Invalid magic number: neither torch's zip nor its legacy layout")
         if header[1] != _LEGACY_PROTOCOL:
-            raise RuntimeError(f"Invalid legacy protocol version {brief(header[1])}")
+            raise RuntimeError(f"Invalid legacy protocol version {_brief(header[1])}")
         obj = load()
         keys = load()
         if not (isinstance(keys, list) and all(type(k) is str for k in keys)) or sorted(keys) != sorted(declared):
@@ -470,7 +453,7 @@ _BRIEF = reprlib.Repr()
 _BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 40, 40
 
 
-def brief(x) -> str:
+def _brief(x) -> str:
     """A short repr of a value read from a file, whatever its size or nesting."""
     return _BRIEF.repr(x)
 

@@ -24,10 +24,11 @@ def read_text(path) -> str:
         raise TpnError(f"{path}: not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: a failed write
-    (a full disk) leaves no partial or empty file and any file already at `path` as it was; the
-    OSError is raised on."""
+def write_atomic(path, write, text: bool = False) -> None:
+    """`write(f)` into a temporary file beside `path`, fsync, then rename it over `path`: a failed
+    write (a full disk, a kill) leaves no partial or empty file and any file already at `path` as
+    it was; the error is raised on. The file gets the mode `open` would give (0666 less the
+    umask), not the temporary file's 0600."""
     import os
     import tempfile
     from pathlib import Path
@@ -35,15 +36,22 @@ def write_text_atomic(path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8", "newline": ""} if text else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         mask = os.umask(0o022)
         os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # what open() would give, not mkstemp's 0600
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    """`text` (UTF-8) to `path` by `write_atomic`: the whole file or none of it."""
+    write_atomic(path, lambda f: f.write(text), text=True)
 
 
 def csv_text(rows) -> str:
