@@ -49,6 +49,10 @@ def dag(levels: int, tuples: bool) -> bytes:
     ("a list 100,000 deep", b"]" * 100_001 + b"a" * 100_000),
     ("state set on a tensor", b"ctorch._utils\n_rebuild_tensor_v2\n)R}b"),
     ("an attribute set on a dict", b"ccollections\nOrderedDict\n)R}" + text("items") + b"K\x01sb"),
+    ("one tuple of 2**19 objects hashed 20 times", b"}" + dag(18, tuples=True) + b"0(" + b"h\x12N" * 20 + b"u"),
+    ("set items added to a list", b"](K\x01\x90"),
+    ("an OrderedDict built from arguments", b"ccollections\nOrderedDict\n(]tR"),
+    ("state set on a function", b"ctorch._utils\n_rebuild_tensor_v2\n}b"),
 ])
 def test_hostile_plain_data_is_refused_in_one_line(name, body, tmp_path):
     path = legacy_file(tmp_path / "x.pth", PROTO + body + b".")
@@ -121,3 +125,32 @@ def test_bytes_changed_on_disk_are_caught_by_the_records_crc(tmp_path):
     assert torch.equal(load_file(tmp_path / "ok.pth")[0]["state_dict"]["w"], marker)
     with pytest.raises(CheckpointError, match=r"bad.pth: damaged checkpoint \(data/0 fails its CRC-32 check"):
         load_file(tmp_path / "bad.pth")
+
+
+def test_a_tensor_cannot_claim_more_values_than_it_stores_nor_an_unread_dtype(tmp_path):
+    """A stride-0 view of one stored value as 10**8 values (anything that walks it would allocate
+    for all of them) and dtypes that are not numbers tpn reads are refused."""
+    torch.save({"w": torch.ones(1).expand(10**8)}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="a tensor of shape \\(100000000,\\)"):
+        load_file(tmp_path / "x.pth")
+    torch.save({"w": torch.zeros(4, dtype=torch.float8_e4m3fn)}, tmp_path / "f8.pth")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # its storage type is refused first
+        load_file(tmp_path / "f8.pth")
+    from tpn.checkpoint import _Storage, _tensor
+
+    with pytest.raises(pickle.UnpicklingError, match="dtype torch.float8_e4m3fn, which tpn does not read"):
+        _tensor(_Storage(torch.zeros(4, dtype=torch.uint8).untyped_storage(), torch.uint8), 0, (4,), (1,),
+                torch.float8_e4m3fn)
+
+
+def test_pdparams_bounds(tmp_path):
+    """The .pdparams reader gets the same bounds: `tuple(...)` results as dict keys, state set on
+    its own functions, messages that would print file data in full."""
+    from tpn.convert.paddle import read_pdparams
+
+    for name, body in (("tuple() of a list as a key", b"}" + b"c__builtin__\ntuple\n(]tR" + b"Ns"),
+                       ("state on a function", b"cbuiltins\neval\n}b")):
+        (tmp_path / "p.pdparams").write_bytes(PROTO + body + b".")
+        with pytest.raises(CheckpointError, match="refused") as e:
+            read_pdparams(tmp_path / "p.pdparams")
+        assert "\n" not in str(e.value), name

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import mmap
 import pickle
-import reprlib
 import sys
 import tarfile
 import zipfile
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from tpn.errors import TpnError, listing, write_atomic
-from tpn.pickle_scan import check_tree, scan
+from tpn.pickle_scan import brief, check_tree, scan, shown
 
 FORMAT = "tpn"
 
@@ -80,6 +80,11 @@ _STORAGE_DTYPES = {
 _DTYPES = {k: v for k, v in vars(torch).items() if isinstance(v, torch.dtype)}
 
 
+# what a weights file may hold: numbers, not quantized, bit or unsigned-wide types whose conversions torch lacks
+_TENSOR_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+                  torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128}
+
+
 class _StorageType(NamedTuple):
     dtype: torch.dtype
 
@@ -95,13 +100,15 @@ def _tensor(storage, offset, size, stride, dtype=None) -> torch.Tensor:
     declared shape can neither allocate nor reach memory beyond the storage)."""
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("a tensor without a storage from the file")
-    ints = [offset, *size, *stride]
-    if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride) or len(size) > 64:
-        raise pickle.UnpicklingError(f"a tensor with an invalid shape {_brief(size)} / strides {_brief(stride)}")
+    if not (type(size) in (tuple, list) and type(stride) in (tuple, list) and len(size) == len(stride) <= 64
+            and all(type(v) is int and 0 <= v < 2**63 for v in (offset, *size, *stride))):
+        raise pickle.UnpicklingError(f"a tensor with an invalid shape {brief(size)} / strides {brief(stride)}")
     dtype = dtype or storage.dtype
+    if dtype not in _TENSOR_DTYPES:
+        raise pickle.UnpicklingError(f"a tensor of dtype {dtype}, which tpn does not read")
     elements = storage.data.nbytes() // dtype.itemsize
     last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
-    if last >= elements:
+    if last >= elements or math.prod(size) > max(elements, 1):  # no more values than stored (stride-0 views)
         raise pickle.UnpicklingError(f"a tensor of shape {tuple(size)} reaches element {last} of a storage "
                                      f"of {elements}")
     return torch.empty((0,), dtype=dtype).set_(storage.data, offset, tuple(size), tuple(stride))
@@ -157,6 +164,11 @@ _ALLOWED_GLOBALS = {
 }
 
 
+def _stateful(name: str) -> bool:
+    """BUILD may set state on an OrderedDict (a state_dict's `_metadata`) and on placeholders (inert)."""
+    return name == "OrderedDict" or name not in {n for _, n in _ALLOWED_GLOBALS}
+
+
 def _fresh(fn):
     """A new function object calling `fn`: a pickle may set attributes on what it loads
     (`__defaults__` too), and must not reach our readers' functions that way."""
@@ -194,12 +206,13 @@ class _Unpickler(pickle.Unpickler):
             return _StorageType(_STORAGE_DTYPES[name])
         if module == "torch" and name in _DTYPES:
             return _DTYPES[name]
-        self.skipped.add(f"{module}.{name}")
-        return type(name, (_Unreadable,), {"qualname": f"{module}.{name}"})
+        qualname = shown(f"{module}.{name}")  # it goes into one-line messages
+        self.skipped.add(qualname)
+        return type("placeholder", (_Unreadable,), {"qualname": qualname})
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
-            raise pickle.UnpicklingError(f"unknown persistent id {_brief(pid)}")
+            raise pickle.UnpicklingError(f"unknown persistent id {brief(pid)}")
         if not isinstance(pid[1], _StorageType):
             raise pickle.UnpicklingError("a storage of an unknown type")
         return self.storage(pid)
@@ -261,7 +274,7 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
 
     record("data.pkl")
     pickled = verified("data.pkl", reader.get_record("data.pkl") if own is None else own.read("data.pkl"))
-    scan(io.BytesIO(pickled))
+    scan(io.BytesIO(pickled), _stateful)
     return _Unpickler(io.BytesIO(pickled), skipped, storage).load()
 
 
@@ -381,14 +394,14 @@ def _read_legacy(path: Path, skipped: set[str], budget: _Budget) -> Any:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         def load():  # the opcodes scanned (through the map: no read allocates more than the file) first
             m.seek(f.tell())
-            scan(m)
+            scan(m, _stateful)
             return _Unpickler(f, skipped, storage).load()
 
         header = [load() for _ in range(3)]
         if header[0] != _LEGACY_MAGIC:
             raise RuntimeError("Invalid magic number: neither torch's zip nor its legacy layout")
         if header[1] != _LEGACY_PROTOCOL:
-            raise RuntimeError(f"Invalid legacy protocol version {_brief(header[1])}")
+            raise RuntimeError(f"Invalid legacy protocol version {brief(header[1])}")
         obj = load()
         keys = load()
         if not (isinstance(keys, list) and all(type(k) is str for k in keys)) or sorted(keys) != sorted(declared):
@@ -449,15 +462,6 @@ def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
     return obj, sorted(skipped)
 
 
-_BRIEF = reprlib.Repr()
-_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 40, 40
-
-
-def _brief(x) -> str:
-    """A short repr of a value read from a file, whatever its size or nesting."""
-    return _BRIEF.repr(x)
-
-
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else ""
@@ -475,7 +479,10 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     ]
     if missing or unexpected or misshaped:
         raise misfit_error(f"{source}: weights do not fit the model", missing, unexpected, misshaped)
-    model.load_state_dict(state_dict, strict=True)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # a tensor of the right shape that cannot be copied in
+        raise CheckpointError(f"{source}: weights do not load ({_first_line(e)})") from None
 
 
 def misfit_error(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> CheckpointError:

@@ -7,7 +7,11 @@ class TpnError(Exception):
 
 def listing(items: list, limit: int = 8) -> str:
     """The first `limit` items, comma-separated, then '... (k more)': a long list in a one-line message."""
-    shown = ", ".join(str(x) for x in items[:limit])
+    def one(x) -> str:  # each item printable and short: it may come from a file
+        text = str(x)
+        return text if len(text) <= 200 and text.isprintable() else repr(text[:200]) + ("..." if len(text) > 200 else "")
+
+    shown = ", ".join(one(x) for x in items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 

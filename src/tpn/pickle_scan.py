@@ -17,18 +17,35 @@ from __future__ import annotations
 
 import pickle
 import pickletools
+import reprlib
 
 MAX_DEPTH = 200  # nesting of containers (a tpn or mmaction2 checkpoint nests fewer than 10)
 MAX_EXPANDED = 1_000_000  # objects in a tuple, or in the whole loaded tree, expanded (a checkpoint: thousands)
+MAX_HASHED = 10_000_000  # objects hashed as dict keys and set items over a whole pickle (a checkpoint: thousands)
 
-# callables of the allow-list whose results must not take state from BUILD
-_NO_STATE = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter", "Size", "device"}
 _STRINGS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+_FILLS = {"SETITEM": "dict", "SETITEMS": "dict", "APPEND": "list", "APPENDS": "list", "ADDITEMS": "set"}
+# calls whose result holds what a list the scan does not follow held: their hash is not bounded here
+_OPAQUE = {"tuple", "Size"}
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 40, 40
+
+
+def brief(x) -> str:
+    """A short repr of a value read from a file, whatever its size or nesting."""
+    return _BRIEF.repr(x)
+
+
+def shown(text: str, limit: int = 100) -> str:
+    """`text` from a file as it is when short and printable (a name in a one-line message), else `brief`."""
+    return text if len(text) <= limit and text.isprintable() else brief(text)
 
 
 class _Sym:
-    """An object on the symbolic stack: `size`/`depth` as a hash sees it (tuples expanded, any
-    other object one node), `name` a string's value or the global a call was made with."""
+    """An object on the symbolic stack: its kind ("dict", "list", "set", "tuple", "str", "global",
+    "object": a call's result, "atom"), `size`/`depth` as a hash sees it (tuples expanded), and
+    `name`: a string's value, or the global a call was made with."""
     __slots__ = ("kind", "size", "depth", "name")
 
     def __init__(self, kind: str = "atom", size: int = 1, depth: int = 1, name=None):
@@ -55,27 +72,54 @@ def _pop(stack: list, n: int) -> list:
     return items
 
 
-def _hashed(items, what: str) -> None:
-    for s in items:
-        if s.size > MAX_EXPANDED or s.depth > MAX_DEPTH:
-            raise pickle.UnpicklingError(f"{what} nested {s.depth} deep, {s.size} objects when expanded: refused")
+class _Hashing:
+    """The hashing a load will do: each key or set item, and their sum over the pickle, bounded."""
+
+    def __init__(self):
+        self.total = 0
+
+    def __call__(self, items, what: str) -> None:
+        for s in items:
+            if s.size > MAX_EXPANDED or s.depth > MAX_DEPTH:
+                raise pickle.UnpicklingError(f"{what} nested {s.depth} deep, {s.size} objects when expanded: refused")
+            self.total += s.size
+        if self.total > MAX_HASHED:
+            raise pickle.UnpicklingError(f"a pickle whose dict keys and set items add up to more than {MAX_HASHED} "
+                                         "objects to hash: refused")
 
 
 def _tuple(items) -> _Sym:
     s = _Sym("tuple", 1 + sum(i.size for i in items), 1 + max((i.depth for i in items), default=0))
-    _hashed([s], "a tuple")
+    if s.depth > MAX_DEPTH:
+        raise pickle.UnpicklingError(f"a tuple nested {s.depth} deep: refused")
     return s
 
 
-def _call(fn: _Sym) -> _Sym:
-    return _Sym("object", name=fn.name if fn.kind == "global" else None)
+def _call(fn: _Sym, args: _Sym | None = None) -> _Sym:
+    name = fn.name if fn.kind == "global" else None
+    if name == "OrderedDict":
+        if args is not None and not (args.kind == "tuple" and args.size == 1):
+            raise pickle.UnpicklingError("an OrderedDict built from arguments (torch.save fills an empty one): refused")
+        return _Sym("dict", name=name)
+    return _Sym("object", size=MAX_EXPANDED + 1 if name in _OPAQUE else 1, name=name)
 
 
-def scan(file) -> None:
+def _target(stack: list, name: str) -> None:
+    """SETITEM(S), APPEND(S), ADDITEMS fill a dict, a list, a set: on anything else the unpickler
+    would call the object's own methods (a tensor's `add`, say)."""
+    want = _FILLS[name]
+    if not stack or stack[-1].kind != want:
+        got = stack[-1].name or stack[-1].kind if stack else "nothing"
+        raise pickle.UnpicklingError(f"a pickle whose {name} fills a {got}, not a {want}: refused")
+
+
+def scan(file, stateful=lambda name: False) -> None:
     """Reads one pickle from `file` (bytes or a file object, left after its STOP) and raises
-    pickle.UnpicklingError if what it would build breaks the bounds above."""
+    pickle.UnpicklingError if what it would build breaks the bounds above. BUILD (setting an
+    object's state) is allowed only on the results of calls to names `stateful(name)` accepts."""
     stack: list[_Sym] = []
     memo: dict = {}
+    hashed = _Hashing()
     for op, arg, _pos in pickletools.genops(file):
         name = op.name
         if name == "MARK":
@@ -89,38 +133,59 @@ def scan(file) -> None:
             stack.append(_Sym("global", name=attr.name if attr.kind == "str" else None))
         elif name == "INST":
             _pop_mark(stack)
-            stack.append(_Sym("object", name=str(arg).rpartition(" ")[2]))
+            stack.append(_call(_Sym("global", name=str(arg).rpartition(" ")[2])))
         elif name == "OBJ":
             items = _pop_mark(stack)
             stack.append(_call(items[0]) if items else _Sym("object"))
         elif name in ("REDUCE", "NEWOBJ"):
-            stack.append(_call(_pop(stack, 2)[0]))
+            fn, args = _pop(stack, 2)
+            stack.append(_call(fn, args))
         elif name == "NEWOBJ_EX":
             stack.append(_call(_pop(stack, 3)[0]))
         elif name == "BUILD":
             _pop(stack, 1)
-            if stack and stack[-1].kind == "object" and stack[-1].name in _NO_STATE:
-                raise pickle.UnpicklingError(f"a pickle that sets state on a {stack[-1].name} result: refused")
+            if not (stack and stack[-1].kind in ("object", "dict") and stack[-1].name and stateful(stack[-1].name)):
+                what = (stack[-1].name or stack[-1].kind) if stack else "nothing"
+                raise pickle.UnpicklingError(f"a pickle that sets state on a {what}: refused")
         elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
             n = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0}.get(name)
             stack.append(_tuple(_pop_mark(stack) if n is None else _pop(stack, n)))
-        elif name in ("DICT", "SETITEMS"):
-            _hashed(_pop_mark(stack)[0::2], "a dict key")
-            if name == "DICT":
-                stack.append(_Sym("container"))
+        elif name == "DICT":
+            hashed(_pop_mark(stack)[0::2], "a dict key")
+            stack.append(_Sym("dict"))
+        elif name == "SETITEMS":
+            items = _pop_mark(stack)
+            _target(stack, name)
+            hashed(items[0::2], "a dict key")
         elif name == "SETITEM":
-            _hashed(_pop(stack, 2)[:1], "a dict key")
-        elif name in ("FROZENSET", "ADDITEMS"):
-            _hashed(_pop_mark(stack), "a set item")
-            if name == "FROZENSET":
-                stack.append(_Sym("container"))
+            key, _value = _pop(stack, 2)
+            _target(stack, name)
+            hashed([key], "a dict key")
+        elif name == "FROZENSET":
+            items = _pop_mark(stack)
+            hashed(items, "a set item")
+            stack.append(_Sym("atom", size=1 + len(items)))
+        elif name == "ADDITEMS":
+            items = _pop_mark(stack)
+            _target(stack, name)
+            hashed(items, "a set item")
+        elif name == "APPEND":
+            _pop(stack, 1)
+            _target(stack, name)
+        elif name == "APPENDS":
+            _pop_mark(stack)
+            _target(stack, name)
+        elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "LIST"):
+            if name == "LIST":
+                _pop_mark(stack)
+            stack.append(_Sym({"EMPTY_DICT": "dict", "EMPTY_SET": "set"}.get(name, "list")))
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             if not stack:
                 raise pickle.UnpicklingError("a pickle that memoizes an empty stack")
             memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             if arg not in memo:
-                raise pickle.UnpicklingError(f"a pickle that reads memo entry {arg} before writing it")
+                raise pickle.UnpicklingError(f"a pickle that reads memo entry {brief(arg)} before writing it")
             stack.append(memo[arg])
         elif name == "DUP":
             stack.append(_pop(stack, 1)[0])
@@ -129,13 +194,12 @@ def scan(file) -> None:
             _pop_mark(stack)
         else:  # the rest only pop and push what pickletools says
             before, after = op.stack_before, op.stack_after
-            if pickletools.markobject in before:  # APPENDS, LIST: the items above the mark, and what lies below it
+            if pickletools.markobject in before:
                 _pop_mark(stack)
                 _pop(stack, before.index(pickletools.markobject))
             else:
                 _pop(stack, len(before))
-            kind = "container" if name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "LIST") else "atom"
-            stack.extend(_Sym(kind) for _ in after)
+            stack.extend(_Sym() for _ in after)
 
 
 def check_tree(obj, where: str = "the checkpoint") -> None:

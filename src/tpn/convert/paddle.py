@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tpn.checkpoint import CheckpointError
-from tpn.pickle_scan import check_tree, scan
+from tpn.pickle_scan import brief, check_tree, scan, shown
 
 # framework.proto VarType.Type -> torch dtype
 _PADDLE_DTYPES = {
@@ -55,7 +55,7 @@ class _Dtype:
 
     def resolve(self) -> np.dtype:
         if not (isinstance(self.name, str) and re.fullmatch(r"[biuf][1248]", self.name)):
-            raise pickle.UnpicklingError(f"numpy dtype {self.name!r} is not allowed in a .pdparams file")
+            raise pickle.UnpicklingError(f"numpy dtype {brief(self.name)} is not allowed in a .pdparams file")
         return np.dtype(self.name).newbyteorder(self.byteorder)
 
 
@@ -78,8 +78,9 @@ def _from_bytes(raw, dtype, shape, order="C") -> np.ndarray:
     dt = dtype.resolve()
     raw = raw.encode("latin1") if isinstance(raw, str) else bytes(raw)  # Python 2 str read as latin1
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
-    if not all(isinstance(n, int) and n >= 0 for n in shape) or len(raw) != math.prod(shape) * dt.itemsize:
-        raise pickle.UnpicklingError(f"a numpy array's {len(raw)} bytes do not fill its shape {shape}")
+    if not (len(shape) <= 64 and all(type(n) is int and 0 <= n < 2**40 for n in shape)) \
+            or len(raw) != math.prod(shape) * dt.itemsize:
+        raise pickle.UnpicklingError(f"a numpy array's {len(raw)} bytes do not fill its shape {brief(shape)}")
     return np.frombuffer(raw, dt).reshape(shape, order=order).astype(dt.newbyteorder("="))  # a native copy
 
 
@@ -146,7 +147,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a .pdparams file") from None
+            raise pickle.UnpicklingError(f"{shown(f'{module}.{name}')} is not allowed in a .pdparams file") from None
 
 
 def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
@@ -154,22 +155,25 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        scan(data)  # bounds on nesting and hashing, before anything is built
+        scan(data, lambda name: name in ("_reconstruct", "dtype"))  # bounds on nesting and hashing, before building
         obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
         check_tree(obj, "the file")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable .pdparams file ({type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: a .pdparams file holds a dict of arrays, found {type(obj).__name__}")
     big = obj.pop("UnpackBigParamInfor@@", None)  # Paddle saves arrays over 2**30 - 1 bytes (~1 GiB) in slices
-    out = {}
+    out, copies = {}, {}
     for name, value in obj.items():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], _Array):
             value = value[1]
-        if isinstance(value, _Array) and value.array is not None:
-            out[str(name)] = torch.tensor(value.array)
+        if isinstance(value, _Array) and value.array is not None:  # one copy per array, however many names share it
+            if id(value) not in copies:
+                copies[id(value)] = (value, torch.from_numpy(value.array))
+            out[str(name)] = copies[id(value)][1]
     if isinstance(big, dict):
         try:
             for name, info in big.items():

@@ -154,11 +154,14 @@ def _check_family(model: nn.Module, sd: dict, source: str) -> None:
 
 def _saved_config_hint(saved: dict | None) -> str:
     """A tpn checkpoint names the config it was saved with: the likely fix for weights that misfit."""
-    if not saved or not saved.get("name"):
+    name = saved.get("name") if isinstance(saved, dict) else None
+    if not (isinstance(name, str) and name and len(name) <= 200 and name.isprintable()):
         return ""
-    head = (saved.get("model") or {}).get("head") or {}
-    classes = f" (model.head.num_classes {head['num_classes']})" if isinstance(head, dict) and "num_classes" in head else ""
-    return (f"; it was saved with config {saved['name']}{classes}: pass that config "
+    model = saved.get("model")
+    head = model.get("head") if isinstance(model, dict) else None
+    n = head.get("num_classes") if isinstance(head, dict) else None
+    classes = f" (model.head.num_classes {n})" if type(n) is int else ""
+    return (f"; it was saved with config {name}{classes}: pass that config "
             "(a training run's is config.yaml in its work dir)")
 
 
