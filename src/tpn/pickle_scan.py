@@ -6,9 +6,10 @@ key, a few hundred bytes of tuples that reuse each other (the pickle memo) hash 
 lists that do the same make any walk or message over them endless. Two checks close that:
 
 - `scan` reads a pickle's opcodes (`pickletools.genops`, which decodes but builds nothing) and
-  follows the stack symbolically: every tuple's size when expanded (its hash walks all of it)
-  and depth are bounded, as is every dict key and set item; state set on a tensor or a
-  `torch.Size` (BUILD) is refused. It runs before the unpickler loads anything.
+  follows the stack symbolically: tuples may not nest deeper than MAX_DEPTH; each dict key and
+  set item is bounded in size when expanded (its hash walks all of it), and so is their sum over
+  the pickle; dict, list and set fills must target a dict, a list, a set; state (BUILD) is set
+  only where the reader allows it (`stateful`). It runs before the unpickler loads anything.
 - `check_tree` walks what was loaded, each object once: no container holds itself, the nesting
   stays shallow, the tree expanded stays small, and dicts carry no attributes but `_metadata`
   (what `state_dict()` sets), so later walks and messages over it are bounded too.
