@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from tpn.errors import TpnError, listing, write_atomic
+from tpn.errors import TpnError, first_line, listing, write_atomic
 from tpn.pickle_scan import brief, check_tree, scan, shown
 
 FORMAT = "tpn"
@@ -226,7 +226,7 @@ def _read_zip(path: Path, skipped: set[str], budget: _Budget) -> Any:
         reader = torch._C.PyTorchFileReader(str(path))
         records = set(reader.get_all_records())
     except RuntimeError as e:  # miniz's own words up to its first sentence's end, not its advice after it
-        why = _first_line(e).removeprefix("PytorchStreamReader failed reading zip archive: ").split(". ")[0]
+        why = first_line(e).removeprefix("PytorchStreamReader failed reading zip archive: ").split(". ")[0]
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged zip archive: {why}; truncated or "
                               "corrupted?)") from None
     if "constants.pkl" in records or any(r.startswith("code/") for r in records):
@@ -315,7 +315,7 @@ class _StoredRecords:
                     self.entries = {e.header_offset: e for e in z.infolist()}
             except (zipfile.BadZipFile, OSError, ValueError) as e:
                 raise CheckpointError(f"{self.path}: not a readable checkpoint (damaged zip archive: "
-                                      f"{_first_line(e)})") from None
+                                      f"{first_line(e)})") from None
         return self.entries
 
     def _locate(self, name: str) -> tuple[int, int]:
@@ -324,7 +324,7 @@ class _StoredRecords:
         try:
             start = self.reader.get_record_offset(name)
         except RuntimeError as e:
-            raise CheckpointError(f"{self.path}: damaged checkpoint ({name}: {_first_line(e)})") from None
+            raise CheckpointError(f"{self.path}: damaged checkpoint ({name}: {first_line(e)})") from None
         with open(self.path, "rb") as f:  # the local header: 30 bytes, the name, an extra field
             lo = max(0, start - 30 - 65535 - 4096)
             f.seek(lo)
@@ -454,17 +454,12 @@ def load_file(path: str | Path, foreign: bool = True) -> tuple[Any, list[str]]:
         if not skipped and head[:1] != b"\x80" and head != b"PK\x03\x04":  # torch.save writes protocol 2+
             raise CheckpointError(f"{path}: not a readable checkpoint (neither torch's zip format nor a pickle of "
                                   f"protocol 2 or later, as torch.save writes; it starts with {head!r})") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)}{refused})") \
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line(e)}{refused})") \
             from None
     if skipped and (not foreign or isinstance(obj, dict) and obj.get("format") == FORMAT):
         raise CheckpointError(f"{path}: a tpn checkpoint holds only tensors and plain values, this one also "
                               f"names {', '.join(sorted(skipped))} (never run)")
     return obj, sorted(skipped)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -482,7 +477,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:  # a tensor of the right shape that cannot be copied in
-        raise CheckpointError(f"{source}: weights do not load ({_first_line(e)})") from None
+        raise CheckpointError(f"{source}: weights do not load ({first_line(e)})") from None
 
 
 def misfit_error(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> CheckpointError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tpn.errors import TpnError
+from tpn.errors import TpnError, first_line
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def _cmd_info(args) -> int:
         text = model_info(cfg, clip_len=args.frames, size=args.size)
     except RuntimeError as e:  # a clip too small for the model's strides and pooling
         raise TpnError(f"{cfg.name} cannot take a clip of {args.frames or cfg.data.clip_len} frames at "
-                       f"{args.size}x{args.size}: {str(e).strip().splitlines()[0][:200]}") from None
+                       f"{args.size}x{args.size}: {first_line(e)}") from None
     print(text)
     return 0
 

@@ -5,6 +5,12 @@ class TpnError(Exception):
     """An error caused by the user's input (file, field, argument), not by a bug."""
 
 
+def first_line(e: Exception) -> str:
+    """An exception's first line, at most 200 characters: a library's message in a one-line error."""
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
 def listing(items: list, limit: int = 8) -> str:
     """The first `limit` items, comma-separated, then '... (k more)': a long list in a one-line message."""
     def one(x) -> str:  # each item printable and short: it may come from a file

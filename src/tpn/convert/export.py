@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tpn.errors import TpnError
+from tpn.errors import TpnError, first_line
 from tpn.options import check_clip_shape
 
 
@@ -45,7 +45,7 @@ def export_onnx(config, checkpoint, out: str | Path, frames: int | None = None, 
         except (RuntimeError, ValueError) as e:  # an opset the exporter lacks, a clip too small for the model
             out.unlink(missing_ok=True)
             raise ExportError(f"tpn export (opset {opset}, clip {t}x{s}x{s}): "
-                              f"{str(e).strip().splitlines()[0][:200]}") from None
+                              f"{first_line(e)}") from None
     lines = [f"exported {cfg.name} ({checkpoint or 'random init'}) -> {out}: input clip (N, 3, {t}, {s}, {s}), "
              f"output logits (N, {cfg.model.head.num_classes}), opset {opset}"]
     if check:

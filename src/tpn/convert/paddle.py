@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from tpn.checkpoint import CheckpointError
+from tpn.errors import first_line
 from tpn.pickle_scan import brief, check_tree, scan, shown
 
 # framework.proto VarType.Type -> torch dtype
@@ -162,7 +163,7 @@ def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable .pdparams file ({type(e).__name__}: "
-                              f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+                              f"{first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: a .pdparams file holds a dict of arrays, found {type(obj).__name__}")
     big = obj.pop("UnpackBigParamInfor@@", None)  # Paddle saves arrays over 2**30 - 1 bytes (~1 GiB) in slices
